@@ -1,0 +1,216 @@
+"""`pmis`: the command-line entry point.
+
+Paths default to $PMIS_HOME (./var): data in var/data, bundles and registry in var/bundles,
+evaluation runs in var/runs. Every path is also a flag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+
+def _home() -> Path:
+    return Path(os.environ.get("PMIS_HOME", "var"))
+
+
+def _paths(args) -> None:
+    home = _home()
+    if getattr(args, "data", None) is None:
+        args.data = home / "data"
+    if getattr(args, "bundles", None) is None:
+        args.bundles = Path(os.environ.get("PMIS_BUNDLES", home / "bundles"))
+    if getattr(args, "runs", None) is None:
+        args.runs = home / "runs"
+
+
+def cmd_generate(args) -> int:
+    from models.data.generate import generate
+
+    summary = generate(Path(args.data), students=args.students, internships=args.internships,
+                       companies=args.companies, interactions_per_student=args.interactions_per_student,
+                       selection_rate=args.selection_rate, seed=args.seed, fmt=args.format,
+                       progress=not args.quiet)
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from models.data.contract import validate
+
+    report = validate(Path(args.data))
+    for note in report.notes:
+        print(f"note: {note}")
+    if report.ok:
+        print(f"ok: {Path(args.data)} follows the input contract ({json.dumps(report.rows)})")
+        return 0
+    for e in report.errors:
+        print(f"error: {e}", file=sys.stderr)
+    return 2
+
+
+def _train_config(args):
+    from models.train import TrainConfig
+
+    return TrainConfig(data_dir=Path(args.data), bundles_dir=Path(args.bundles), runs_dir=Path(args.runs),
+                       seed=args.seed, cv_folds=args.cv_folds, search_budget=args.search_budget,
+                       max_eval_students=args.max_eval_students, activate=not args.no_activate,
+                       progress=not args.quiet)
+
+
+def cmd_train(args) -> int:
+    from models.data.contract import DataError
+    from models.report import console_summary
+    from models.train import train
+
+    try:
+        report = train(_train_config(args))
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(console_summary(report))
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from models.data.contract import DataError
+    from models.holdout import evaluate_holdout
+    from models.report import format_table, ranking_table
+
+    try:
+        result = evaluate_holdout(Path(args.data), Path(args.bundles), Path(args.holdout), k=args.k)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"Held-out file {args.holdout}: {result['students']} students with relevant items")
+    print(format_table(ranking_table(result["ranking"], args.k)))
+    if args.output:
+        Path(args.output).write_text(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def cmd_run(args) -> int:
+    """The main job: data if absent, train, print the report."""
+    data = Path(args.data)
+    if not any(data.glob("students.*")):
+        print(f"no dataset in {data}: generating the default one")
+        args.students, args.internships, args.companies = 5000, 1000, 72
+        args.interactions_per_student, args.selection_rate, args.format = 10.0, 0.13, "parquet"
+        cmd_generate(args)
+    return cmd_train(args)
+
+
+def cmd_models(args) -> int:
+    from models.registry import Registry, RegistryError
+
+    reg = Registry(Path(args.bundles) / "registry.db")
+    try:
+        if args.action == "list":
+            for component in ([args.component] if args.component else reg.components()):
+                for v in reg.versions(component):
+                    aliases = ",".join(v.get("aliases", []))
+                    print(f"{component:14s} v{v['version']:<4d} {v['created_at']}  run {v['run_id']}  "
+                          f"data {v['data_version']}  {aliases}")
+        elif args.action == "show":
+            print(json.dumps(reg.get(args.component, args.version), indent=2, default=str))
+        elif args.action == "compare":
+            cmp = reg.compare(args.component, args.versions)
+            versions = cmp["versions"]
+            print("metric".ljust(32) + "".join(f"v{v}".rjust(12) for v in versions))
+            for metric, values in cmp["metrics"].items():
+                cells = [values.get(v) for v in versions]
+                print(metric.ljust(32) + "".join((f"{c:.4f}" if isinstance(c, float) else str(c)).rjust(12)
+                                                 for c in cells))
+        elif args.action == "activate":
+            reg.set_alias(args.component, args.version, args.alias, reason=args.reason or "activated from the CLI")
+            print(f"{args.component}: {args.alias} -> v{args.version}")
+        elif args.action == "rollback":
+            row = reg.rollback(args.component, args.alias, reason=args.reason or "rollback from the CLI")
+            print(f"{args.component}: {args.alias} -> v{row['version']}")
+        elif args.action == "history":
+            for h in reg.history(args.component, args.alias):
+                print(json.dumps(h, default=str))
+    except RegistryError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pmis", description="PMIS internship recommender")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp, data=True, bundles=False, runs=False):
+        if data:
+            sp.add_argument("--data", type=Path, help="dataset folder (default $PMIS_HOME/data)")
+        if bundles:
+            sp.add_argument("--bundles", type=Path, help="bundle root with registry.db (default $PMIS_HOME/bundles)")
+        if runs:
+            sp.add_argument("--runs", type=Path, help="where run reports go (default $PMIS_HOME/runs)")
+        sp.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    def gen_args(sp):
+        sp.add_argument("--students", type=int, default=5000)
+        sp.add_argument("--internships", type=int, default=1000)
+        sp.add_argument("--companies", type=int, default=72)
+        sp.add_argument("--interactions-per-student", type=float, default=10.0)
+        sp.add_argument("--selection-rate", type=float, default=0.13)
+        sp.add_argument("--format", choices=["parquet", "csv"], default="parquet")
+
+    def train_args(sp):
+        sp.add_argument("--seed", type=int, default=0)
+        sp.add_argument("--cv-folds", type=int, default=3)
+        sp.add_argument("--search-budget", type=int, default=4)
+        sp.add_argument("--max-eval-students", type=int, default=20_000)
+        sp.add_argument("--no-activate", action="store_true", help="register the new versions without moving champion")
+
+    g = sub.add_parser("generate", help="generate a synthetic scheme dataset")
+    common(g)
+    gen_args(g)
+    g.add_argument("--seed", type=int, default=42)
+    g.set_defaults(func=cmd_generate)
+
+    v = sub.add_parser("validate", help="check a dataset folder against the input contract")
+    common(v)
+    v.set_defaults(func=cmd_validate)
+
+    t = sub.add_parser("train", help="validate, train the four components, evaluate, write bundles and report")
+    common(t, bundles=True, runs=True)
+    train_args(t)
+    t.set_defaults(func=cmd_train)
+
+    r = sub.add_parser("run", help="main job: generate data if absent, train, print the report")
+    common(r, bundles=True, runs=True)
+    train_args(r)
+    r.set_defaults(func=cmd_run)
+
+    e = sub.add_parser("evaluate", help="evaluate the champion bundles on an external held-out interactions file")
+    common(e, bundles=True)
+    e.add_argument("--holdout", required=True, help="interactions file (parquet/csv) in the contract's format")
+    e.add_argument("--k", type=int, default=10)
+    e.add_argument("--output", help="also write the result as JSON here")
+    e.set_defaults(func=cmd_evaluate)
+
+    m = sub.add_parser("models", help="registry: list, show, compare, activate, rollback, history")
+    common(m, data=False, bundles=True)
+    m.add_argument("action", choices=["list", "show", "compare", "activate", "rollback", "history"])
+    m.add_argument("component", nargs="?")
+    m.add_argument("version", nargs="?", type=int)
+    m.add_argument("--versions", type=int, nargs="+", help="for compare")
+    m.add_argument("--alias", default="champion")
+    m.add_argument("--reason")
+    m.set_defaults(func=cmd_models)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _paths(args)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""Collaborative model: implicit-feedback ALS (benfred/implicit) or EASE, with fold-in.
+
+Interactions become confidences by event type (a view says less than an application). Two
+candidate models are fitted and the trainer keeps whichever wins on the validation window:
+- ALS from `implicit`: user and item factors; a student's fresh interactions are folded in with
+  implicit's own least-squares `recalculate_user` against the stored item factors.
+- EASE (Steck 2019): a closed-form item-item model B = I - P / diag(P), P = (X'X + lambda I)^-1.
+  Exact and strong on small catalogues; O(items^2) memory, so only tried below MAX_EASE_ITEMS.
+Students the model has never seen get item popularity (the fallback), unless they bring
+interactions to fold in.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+from implicit.als import AlternatingLeastSquares
+from threadpoolctl import threadpool_limits
+
+from models.bundle import Bundle, BundleRef, arrays_to_csr, csr_to_arrays, write_bundle
+
+COMPONENT = "collaborative"
+EVENT_WEIGHTS = {"view": 1.0, "save": 3.0, "apply": 5.0}
+MAX_EASE_ITEMS = 20_000
+
+
+def interaction_matrix(u_idx, i_idx, events, n_users: int, n_items: int) -> sp.csr_matrix:
+    """Confidence matrix (users x items): the strongest event per pair, weighted by EVENT_WEIGHTS."""
+    w = np.vectorize(EVENT_WEIGHTS.get, otypes=[np.float32])(np.asarray(events)) if len(events) else np.zeros(0, np.float32)
+    m = sp.coo_matrix((w, (np.asarray(u_idx), np.asarray(i_idx))), shape=(n_users, n_items)).tocsr()
+    m.sum_duplicates()
+    # Repeated events on one pair add up; cap at the strongest single weight so one noisy
+    # student clicking ten times does not dominate an item's factors.
+    m.data = np.minimum(m.data, max(EVENT_WEIGHTS.values())).astype(np.float32)
+    return m
+
+
+class CollaborativeModel:
+    def __init__(self, kind: str, params: dict, user_ids: np.ndarray, item_ids: np.ndarray,
+                 popularity: np.ndarray, user_items: sp.csr_matrix,
+                 user_factors: np.ndarray | None = None, item_factors: np.ndarray | None = None,
+                 ease_b: np.ndarray | None = None):
+        self.kind, self.params = kind, params
+        self.user_ids, self.item_ids = user_ids, item_ids
+        self.user_index = {u: i for i, u in enumerate(user_ids.tolist())}
+        self.popularity = popularity      # (n_items,) normalised weighted interaction counts
+        self.user_items = user_items      # training confidences, for EASE scoring and exclusion
+        self.user_factors, self.item_factors, self.ease_b = user_factors, item_factors, ease_b
+        self._als = None
+        if kind == "als":
+            # An implicit model around the stored item factors, used only for fold-in.
+            self._als = AlternatingLeastSquares(factors=item_factors.shape[1], regularization=params["regularization"],
+                                                alpha=params["alpha"], random_state=0)
+            self._als.item_factors = np.ascontiguousarray(item_factors, dtype=np.float32)
+
+    @classmethod
+    def fit(cls, kind: str, params: dict, user_items: sp.csr_matrix, user_ids, item_ids) -> "CollaborativeModel":
+        user_items = user_items.astype(np.float32).tocsr()
+        counts = np.asarray(user_items.sum(axis=0)).ravel()
+        popularity = (counts / max(counts.max(), 1e-9)).astype(np.float32)
+        if kind == "als":
+            als = AlternatingLeastSquares(factors=params["factors"], regularization=params["regularization"],
+                                          alpha=params["alpha"], iterations=params.get("iterations", 15),
+                                          random_state=params.get("seed", 0))
+            # implicit parallelises itself; a second BLAS thread pool underneath only contends.
+            with threadpool_limits(1, "blas"):
+                als.fit(user_items, show_progress=False)
+            return cls(kind, params, np.asarray(user_ids), np.asarray(item_ids), popularity, user_items,
+                       user_factors=np.asarray(als.user_factors, dtype=np.float32),
+                       item_factors=np.asarray(als.item_factors, dtype=np.float32))
+        if kind == "ease":
+            x = (user_items > 0).astype(np.float64)  # EASE works on binary relevance
+            gram = (x.T @ x).toarray()
+            gram[np.diag_indices_from(gram)] += params["lambda"]
+            p = np.linalg.inv(gram)
+            b = -p / np.diag(p)
+            b[np.diag_indices_from(b)] = 0.0
+            return cls(kind, params, np.asarray(user_ids), np.asarray(item_ids), popularity, user_items,
+                       ease_b=b.astype(np.float32))
+        raise ValueError(f"unknown collaborative model kind {kind!r}")
+
+    def scores_for_rows(self, user_rows: sp.csr_matrix, user_vectors: np.ndarray | None = None) -> np.ndarray:
+        """Scores (n, n_items) from interaction rows (EASE) or user factor vectors (ALS)."""
+        if self.kind == "ease":
+            return np.asarray((user_rows > 0).astype(np.float32) @ self.ease_b, dtype=np.float32)
+        return np.asarray(user_vectors @ self.item_factors.T, dtype=np.float32)
+
+    def known(self, user_ids) -> np.ndarray:
+        return np.array([u in self.user_index for u in user_ids], dtype=bool)
+
+    def score_users(self, user_pos: np.ndarray) -> np.ndarray:
+        """Scores for students the model was trained on, by their row position."""
+        user_pos = np.asarray(user_pos)
+        rows = self.user_items[user_pos]
+        vectors = None if self.kind == "ease" else self.user_factors[user_pos]
+        return self.scores_for_rows(rows, vectors)
+
+    def fold_in(self, item_pos: np.ndarray, events) -> np.ndarray:
+        """Scores (n_items,) for one student from fresh interactions only (no retraining)."""
+        row = interaction_matrix(np.zeros(len(item_pos), dtype=np.int64), item_pos, events, 1, len(self.item_ids))
+        if self.kind == "ease":
+            return self.scores_for_rows(row)[0]
+        vector = self._als.recalculate_user(0, row)
+        return self.scores_for_rows(row, vector[None, :])[0]
+
+    def popularity_scores(self, n: int = 1) -> np.ndarray:
+        return np.broadcast_to(self.popularity, (n, len(self.popularity)))
+
+    def save(self, root, metadata: dict) -> BundleRef:
+        arrays = {"user_ids": self.user_ids, "item_ids": self.item_ids, "popularity": self.popularity,
+                  **csr_to_arrays("user_items", self.user_items)}
+        if self.kind == "als":
+            arrays.update(user_factors=self.user_factors, item_factors=self.item_factors)
+        else:
+            arrays.update(ease_b=self.ease_b)
+        return write_bundle(root, COMPONENT, arrays=arrays,
+                            documents={"model": {"kind": self.kind, "params": self.params}}, metadata=metadata)
+
+    @classmethod
+    def from_bundle(cls, bundle: Bundle) -> "CollaborativeModel":
+        a, doc = bundle.arrays, bundle.documents["model"]
+        return cls(doc["kind"], doc["params"], a["user_ids"], a["item_ids"], a["popularity"],
+                   arrays_to_csr("user_items", a), user_factors=a.get("user_factors"),
+                   item_factors=a.get("item_factors"), ease_b=a.get("ease_b"))

@@ -1,0 +1,75 @@
+"""Content model: TF-IDF over an internship's skills, title, description and sector.
+
+A student's profile (skills, field, preferred sectors) is embedded with the same vectoriser and
+scored by cosine similarity against every internship, so it works for a brand-new student from
+the profile alone. Skills also enter as whole-phrase tokens ("skill_machine_learning"), so that
+"machine learning" the skill weighs more than the words "machine" and "learning" in a description.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+from sklearn.feature_extraction.text import TfidfVectorizer
+
+from models.bundle import Bundle, BundleRef, arrays_to_csr, csr_to_arrays, write_bundle
+
+COMPONENT = "content"
+
+
+def _skill_tokens(skills) -> str:
+    return " ".join("skill_" + str(s).replace(" ", "_") for s in skills)
+
+
+def internship_text(title, description, sector, skills) -> str:
+    skills = list(skills) if skills is not None else []
+    return " ".join([
+        str(title or ""), str(description or ""), f"sector {sector or ''}",
+        " ".join(map(str, skills)), _skill_tokens(skills), _skill_tokens(skills),
+    ])
+
+
+def profile_text(skills, field=None, preferred_sectors=None) -> str:
+    skills = list(skills) if skills is not None else []
+    sectors = list(preferred_sectors) if preferred_sectors is not None else []
+    return " ".join([
+        " ".join(map(str, skills)), _skill_tokens(skills), _skill_tokens(skills),
+        str(field or "") if field == field else "",
+        " ".join(f"sector {s}" for s in sectors),
+    ])
+
+
+class ContentModel:
+    def __init__(self, vectorizer: TfidfVectorizer, item_matrix: sp.csr_matrix, item_ids: np.ndarray):
+        self.vectorizer = vectorizer
+        self.item_matrix = item_matrix  # (n_items, vocabulary), rows L2-normalised
+        self.item_ids = item_ids
+
+    @classmethod
+    def fit(cls, internships, min_df: int = 1) -> "ContentModel":
+        texts = [internship_text(t, d, s, k) for t, d, s, k in zip(
+            internships["title"], internships["description"], internships["sector"], internships["skills"])]
+        vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=min_df,
+                                     token_pattern=r"(?u)\b\w[\w_]+\b", dtype=np.float32)
+        matrix = vectorizer.fit_transform(texts).tocsr()
+        return cls(vectorizer, matrix, np.asarray(internships["internship_id"].astype(str), dtype=str))
+
+    def embed(self, texts: list[str]) -> sp.csr_matrix:
+        return self.vectorizer.transform(texts)
+
+    def score(self, profile_texts: list[str], item_pos: np.ndarray | None = None) -> np.ndarray:
+        """Cosine similarity (n_profiles, n_items) — or (n_profiles, len(item_pos)) for given items."""
+        q = self.embed(profile_texts)
+        m = self.item_matrix if item_pos is None else self.item_matrix[np.asarray(item_pos)]
+        return np.asarray((q @ m.T).toarray(), dtype=np.float32)
+
+    def save(self, root, metadata: dict, space_arrays: dict) -> BundleRef:
+        # The feature space (skill vocabulary, internship skills) rides along for matched/missing skills.
+        arrays = {**space_arrays, "item_ids": self.item_ids, **csr_to_arrays("item_matrix", self.item_matrix)}
+        return write_bundle(root, COMPONENT, arrays=arrays, objects={"vectorizer": self.vectorizer},
+                            metadata=metadata, pickled_libraries=("scikit-learn",))
+
+    @classmethod
+    def from_bundle(cls, bundle: Bundle) -> "ContentModel":
+        a = bundle.arrays
+        return cls(bundle.objects["vectorizer"], arrays_to_csr("item_matrix", a), a["item_ids"])

@@ -1,0 +1,145 @@
+"""Offline evaluation of the recommendation pipeline on a time window.
+
+The pipeline here is the serving pipeline: retrieve top-N candidates from content and
+collaborative, union them, score each candidate with every component, then order by the ranker
+(or the static blend, or success alone). Popularity, content and collaborative are also
+evaluated alone over the whole open catalogue. Students are processed in chunks so that the
+dense (students x internships) score blocks stay small at any catalogue size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from models.collaborative import CollaborativeModel
+from models.content import ContentModel
+from models.features import FeatureSpace, StudentTable, pair_features
+from models.metrics import gather, group_breakdown, ranking_metrics, top_k
+from models.ranker import RankerModel, blend_scores, ranker_features
+from models.success import SuccessModel
+
+PIPELINE_MODELS = ["success_only", "blend", "ranker"]
+CATALOGUE_MODELS = ["popularity", "content", "collaborative"]
+
+
+@dataclass
+class Components:
+    """The models of one stage and the data they may see (everything before the stage's cutoff)."""
+    content: ContentModel
+    collaborative: CollaborativeModel
+    success: SuccessModel | None
+    space: FeatureSpace            # item table with applicant counts as of the cutoff
+    students: StudentTable         # all students, featurised with the same vocabularies
+    profile_texts: list[str]       # content profile text per student
+    seen: sp.csr_matrix            # (students x items) any interaction before the cutoff
+    open_items: np.ndarray         # bool per item: deadline not passed at the cutoff
+
+
+@dataclass
+class CandidateBlock:
+    rows: np.ndarray        # student positions (n,)
+    items: np.ndarray       # (n, m) candidate item positions, padded
+    valid: np.ndarray       # (n, m) real candidates
+    scores: np.ndarray      # (n, m, 4) component scores, NaN where padded/unavailable
+    pair: np.ndarray        # (valid.sum(), |PAIR_FEATURES|) features of the valid candidates
+    content_full: np.ndarray  # (n, items) content scores with excluded items at -inf
+    collab_full: np.ndarray   # (n, items) collaborative scores (popularity for unknown students), -inf excluded
+
+
+def candidate_block(c: Components, rows: np.ndarray, n_candidates: int) -> CandidateBlock:
+    rows = np.asarray(rows)
+    content = c.content.score([c.profile_texts[r] for r in rows])
+    cf = c.collaborative
+    has_history = np.asarray(cf.user_items[rows].getnnz(axis=1) > 0)
+    collab = np.array(cf.popularity_scores(len(rows)), dtype=np.float32)
+    if has_history.any():
+        collab[has_history] = cf.score_users(rows[has_history])
+    excluded = c.seen[rows].toarray().astype(bool) | ~c.open_items[None, :]
+    content[excluded] = -np.inf
+    collab[excluded] = -np.inf
+    cand = np.hstack([top_k(content, n_candidates), top_k(collab, n_candidates)])
+    cand.sort(axis=1)
+    valid = np.ones_like(cand, dtype=bool)
+    valid[:, 1:] = cand[:, 1:] != cand[:, :-1]  # union: drop the second copy of an item
+    valid &= ~np.take_along_axis(excluded, cand, axis=1)
+    r_idx = np.broadcast_to(np.arange(len(rows))[:, None], cand.shape)
+    scores = np.full(cand.shape + (4,), np.nan, dtype=np.float32)
+    scores[..., 0] = np.take_along_axis(content, cand, axis=1)
+    scores[..., 1] = np.where(has_history[:, None], np.take_along_axis(collab, cand, axis=1), np.nan)
+    scores[..., 2] = cf.popularity[cand]
+    pair = pair_features(c.students, rows[r_idx[valid]], c.space.items, cand[valid])
+    if c.success is not None:
+        scores[..., 3][valid] = c.success.predict(pair)
+    scores[~valid] = np.nan
+    return CandidateBlock(rows, cand, valid, scores, pair, content, collab)
+
+
+def _pipeline_top_k(block: CandidateBlock, scores: np.ndarray, k: int):
+    padded = np.where(block.valid, scores, -np.inf)
+    pos = top_k(padded, k)
+    return np.take_along_axis(block.items, pos, axis=1), np.take_along_axis(block.valid, pos, axis=1)
+
+
+def pipeline_scores(block: CandidateBlock, blend_weights: dict, ranker: RankerModel | None) -> dict[str, np.ndarray]:
+    out = {"success_only": np.nan_to_num(block.scores[..., 3], nan=-1.0),
+           "blend": blend_scores(block.scores, blend_weights)}
+    if ranker is not None:
+        r = np.zeros(block.valid.shape, dtype=np.float32)
+        r[block.valid] = ranker.predict(ranker_features(block.scores[block.valid], block.pair))
+        out["ranker"] = r
+    return out
+
+
+def evaluate_window(c: Components, rows: np.ndarray, relevant: sp.csr_matrix, *, k: int, n_candidates: int,
+                    blend_weights: dict, ranker: RankerModel | None, groups: dict[str, np.ndarray],
+                    chunk: int = 1000, progress=None) -> dict:
+    """Metrics per model for students `rows` whose relevant items (binary, students x items) are given."""
+    n_rankable = int(c.open_items.sum())
+    tops: dict[str, list] = {}
+    candidate_recall = []
+    for start in range(0, len(rows), chunk):
+        part = rows[start:start + chunk]
+        block = candidate_block(c, part, n_candidates)
+        pop = np.where(np.isinf(block.content_full), -np.inf, c.collaborative.popularity[None, :])
+        for name, full in (("popularity", pop), ("content", block.content_full), ("collaborative", block.collab_full)):
+            tops.setdefault(name, []).append((top_k(full, k), None))
+        for name, scores in pipeline_scores(block, blend_weights, ranker).items():
+            tops.setdefault(name, []).append(_pipeline_top_k(block, scores, k))
+        hits = (gather(relevant, part, block.items) > 0) & block.valid
+        n_rel = np.asarray(relevant[part].sum(axis=1)).ravel()
+        candidate_recall.append(hits.sum(axis=1) / np.maximum(n_rel, 1))
+        if progress:
+            progress(len(part))
+    rel = relevant[rows]
+    results = {}
+    for name, parts in tops.items():
+        topk = np.vstack([t for t, _ in parts])
+        valid = None if parts[0][1] is None else np.vstack([v for _, v in parts])
+        m = ranking_metrics(topk, rel, n_rankable, valid)
+        per_student = m.pop("_per_student")
+        m["groups"] = group_breakdown(per_student, {a: v[rows] for a, v in groups.items()}, k)
+        results[name] = m
+    # Candidate recall: the ceiling that any re-ranking of the retrieved candidates can reach.
+    results["candidates"] = {"recall@candidates": float(np.mean(np.concatenate(candidate_recall))),
+                             "per_student": int(2 * n_candidates)}
+    return results
+
+
+def ranker_training_data(c: Components, rows: np.ndarray, graded: sp.csr_matrix, n_candidates: int, chunk: int = 1000):
+    """Features, graded labels and group sizes of the candidates of students with a positive among them."""
+    xs, ys, groups, blocks = [], [], [], []
+    for start in range(0, len(rows), chunk):
+        block = candidate_block(c, rows[start:start + chunk], n_candidates)
+        labels = np.where(block.valid, gather(graded, block.rows, block.items), 0)
+        x = ranker_features(block.scores[block.valid], block.pair)
+        sizes = block.valid.sum(axis=1)
+        keep_rows = (labels.max(axis=1) > 0) & (sizes > 1)
+        keep_flat = np.repeat(keep_rows, sizes)
+        xs.append(x[keep_flat])
+        ys.append(labels[block.valid][keep_flat])
+        groups.append(sizes[keep_rows])
+        blocks.append((block, labels))
+    return np.vstack(xs), np.concatenate(ys), np.concatenate(groups), blocks

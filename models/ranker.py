@@ -1,0 +1,78 @@
+"""Ranker: LightGBM lambdarank over component scores and non-protected pair features.
+
+Also the static blend: the fallback the gateway uses when the ranker is unavailable, and a
+baseline in the evaluation report. Both rank one student's candidate list at a time; a missing
+component's score is NaN (LightGBM routes NaN natively; the blend treats it as zero weight).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from lightgbm import LGBMRanker
+
+from models.bundle import Bundle, BundleRef, write_bundle
+from models.features import PAIR_FEATURES
+
+COMPONENT = "ranker"
+COMPONENT_SCORES = ["content_score", "collab_score", "popularity", "success_p"]
+# Student-only columns are constant inside one list, so they cannot order it: left out.
+RANKER_PAIR_FEATURES = [f for f in PAIR_FEATURES if f not in ("cgpa", "college_tier", "education_level")]
+FEATURES = COMPONENT_SCORES + RANKER_PAIR_FEATURES
+_PAIR_COLUMNS = [PAIR_FEATURES.index(f) for f in RANKER_PAIR_FEATURES]
+
+
+def ranker_features(component_scores: np.ndarray, pair: np.ndarray) -> np.ndarray:
+    """(n, len(FEATURES)) from (n, 4) component scores (NaN = unavailable) and (n, |PAIR_FEATURES|)."""
+    return np.hstack([np.asarray(component_scores, np.float32), np.asarray(pair, np.float32)[:, _PAIR_COLUMNS]])
+
+
+def blend_scores(component_scores: np.ndarray, weights: dict[str, float]) -> np.ndarray:
+    """Static blend: weighted sum of z-scored component scores within each candidate list.
+
+    `component_scores` is (m, 4) for one student's list, or (n, m, 4) for n lists padded with NaN;
+    z-scores are taken along the list axis, and a NaN (missing component or padding) adds zero.
+    """
+    s = np.asarray(component_scores, dtype=np.float64)
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: a component that is down
+        mean = np.nanmean(s, axis=-2, keepdims=True)
+        sd = np.nanstd(s, axis=-2, keepdims=True)
+    z = np.nan_to_num((s - mean) / np.where(sd > 1e-9, sd, 1.0))
+    w = np.array([weights.get(name, 0.0) for name in COMPONENT_SCORES])
+    return (z @ w).astype(np.float32)
+
+
+class RankerModel:
+    def __init__(self, model: LGBMRanker, params: dict, blend_weights: dict[str, float]):
+        self.model, self.params, self.blend_weights = model, params, blend_weights
+
+    @classmethod
+    def fit(cls, x: np.ndarray, labels: np.ndarray, group_sizes: np.ndarray, params: dict,
+            blend_weights: dict[str, float], seed: int = 0) -> "RankerModel":
+        model = LGBMRanker(objective="lambdarank", random_state=seed, verbose=-1, n_jobs=2,
+                           **params)
+        model.fit(x, labels, group=group_sizes, feature_name=FEATURES)
+        return cls(model, params, blend_weights)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return self.model.predict(x).astype(np.float32)
+
+    def feature_importance(self) -> dict[str, float]:
+        gain = self.model.booster_.feature_importance(importance_type="gain")
+        total = max(float(gain.sum()), 1e-9)
+        return {f: round(float(g) / total, 4) for f, g in sorted(zip(FEATURES, gain), key=lambda t: -t[1])}
+
+    def save(self, root, metadata: dict, space_arrays: dict) -> BundleRef:
+        return write_bundle(root, COMPONENT, arrays=space_arrays, objects={"model": self.model},
+                            documents={"model": {"params": self.params, "features": FEATURES,
+                                                 "blend_weights": self.blend_weights}},
+                            metadata=metadata, pickled_libraries=("lightgbm", "scikit-learn"))
+
+    @classmethod
+    def from_bundle(cls, bundle: Bundle) -> "RankerModel":
+        doc = bundle.documents["model"]
+        if doc["features"] != FEATURES:
+            raise ValueError("ranker bundle was trained on another feature schema; retrain it")
+        return cls(bundle.objects["model"], doc["params"], doc["blend_weights"])

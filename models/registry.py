@@ -1,0 +1,377 @@
+"""SQLite registry of bundle versions with named aliases (``champion`` ...) and their history.
+
+The registry lives beside the bundles (``<bundles_root>/registry.db``). It records which
+versions exist and which version each alias points to; the bundles themselves stay on disk
+and are verified by :mod:`models.bundle` when loaded. Activation and rollback only move an
+alias, and every move is appended to ``alias_history`` (UPDATE/DELETE there are refused by
+triggers), so "who served what, when, and why" can always be answered.
+
+Every call opens its own short-lived connection, so one ``Registry`` can be shared across
+threads and several processes can use the same file; writes that read-then-modify run in
+``BEGIN IMMEDIATE`` transactions so concurrent writers serialise instead of racing.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from models.bundle import MANIFEST, BundleRef
+
+__all__ = ["Registry", "RegistryError", "SCHEMA_VERSION"]
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS versions (
+    component     TEXT    NOT NULL,
+    version       INTEGER NOT NULL,
+    path          TEXT    NOT NULL,  -- relative to the registry folder when inside it
+    content_hash  TEXT    NOT NULL,
+    run_id        TEXT    NOT NULL,
+    data_version  TEXT,
+    created_at    TEXT    NOT NULL,  -- when the bundle was built (from its manifest)
+    registered_at TEXT    NOT NULL,
+    metrics       TEXT    NOT NULL DEFAULT '{}',  -- JSON
+    PRIMARY KEY (component, version)
+);
+CREATE TABLE IF NOT EXISTS aliases (
+    component  TEXT    NOT NULL,
+    alias      TEXT    NOT NULL,
+    version    INTEGER NOT NULL,
+    changed_at TEXT    NOT NULL,
+    PRIMARY KEY (component, alias),
+    FOREIGN KEY (component, version) REFERENCES versions (component, version)
+);
+CREATE TABLE IF NOT EXISTS alias_history (
+    id               INTEGER PRIMARY KEY AUTOINCREMENT,
+    component        TEXT    NOT NULL,
+    alias            TEXT    NOT NULL,
+    version          INTEGER NOT NULL,
+    previous_version INTEGER,
+    action           TEXT    NOT NULL CHECK (action IN ('set', 'rollback')),
+    changed_at       TEXT    NOT NULL,
+    reason           TEXT    NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS alias_history_by_alias ON alias_history (component, alias, id);
+CREATE TRIGGER IF NOT EXISTS alias_history_no_update BEFORE UPDATE ON alias_history
+BEGIN SELECT RAISE(ABORT, 'alias_history is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS alias_history_no_delete BEFORE DELETE ON alias_history
+BEGIN SELECT RAISE(ABORT, 'alias_history is append-only'); END;
+"""
+
+
+class RegistryError(KeyError):
+    """Unknown component/version/alias, or an operation that cannot be done."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message, adding quotes
+        return str(self.args[0]) if self.args else ""
+
+
+def _utc_now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def flatten_metrics(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"ndcg": {"10": 0.3}}`` -> ``{"ndcg.10": 0.3}``."""
+    flat: dict[str, Any] = {}
+    for key, value in metrics.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten_metrics(value, prefix=name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _manifest_of(path: Path) -> dict[str, Any]:
+    """The bundle's manifest if readable (for created_at and default metrics), else {}."""
+    try:
+        manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return manifest if isinstance(manifest, dict) else {}
+
+
+class Registry:
+    """Versions per component, aliases pointing at versions, and the aliases' history."""
+
+    def __init__(self, db_path: Path) -> None:
+        self.db_path = Path(db_path).resolve()
+        self.db_path.parent.mkdir(parents=True, exist_ok=True)
+        self._base = self.db_path.parent
+        with self._transaction() as con:
+            # Persistent per database file; readers then never block the (single) writer.
+            con.execute("PRAGMA journal_mode = WAL")
+            found = con.execute("PRAGMA user_version").fetchone()[0]
+            if found > SCHEMA_VERSION:
+                raise RegistryError(
+                    f"{self.db_path}: schema version {found} is newer than this code "
+                    f"understands ({SCHEMA_VERSION}); upgrade the code"
+                )
+            if found < SCHEMA_VERSION:
+                # Idempotent (IF NOT EXISTS), so two processes initialising at once is harmless.
+                con.executescript(
+                    f"BEGIN IMMEDIATE;{_SCHEMA}PRAGMA user_version = {SCHEMA_VERSION};COMMIT;"
+                )
+
+    # ------------------------------------------------------------------ connections
+
+    @contextmanager
+    def _transaction(self, immediate: bool = False) -> Iterator[sqlite3.Connection]:
+        """A fresh connection in autocommit mode; ``immediate`` wraps a write transaction."""
+        con = sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None)
+        try:
+            con.row_factory = sqlite3.Row
+            con.execute("PRAGMA foreign_keys = ON")
+            con.execute("PRAGMA busy_timeout = 30000")
+            if immediate:
+                # Take the write lock up front so read-then-write sequences cannot interleave.
+                con.execute("BEGIN IMMEDIATE")
+                try:
+                    yield con
+                except BaseException:
+                    con.execute("ROLLBACK")
+                    raise
+                con.execute("COMMIT")
+            else:
+                yield con
+        finally:
+            con.close()
+
+    # ------------------------------------------------------------------ paths
+
+    def _store_path(self, path: Path) -> str:
+        # Relative inside the registry folder, so the whole bundles tree can be moved/copied.
+        path = Path(path).resolve()
+        try:
+            return path.relative_to(self._base).as_posix()
+        except ValueError:
+            return str(path)
+
+    def _load_path(self, stored: str) -> Path:
+        path = Path(stored)
+        return path if path.is_absolute() else (self._base / path)
+
+    # ------------------------------------------------------------------ rows
+
+    def _row_to_dict(self, con: sqlite3.Connection, row: sqlite3.Row) -> dict[str, Any]:
+        aliases = [
+            r["alias"]
+            for r in con.execute(
+                "SELECT alias FROM aliases WHERE component = ? AND version = ? ORDER BY alias",
+                (row["component"], row["version"]),
+            )
+        ]
+        return {
+            "component": row["component"],
+            "version": row["version"],
+            "path": self._load_path(row["path"]),
+            "content_hash": row["content_hash"],
+            "run_id": row["run_id"],
+            "data_version": row["data_version"],
+            "created_at": row["created_at"],
+            "registered_at": row["registered_at"],
+            "metrics": json.loads(row["metrics"]),
+            "aliases": aliases,
+        }
+
+    def _get(self, con: sqlite3.Connection, component: str, version: int) -> dict[str, Any]:
+        row = con.execute(
+            "SELECT * FROM versions WHERE component = ? AND version = ?", (component, version)
+        ).fetchone()
+        if row is None:
+            raise RegistryError(f"{component} version {version} is not registered")
+        return self._row_to_dict(con, row)
+
+    # ------------------------------------------------------------------ versions
+
+    def register(self, ref: BundleRef, metrics: Mapping[str, Any] | None = None) -> None:
+        """Record a written bundle. Re-registering the same content is a no-op.
+
+        Without ``metrics``, the metrics recorded in the bundle's manifest are used.
+        """
+        manifest = _manifest_of(Path(ref.path))
+        if metrics is None:
+            metrics = manifest.get("metadata", {}).get("metrics", {})
+        metrics_json = json.dumps(metrics, sort_keys=True, default=_json_default)
+        now = _utc_now_iso()
+        with self._transaction(immediate=True) as con:
+            existing = con.execute(
+                "SELECT content_hash FROM versions WHERE component = ? AND version = ?",
+                (ref.component, ref.version),
+            ).fetchone()
+            if existing is not None:
+                if existing["content_hash"] == ref.content_hash:
+                    return
+                raise RegistryError(
+                    f"{ref.component} version {ref.version} is already registered with "
+                    f"different content ({existing['content_hash'][:12]} != "
+                    f"{ref.content_hash[:12]}); versions are immutable"
+                )
+            con.execute(
+                "INSERT INTO versions (component, version, path, content_hash, run_id,"
+                " data_version, created_at, registered_at, metrics)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    ref.component,
+                    ref.version,
+                    self._store_path(Path(ref.path)),
+                    ref.content_hash,
+                    ref.run_id,
+                    ref.data_version,
+                    manifest.get("created_at") or now,
+                    now,
+                    metrics_json,
+                ),
+            )
+
+    def versions(self, component: str) -> list[dict[str, Any]]:
+        """All registered versions of ``component``, newest first."""
+        with self._transaction() as con:
+            rows = con.execute(
+                "SELECT * FROM versions WHERE component = ? ORDER BY version DESC", (component,)
+            ).fetchall()
+            return [self._row_to_dict(con, row) for row in rows]
+
+    def get(self, component: str, version: int) -> dict[str, Any]:
+        with self._transaction() as con:
+            return self._get(con, component, version)
+
+    def components(self) -> list[str]:
+        with self._transaction() as con:
+            rows = con.execute("SELECT DISTINCT component FROM versions ORDER BY component")
+            return [r["component"] for r in rows]
+
+    # ------------------------------------------------------------------ aliases
+
+    def _current(self, con: sqlite3.Connection, component: str, alias: str) -> int | None:
+        row = con.execute(
+            "SELECT version FROM aliases WHERE component = ? AND alias = ?", (component, alias)
+        ).fetchone()
+        return None if row is None else int(row["version"])
+
+    def _move_alias(
+        self,
+        con: sqlite3.Connection,
+        component: str,
+        alias: str,
+        version: int,
+        previous: int | None,
+        action: str,
+        reason: str,
+    ) -> None:
+        now = _utc_now_iso()
+        con.execute(
+            "INSERT INTO aliases (component, alias, version, changed_at) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (component, alias) DO UPDATE"
+            " SET version = excluded.version, changed_at = excluded.changed_at",
+            (component, alias, version, now),
+        )
+        con.execute(
+            "INSERT INTO alias_history"
+            " (component, alias, version, previous_version, action, changed_at, reason)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (component, alias, version, previous, action, now, reason),
+        )
+
+    def set_alias(
+        self, component: str, version: int, alias: str = "champion", reason: str = ""
+    ) -> None:
+        """Point ``alias`` at a registered version (activation).
+
+        Setting the value it already has is a no-op and adds no history entry.
+        """
+        if not alias:
+            raise RegistryError("alias must be a non-empty string")
+        with self._transaction(immediate=True) as con:
+            self._get(con, component, version)  # refuses unregistered versions
+            previous = self._current(con, component, alias)
+            if previous == version:
+                return
+            self._move_alias(con, component, alias, version, previous, "set", reason)
+
+    def resolve(self, component: str, alias: str = "champion") -> dict[str, Any]:
+        """The version row ``alias`` points to."""
+        with self._transaction() as con:
+            current = self._current(con, component, alias)
+            if current is None:
+                raise RegistryError(f"{component}: alias {alias!r} is not set")
+            return self._get(con, component, current)
+
+    def _lineage(self, con: sqlite3.Connection, component: str, alias: str) -> list[int]:
+        """Replay the history as a stack: ``set`` pushes, ``rollback`` pops.
+
+        This makes repeated rollbacks walk further back (3 -> 2 -> 1) instead of bouncing
+        between the last two values, which a naive "previous_version" lookup would do.
+        """
+        stack: list[int] = []
+        for row in con.execute(
+            "SELECT version, action FROM alias_history WHERE component = ? AND alias = ?"
+            " ORDER BY id",
+            (component, alias),
+        ):
+            version = int(row["version"])
+            if row["action"] == "rollback":
+                while stack and stack[-1] != version:
+                    stack.pop()
+                if not stack:  # history inconsistent (hand-edited db): restart from here
+                    stack.append(version)
+            elif not stack or stack[-1] != version:
+                stack.append(version)
+        return stack
+
+    def rollback(
+        self, component: str, alias: str = "champion", reason: str = "rollback"
+    ) -> dict[str, Any]:
+        """Move ``alias`` back to the version it pointed at before the current one."""
+        with self._transaction(immediate=True) as con:
+            current = self._current(con, component, alias)
+            if current is None:
+                raise RegistryError(
+                    f"{component}: alias {alias!r} is not set; nothing to roll back"
+                )
+            lineage = self._lineage(con, component, alias)
+            if not lineage or lineage[-1] != current:
+                lineage.append(current)  # alias table is the source of truth for "current"
+            if len(lineage) < 2:
+                raise RegistryError(
+                    f"{component}: alias {alias!r} has no earlier version to roll back to"
+                )
+            target = lineage[-2]
+            self._move_alias(con, component, alias, target, current, "rollback", reason)
+            return self._get(con, component, target)
+
+    def history(self, component: str, alias: str = "champion") -> list[dict[str, Any]]:
+        """Every move of ``alias``, oldest first."""
+        with self._transaction() as con:
+            rows = con.execute(
+                "SELECT component, alias, version, previous_version, action, changed_at, reason"
+                " FROM alias_history WHERE component = ? AND alias = ? ORDER BY id",
+                (component, alias),
+            ).fetchall()
+            return [dict(row) for row in rows]
+
+    # ------------------------------------------------------------------ comparison
+
+    def compare(self, component: str, versions: list[int]) -> dict[str, Any]:
+        """Metrics of several versions side by side; a metric a version lacks is ``None``."""
+        with self._transaction() as con:
+            flat = {v: flatten_metrics(self._get(con, component, v)["metrics"]) for v in versions}
+        names = sorted({name for metrics in flat.values() for name in metrics})
+        return {
+            "versions": list(versions),
+            "metrics": {name: {v: flat[v].get(name) for v in versions} for name in names},
+        }
+
+
+def _json_default(value: Any) -> Any:
+    # numpy scalars in metrics; imported lazily to keep the registry light.
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")

@@ -1,0 +1,131 @@
+"""The evaluation report: report.json (everything), report.md (for people), PNG plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never a display
+import matplotlib.pyplot as plt  # noqa: E402
+
+MODEL_ORDER = ["popularity", "content", "collaborative", "success_only", "blend", "ranker"]
+
+
+def ranking_table(ranking: dict, k: int = 10) -> list[list[str]]:
+    rows = [["model", f"Recall@{k}", f"NDCG@{k}", f"MAP@{k}", "coverage", "students"]]
+    for name in MODEL_ORDER:
+        if name in ranking:
+            m = ranking[name]
+            rows.append([name, f"{m[f'recall@{k}']:.4f}", f"{m[f'ndcg@{k}']:.4f}", f"{m[f'map@{k}']:.4f}",
+                         f"{m['coverage']:.3f}", str(m["students"])])
+    return rows
+
+
+def format_table(rows: list[list[str]], markdown: bool = False) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    fmt = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths))  # noqa: E731
+    if markdown:
+        lines = ["| " + " | ".join(rows[0]) + " |", "|" + "|".join("---" for _ in rows[0]) + "|"]
+        return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows[1:]])
+    return "\n".join([fmt(rows[0]), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows[1:]])
+
+
+def success_table(s: dict) -> list[list[str]]:
+    keys = ["n", "prevalence", "roc_auc", "pr_auc", "pr_auc_lift", "log_loss", "brier", "brier_skill_score", "ece",
+            "calibration_slope", "calibration_intercept"]
+    return [["metric", "value"]] + [[k, f"{s[k]:.4f}" if isinstance(s[k], float) else str(s[k])] for k in keys if k in s]
+
+
+def fairness_table(ranking: dict, k: int = 10) -> list[list[str]]:
+    rows = [["model", "attribute", f"NDCG@{k} min/max", f"Recall@{k} min/max"]]
+    for name in MODEL_ORDER:
+        for attr, g in ranking.get(name, {}).get("groups", {}).items():
+            r = g["min_max_ratio"]
+            f = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+            rows.append([name, attr, f(r.get(f"ndcg@{k}")), f(r.get(f"recall@{k}"))])
+    return rows
+
+
+def group_table(ranking: dict, model: str, k: int = 10) -> list[list[str]]:
+    rows = [["attribute", "group", "students", f"NDCG@{k}", f"Recall@{k}"]]
+    for attr, g in ranking.get(model, {}).get("groups", {}).items():
+        for value, m in g["groups"].items():
+            rows.append([attr, value, str(m["students"]), f"{m.get(f'ndcg@{k}', float('nan')):.4f}",
+                         f"{m.get(f'recall@{k}', float('nan')):.4f}"])
+    return rows
+
+
+def console_summary(report: dict, k: int = 10) -> str:
+    parts = [f"run {report['run_id']}  (report: {report.get('run_dir', '')})", "",
+             "Ranking on the test window:", format_table(ranking_table(report["ranking"], k))]
+    if "candidates" in report["ranking"]:
+        parts.append(f"candidate recall (ceiling for success_only/blend/ranker): "
+                     f"{report['ranking']['candidates']['recall@candidates']:.4f}")
+    s = report.get("success", {})
+    if "roc_auc" in s:
+        parts += ["", f"Success predictor ({s['algorithm']}, calibrated):", format_table(success_table(s))]
+    elif "skipped" in s:
+        parts += ["", f"Success predictor skipped: {s['skipped']}"]
+    parts += ["", "Targets:", json.dumps(report.get("targets", {}), indent=2),
+              "", "Timings (s): " + json.dumps(report.get("timings_seconds", {}))]
+    return "\n".join(parts)
+
+
+def write_report(report: dict, run_dir: Path, k: int = 10) -> None:
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "report.json").write_text(json.dumps(report, indent=2, default=str))
+    md = [f"# Evaluation report — run {report['run_id']}", "",
+          f"Data version `{report['data']['data_version']}`; split: {json.dumps(report['split'])}", "",
+          "## Ranking (test window)", "", format_table(ranking_table(report["ranking"], k), markdown=True), ""]
+    if "candidates" in report["ranking"]:
+        md += [f"Candidate recall (union of content and collaborative top-N; the ceiling for the pipeline models): "
+               f"{report['ranking']['candidates']['recall@candidates']:.4f}", ""]
+    md += ["![NDCG by model](ndcg.png)", "", "## By student group (min/max ratio across groups)", "",
+           format_table(fairness_table(report["ranking"], k), markdown=True), "",
+           "### Ranker per group", "", format_table(group_table(report["ranking"], "ranker", k), markdown=True), ""]
+    s = report.get("success", {})
+    if "roc_auc" in s:
+        md += ["## Success predictor", "", f"Algorithm: {s['algorithm']} (chosen by {len(s['search'])}-way CV search), "
+               "sigmoid-calibrated.", "", format_table(success_table(s), markdown=True), "",
+               "![Reliability diagram](reliability.png)", ""]
+    md += ["## Collaborative model selection (validation window)", "",
+           format_table([["kind", "params", f"NDCG@{k}"]] + [[r["kind"], json.dumps(r["params"]), f"{r[f'ndcg@{k}']:.4f}"]
+                                                            for r in report.get("collaborative_selection", [])],
+                        markdown=True), "",
+           "## Targets", "", "```json", json.dumps(report.get("targets", {}), indent=2), "```", "",
+           "## Timings (seconds)", "", "```json", json.dumps(report.get("timings_seconds", {}), indent=2), "```"]
+    (run_dir / "report.md").write_text("\n".join(md) + "\n")
+    _plot_ndcg(report["ranking"], run_dir / "ndcg.png", k)
+    if "reliability" in s:
+        _plot_reliability(s, run_dir / "reliability.png")
+
+
+def _plot_ndcg(ranking: dict, path: Path, k: int) -> None:
+    names = [n for n in MODEL_ORDER if n in ranking]
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.bar(names, [ranking[n][f"ndcg@{k}"] for n in names], color="#3b7dd8")
+    ax.set_ylabel(f"NDCG@{k}")
+    ax.set_title("Test-window NDCG by model")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _plot_reliability(s: dict, path: Path) -> None:
+    bins = s["reliability"]
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    xs = [b["mean_predicted"] for b in bins]
+    ys = [b["observed_rate"] for b in bins]
+    top = max(xs + ys) * 1.1
+    ax.plot([0, top], [0, top], "--", color="grey", label="perfect")
+    ax.plot(xs, ys, "o-", color="#d8573b", label="success predictor")
+    ax.set_xlabel("mean predicted P(selected)")
+    ax.set_ylabel("observed selection rate")
+    ax.set_title(f"Reliability (ECE {s['ece']:.3f}, equal-mass bins)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

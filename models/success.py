@@ -1,0 +1,114 @@
+"""Success predictor: calibrated P(selected | student applies) for student x internship pairs.
+
+A scikit-learn Pipeline (ColumnTransformer -> classifier) over `features.PAIR_FEATURES`.
+Candidate algorithms are compared by stratified cross-validation with a randomised
+hyper-parameter search; the winner is calibrated with CalibratedClassifierCV (sigmoid, since
+positives are few: about 13 % of applications). Protected attributes are not in PAIR_FEATURES,
+and `FEATURES` is asserted free of them, so the model cannot see them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.calibration import CalibratedClassifierCV
+from sklearn.compose import ColumnTransformer
+from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import RandomizedSearchCV, StratifiedKFold
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+from models.bundle import Bundle, BundleRef, write_bundle
+from models.data.contract import PROTECTED_ATTRIBUTES
+from models.features import PAIR_FEATURES
+
+COMPONENT = "success"
+FEATURES = list(PAIR_FEATURES)
+CATEGORICAL = ["distance_class"]
+NUMERIC = [f for f in FEATURES if f not in CATEGORICAL]
+assert not set(FEATURES) & set(PROTECTED_ATTRIBUTES), "protected attributes must never be features"
+
+
+def _preprocess() -> ColumnTransformer:
+    # Columns are addressed by position: the pipeline takes the plain float matrix from
+    # features.pair_features, so serving needs no DataFrame per request.
+    num = [FEATURES.index(f) for f in NUMERIC]
+    cat = [FEATURES.index(f) for f in CATEGORICAL]
+    return ColumnTransformer([
+        ("num", Pipeline([("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())]), num),
+        ("cat", OneHotEncoder(handle_unknown="ignore", categories=[[0.0, 1.0, 2.0, 3.0, 4.0]]), cat),
+    ])
+
+
+def candidates(seed: int) -> dict[str, tuple[Pipeline, dict]]:
+    """Algorithm name -> (pipeline, hyper-parameter distributions for the randomised search)."""
+    return {
+        "logistic_regression": (
+            Pipeline([("prep", _preprocess()), ("clf", LogisticRegression(max_iter=2000))]),
+            {"clf__C": [0.01, 0.1, 1.0, 10.0]},
+        ),
+        "hist_gradient_boosting": (
+            Pipeline([("prep", _preprocess()), ("clf", HistGradientBoostingClassifier(random_state=seed))]),
+            {"clf__learning_rate": [0.03, 0.06, 0.1], "clf__max_leaf_nodes": [7, 15, 31],
+             "clf__min_samples_leaf": [20, 50, 100], "clf__l2_regularization": [0.0, 1.0]},
+        ),
+        "random_forest": (
+            Pipeline([("prep", _preprocess()), ("clf", RandomForestClassifier(n_estimators=200, n_jobs=-1,
+                                                                              random_state=seed))]),
+            {"clf__max_depth": [6, 10, None], "clf__min_samples_leaf": [5, 20, 50]},
+        ),
+    }
+
+
+def search(x: np.ndarray, y: np.ndarray, *, folds: int = 3, budget: int = 4, seed: int = 0,
+           progress=None) -> tuple[str, dict, dict]:
+    """Cross-validated search over every candidate; returns (best name, best params, all results)."""
+    cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    results = {}
+    for name, (pipe, space) in candidates(seed).items():
+        n_options = int(np.prod([len(v) for v in space.values()]))
+        rs = RandomizedSearchCV(pipe, space, n_iter=min(budget, n_options), scoring="neg_log_loss", cv=cv,
+                                random_state=seed, n_jobs=1)
+        rs.fit(x, y)
+        results[name] = {"cv_log_loss": float(-rs.best_score_), "params": rs.best_params_}
+        if progress:
+            progress(name, results[name])
+    best = min(results, key=lambda k: results[k]["cv_log_loss"])
+    return best, results[best]["params"], results
+
+
+class SuccessModel:
+    def __init__(self, calibrated: CalibratedClassifierCV, algorithm: str, params: dict):
+        self.model, self.algorithm, self.params = calibrated, algorithm, params
+
+    @classmethod
+    def fit(cls, x: np.ndarray, y: np.ndarray, algorithm: str, params: dict, *, folds: int = 3,
+            seed: int = 0) -> "SuccessModel":
+        pipe, _ = candidates(seed)[algorithm]
+        pipe.set_params(**params)
+        calibrated = CalibratedClassifierCV(pipe, method="sigmoid", cv=StratifiedKFold(folds, shuffle=True,
+                                                                                        random_state=seed))
+        calibrated.fit(x, y)
+        return cls(calibrated, algorithm, params)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Calibrated P(selected | applies), one per row of pair features."""
+        return self.model.predict_proba(x)[:, 1].astype(np.float32)
+
+    def save(self, root, metadata: dict, space_arrays: dict) -> BundleRef:
+        return write_bundle(root, COMPONENT, arrays=space_arrays, objects={"model": self.model},
+                            documents={"model": {"algorithm": self.algorithm, "params": _jsonable(self.params),
+                                                 "features": FEATURES}},
+                            metadata=metadata, pickled_libraries=("scikit-learn",))
+
+    @classmethod
+    def from_bundle(cls, bundle: Bundle) -> "SuccessModel":
+        doc = bundle.documents["model"]
+        if doc["features"] != FEATURES:
+            raise ValueError("success bundle was trained on another feature schema; retrain it")
+        return cls(bundle.objects["model"], doc["algorithm"], doc["params"])
+
+
+def _jsonable(params: dict) -> dict:
+    return {k: (v if isinstance(v, (int, float, str, bool)) or v is None else str(v)) for k, v in params.items()}

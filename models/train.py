@@ -1,0 +1,406 @@
+"""Training: one command from a dataset folder to four verified bundles and an evaluation report.
+
+Time protocol (interactions sorted by time, cutoffs at quantiles of their timestamps):
+  train  [start, c1)  components are fitted here (stage A);
+  valid  [c1, c2)     collaborative model and blend weights are chosen, the ranker is trained
+                      on stage-A component scores of these students' candidates;
+  test   [c2, end]    components refitted on [start, c2) with the chosen settings (stage B) and
+                      every model is evaluated: each student's saves/applies in this window are
+                      the relevant items; anything they interacted with before c2 and any
+                      internship closed at c2 is excluded.
+Then each component is refitted on everything (stage C) and written as a bundle.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from tqdm import tqdm
+
+from models import metrics as M
+from models.collaborative import MAX_EASE_ITEMS, CollaborativeModel, interaction_matrix
+from models.content import ContentModel, profile_text
+from models.data.contract import Dataset, load_dataset
+from models.evaluate import Components, evaluate_window, ranker_training_data
+from models.features import FeatureSpace, pair_features
+from models.ranker import COMPONENT_SCORES, RankerModel, blend_scores
+from models.registry import Registry
+from models.report import write_report
+from models.success import FEATURES as SUCCESS_FEATURES
+from models.success import SuccessModel, search
+
+log = logging.getLogger("pmis.train")
+GRADES = {"view": 0, "save": 1, "apply": 2}
+GROUP_ATTRIBUTES = ["gender", "social_category", "rural", "college_tier", "disability"]
+
+
+@dataclass
+class TrainConfig:
+    data_dir: Path
+    bundles_dir: Path
+    runs_dir: Path
+    seed: int = 0
+    valid_fraction: float = 0.15
+    test_fraction: float = 0.15
+    k: int = 10
+    candidates: int = 100          # per retriever; the union is up to twice this
+    cv_folds: int = 3
+    search_budget: int = 4         # randomised-search draws per success-predictor algorithm
+    max_eval_students: int = 20_000
+    max_success_rows: int = 200_000  # rows used for the success predictor's model search
+    activate: bool = True
+    progress: bool = True
+    als_grid: list[dict] = field(default_factory=lambda: [
+        {"factors": f, "regularization": r, "alpha": a, "iterations": 15}
+        for f in (32, 64) for r in (0.05,) for a in (1.0, 5.0)])
+    ease_grid: list[dict] = field(default_factory=lambda: [{"lambda": lam} for lam in (100.0, 400.0)])
+
+
+@dataclass
+class Indexed:
+    """The dataset as integer arrays aligned with students/internships row order."""
+    student_ids: np.ndarray
+    item_ids: np.ndarray
+    s: np.ndarray
+    i: np.ndarray
+    event: np.ndarray
+    ts: np.ndarray
+    out_s: np.ndarray | None
+    out_i: np.ndarray | None
+    out_y: np.ndarray | None
+    out_ts: np.ndarray | None  # timestamp of the application each outcome belongs to
+
+
+def index_dataset(ds: Dataset) -> Indexed:
+    students = pd.Index(ds.students["student_id"].astype(str))
+    items = pd.Index(ds.internships["internship_id"].astype(str))
+    inter = ds.interactions
+    ts = inter["timestamp"].astype("int64").to_numpy() // 1_000_000  # microseconds -> seconds
+    idx = Indexed(students.to_numpy(dtype=str), items.to_numpy(dtype=str),
+                  students.get_indexer(inter["student_id"].astype(str)), items.get_indexer(inter["internship_id"].astype(str)),
+                  inter["event"].astype(str).to_numpy(), ts, None, None, None, None)
+    if ds.has_outcomes:
+        out = ds.outcomes
+        idx.out_s = students.get_indexer(out["student_id"].astype(str))
+        idx.out_i = items.get_indexer(out["internship_id"].astype(str))
+        idx.out_y = out["selected"].to_numpy(dtype=np.int64)
+        applies = pd.DataFrame({"s": idx.s, "i": idx.i, "ts": ts})[idx.event == "apply"]
+        applied_at = applies.groupby(["s", "i"])["ts"].min()
+        idx.out_ts = applied_at.reindex(pd.MultiIndex.from_arrays([idx.out_s, idx.out_i])).to_numpy()
+    return idx
+
+
+def cutoffs(ts: np.ndarray, valid_fraction: float, test_fraction: float) -> tuple[int, int]:
+    c1 = int(np.quantile(ts, 1 - valid_fraction - test_fraction))
+    c2 = int(np.quantile(ts, 1 - test_fraction))
+    return c1, c2
+
+
+def _csr(idx: Indexed, mask: np.ndarray, values: np.ndarray, n_s: int, n_i: int) -> sp.csr_matrix:
+    m = sp.coo_matrix((values[mask].astype(np.float32), (idx.s[mask], idx.i[mask])), shape=(n_s, n_i)).tocsr()
+    m.sum_duplicates()
+    return m
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        self.rng = np.random.default_rng(cfg.seed)
+        self.run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
+        self.timings: dict[str, float] = {}
+        self.report: dict = {"run_id": self.run_id}
+
+    # ------------------------------------------------------------------ helpers
+    def _stage(self, name: str):
+        trainer = self
+
+        class _Timer:
+            def __enter__(self):
+                self.t = time.perf_counter()
+                if trainer.cfg.progress:
+                    tqdm.write(f"[{name}]")
+
+            def __exit__(self, *exc):
+                trainer.timings[name] = round(time.perf_counter() - self.t, 2)
+        return _Timer()
+
+    def _bar(self, total: int, desc: str):
+        return tqdm(total=total, desc=desc, disable=not self.cfg.progress, leave=False, unit="students")
+
+    def _space(self, before: int | None) -> FeatureSpace:
+        """The feature space with applicant counts as known at time `before` (None: all data)."""
+        idx = self.idx
+        mask = idx.event == "apply"
+        if before is not None:
+            mask &= idx.ts < before
+        counts = np.bincount(idx.i[mask], minlength=len(idx.item_ids)).astype(np.float64)
+        return dataclasses.replace(self.base_space, items=dataclasses.replace(self.base_space.items, applicants=counts))
+
+    def _components(self, before: int | None, collab: CollaborativeModel, success: SuccessModel | None) -> Components:
+        idx = self.idx
+        mask = np.ones(len(idx.ts), bool) if before is None else idx.ts < before
+        seen = _csr(idx, mask, np.ones(len(idx.ts)), len(idx.student_ids), len(idx.item_ids))
+        now = before if before is not None else int(idx.ts.max()) + 1
+        open_items = self.base_space.items.deadline >= now
+        return Components(self.content, collab, success, self._space(before), self.students, self.profile_texts,
+                          seen, open_items)
+
+    def _window(self, lo: int, hi: int | None) -> tuple[np.ndarray, sp.csr_matrix]:
+        """Students with a save/apply in [lo, hi) and their graded relevance (apply 2, save 1)."""
+        idx = self.idx
+        mask = (idx.ts >= lo) & (idx.ts < (hi if hi is not None else np.iinfo(np.int64).max))
+        grades = np.vectorize(GRADES.get, otypes=[np.float32])(idx.event)
+        mask &= grades > 0
+        graded = _csr(idx, mask, grades, len(idx.student_ids), len(idx.item_ids))
+        graded.data = np.minimum(graded.data, 2)
+        # an item the student saw before lo is not a discovery: it cannot count as relevant
+        seen_before = _csr(idx, idx.ts < lo, np.ones(len(idx.ts)), *graded.shape)
+        graded = graded - graded.multiply(seen_before > 0)
+        graded.eliminate_zeros()
+        rows = np.flatnonzero(graded.getnnz(axis=1) > 0)
+        if len(rows) > self.cfg.max_eval_students:
+            rows = np.sort(self.rng.choice(rows, self.cfg.max_eval_students, replace=False))
+        return rows, graded
+
+    def _collab_matrix(self, before: int | None) -> sp.csr_matrix:
+        idx = self.idx
+        mask = np.ones(len(idx.ts), bool) if before is None else idx.ts < before
+        return interaction_matrix(idx.s[mask], idx.i[mask], idx.event[mask], len(idx.student_ids), len(idx.item_ids))
+
+    def _fit_collab(self, kind: str, params: dict, before: int | None) -> CollaborativeModel:
+        return CollaborativeModel.fit(kind, {**params, "seed": self.cfg.seed}, self._collab_matrix(before),
+                                      self.idx.student_ids, self.idx.item_ids)
+
+    def _success_rows(self, before: int | None, space: FeatureSpace):
+        idx = self.idx
+        mask = np.ones(len(idx.out_s), bool) if before is None else idx.out_ts < before
+        x = pair_features(self.students, idx.out_s[mask], space.items, idx.out_i[mask])
+        return x, idx.out_y[mask]
+
+    def _subsample(self, x, y, n):
+        if len(y) <= n:
+            return x, y
+        keep = self.rng.choice(len(y), n, replace=False)
+        return x[keep], y[keep]
+
+    # ------------------------------------------------------------------ the run
+    def run(self) -> dict:
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        with self._stage("load and validate"):
+            ds = load_dataset(cfg.data_dir)
+            for note in ds.report.notes:
+                tqdm.write(f"  note: {note}")
+            self.ds, self.idx = ds, index_dataset(ds)
+            self.base_space = FeatureSpace.build(ds.students, ds.internships)
+            self.students = self.base_space.students(ds.students)
+            self.profile_texts = [profile_text(s, f, p) for s, f, p in zip(
+                ds.students["skills"], ds.students["field"], ds.students["preferred_sectors"])]
+            self.groups = {a: ds.students[a].astype(str).to_numpy() for a in GROUP_ATTRIBUTES if a in ds.students}
+        c1, c2 = cutoffs(self.idx.ts, cfg.valid_fraction, cfg.test_fraction)
+        iso = lambda t: datetime.fromtimestamp(t, timezone.utc).isoformat()  # noqa: E731
+        self.report["split"] = {"train_until": iso(c1), "valid_until": iso(c2),
+                                "interactions": {"train": int((self.idx.ts < c1).sum()),
+                                                 "valid": int(((self.idx.ts >= c1) & (self.idx.ts < c2)).sum()),
+                                                 "test": int((self.idx.ts >= c2).sum())}}
+        self.report["data"] = {"data_version": ds.data_version, "rows": ds.report.rows, "notes": ds.report.notes}
+
+        with self._stage("content"):
+            self.content = ContentModel.fit(ds.internships)
+
+        with self._stage("collaborative: selection on the validation window"):
+            valid_rows, valid_graded = self._window(c1, c2)
+            collab_kind, collab_params, collab_table = self._select_collab(c1, valid_rows, valid_graded)
+            self.report["collaborative_selection"] = collab_table
+
+        success_algo = success_params = None
+        if ds.has_outcomes:
+            with self._stage("success predictor: search, calibration, evaluation"):
+                success_algo, success_params, success_a = self._success_stage(c1)
+        else:
+            success_a = None
+            self.report["success"] = {"skipped": "no outcomes table in the dataset"}
+
+        with self._stage("ranker: trained on the validation window"):
+            comp_a = self._components(c1, self._fit_collab(collab_kind, collab_params, c1), success_a)
+            x, y, g, blocks = ranker_training_data(comp_a, valid_rows, valid_graded, cfg.candidates)
+            blend_weights = self._tune_blend(blocks, valid_graded)
+            ranker_params = {"n_estimators": 300, "learning_rate": 0.05, "num_leaves": 31, "min_child_samples": 20,
+                             "subsample": 0.8, "subsample_freq": 1, "colsample_bytree": 0.8}
+            ranker = RankerModel.fit(x, y, g, ranker_params, blend_weights, seed=cfg.seed)
+            self.report["ranker"] = {"training_groups": int(len(g)), "training_rows": int(len(y)),
+                                     "blend_weights": blend_weights, "params": ranker_params}
+
+        with self._stage("test window: components refitted up to c2, every model evaluated"):
+            success_b = None
+            if ds.has_outcomes:
+                xs, ys = self._success_rows(c2, self._space(None))
+                xs, ys = self._subsample(xs, ys, 4 * cfg.max_success_rows)
+                success_b = SuccessModel.fit(xs, ys, success_algo, success_params, folds=cfg.cv_folds, seed=cfg.seed)
+            comp_b = self._components(c2, self._fit_collab(collab_kind, collab_params, c2), success_b)
+            test_rows, test_graded = self._window(c2, None)
+            bar = self._bar(len(test_rows), "evaluating")
+            test = evaluate_window(comp_b, test_rows, (test_graded > 0).astype(np.float32).tocsr(), k=cfg.k,
+                                   n_candidates=cfg.candidates, blend_weights=blend_weights, ranker=ranker,
+                                   groups=self.groups, progress=bar.update)
+            bar.close()
+            self.report["ranking"] = test
+            # The ranker's final fit also learns from the test window (stage-B scores): the
+            # windows exist to choose and to report; the shipped model uses all the data.
+            x2, y2, g2, _ = ranker_training_data(comp_b, test_rows, test_graded, cfg.candidates)
+            self.report["ranker"]["feature_importance"] = ranker.feature_importance()
+
+        with self._stage("final refit on all data and bundles"):
+            refs = self._write_bundles(ds, collab_kind, collab_params, success_algo, success_params,
+                                       np.vstack([x, x2]), np.concatenate([y, y2]), np.concatenate([g, g2]),
+                                       ranker_params, blend_weights)
+        self.timings["total"] = round(time.perf_counter() - t0, 2)
+        self.report["timings_seconds"] = self.timings
+        self.report["bundles"] = {c: {"version": r.version, "path": str(r.path), "content_hash": r.content_hash}
+                                  for c, r in refs.items()}
+        self.report["targets"] = self._targets()
+        run_dir = Path(cfg.runs_dir) / self.run_id
+        write_report(self.report, run_dir)
+        self.report["run_dir"] = str(run_dir)
+        return self.report
+
+    # ------------------------------------------------------------------ stages
+    def _select_collab(self, c1: int, rows: np.ndarray, graded: sp.csr_matrix):
+        """Fit every candidate on [start, c1) and keep the best NDCG@k on the validation window."""
+        space_options = [("als", p) for p in self.cfg.als_grid]
+        if len(self.idx.item_ids) <= MAX_EASE_ITEMS:
+            space_options += [("ease", p) for p in self.cfg.ease_grid]
+        relevant = (graded > 0).astype(np.float32).tocsr()
+        seen = _csr(self.idx, self.idx.ts < c1, np.ones(len(self.idx.ts)), *graded.shape)
+        open_items = self.base_space.items.deadline >= c1
+        table = []
+        matrix = self._collab_matrix(c1)
+        for kind, params in tqdm(space_options, desc="collaborative candidates", disable=not self.cfg.progress, leave=False):
+            model = CollaborativeModel.fit(kind, {**params, "seed": self.cfg.seed}, matrix, self.idx.student_ids,
+                                           self.idx.item_ids)
+            tops = []
+            for start in range(0, len(rows), 2000):
+                part = rows[start:start + 2000]
+                known = np.asarray(matrix[part].getnnz(axis=1) > 0)
+                scores = np.array(model.popularity_scores(len(part)), dtype=np.float32)
+                if known.any():
+                    scores[known] = model.score_users(part[known])
+                scores[seen[part].toarray().astype(bool) | ~open_items[None, :]] = -np.inf
+                tops.append(M.top_k(scores, self.cfg.k))
+            m = M.ranking_metrics(np.vstack(tops), relevant[rows], int(open_items.sum()))
+            m.pop("_per_student")
+            table.append({"kind": kind, "params": params, **m})
+        best = max(table, key=lambda r: r[f"ndcg@{self.cfg.k}"])
+        return best["kind"], best["params"], table
+
+    def _success_stage(self, c1: int):
+        cfg = self.cfg
+        space = self._space(None)  # competition as known when the company decides
+        x, y = self._success_rows(c1, space)
+        xs, ys = self._subsample(x, y, cfg.max_success_rows)
+        best, params, results = search(xs, ys, folds=cfg.cv_folds, budget=cfg.search_budget, seed=cfg.seed,
+                                       progress=lambda n, r: tqdm.write(f"  {n}: cv log-loss {r['cv_log_loss']:.4f}")
+                                       if cfg.progress else None)
+        xf, yf = self._subsample(x, y, 4 * cfg.max_success_rows)
+        model = SuccessModel.fit(xf, yf, best, params, folds=cfg.cv_folds, seed=cfg.seed)
+        idx = self.idx
+        later = idx.out_ts >= c1
+        x_eval = pair_features(self.students, idx.out_s[later], space.items, idx.out_i[later])
+        p = model.predict(x_eval)
+        report = M.classification_report(idx.out_y[later], p)
+        report.update({"algorithm": best, "params": {k: str(v) for k, v in params.items()}, "search": {
+            k: {"cv_log_loss": v["cv_log_loss"], "params": {a: str(b) for a, b in v["params"].items()}}
+            for k, v in results.items()}, "evaluated_on": "applications made on or after the first cutoff",
+            "train_rows": int(len(y)), "features": SUCCESS_FEATURES})
+        self.report["success"] = report
+        return best, params, model
+
+    def _tune_blend(self, blocks, graded) -> dict[str, float]:
+        """Grid-search the static blend's weights on the validation candidates (NDCG@k)."""
+        grid = [0.0, 0.5, 1.0]
+        best, best_ndcg = None, -1.0
+        for wc in grid:
+            for wf in grid:
+                for wp in grid:
+                    for ws in grid:
+                        if wc == wf == wp == ws == 0:
+                            continue
+                        w = dict(zip(COMPONENT_SCORES, (wc, wf, wp, ws)))
+                        ndcg = []
+                        for block, labels in blocks:
+                            s = np.where(block.valid, blend_scores(block.scores, w), -np.inf)
+                            pos = M.top_k(s, self.cfg.k)
+                            items = np.take_along_axis(block.items, pos, axis=1)
+                            valid = np.take_along_axis(block.valid, pos, axis=1)
+                            rel = (graded[block.rows] > 0).astype(np.float32).tocsr()
+                            ndcg.append(M.ranking_metrics(items, rel, 1, valid)["_per_student"]["ndcg"])
+                        score = float(np.mean(np.concatenate(ndcg)))
+                        if score > best_ndcg:
+                            best, best_ndcg = w, score
+        return best
+
+    def _write_bundles(self, ds, collab_kind, collab_params, success_algo, success_params, rx, ry, rg,
+                       ranker_params, blend_weights) -> dict:
+        cfg = self.cfg
+        space = self._space(None)
+        base_meta = {"run_id": self.run_id, "data_version": ds.data_version}
+        ranking = self.report["ranking"]
+        strip = lambda m: {k: v for k, v in m.items() if k != "groups"}  # noqa: E731
+        refs = {"content": self.content.save(cfg.bundles_dir, {**base_meta, "metrics": strip(ranking["content"])},
+                                             space.arrays())}
+        collab = self._fit_collab(collab_kind, collab_params, None)
+        refs["collaborative"] = collab.save(cfg.bundles_dir, {**base_meta, "metrics": strip(ranking["collaborative"]),
+                                                              "params": {"kind": collab_kind, **collab_params}})
+        if ds.has_outcomes:
+            x, y = self._success_rows(None, space)
+            x, y = self._subsample(x, y, 4 * cfg.max_success_rows)
+            success = SuccessModel.fit(x, y, success_algo, success_params, folds=cfg.cv_folds, seed=cfg.seed)
+            s_metrics = {k: v for k, v in self.report["success"].items() if k not in ("reliability", "search")}
+            refs["success"] = success.save(cfg.bundles_dir, {**base_meta, "metrics": s_metrics,
+                                                            "feature_schema": SUCCESS_FEATURES}, space.arrays())
+        ranker = RankerModel.fit(rx, ry, rg, ranker_params, blend_weights, seed=cfg.seed)
+        refs["ranker"] = ranker.save(cfg.bundles_dir, {**base_meta, "metrics": strip(ranking["ranker"]),
+                                                      "feature_importance": ranker.feature_importance()},
+                                     space.arrays())
+        registry = Registry(Path(cfg.bundles_dir) / "registry.db")
+        for component, ref in refs.items():
+            registry.register(ref, metrics=self._manifest_metrics(component))
+            if cfg.activate:
+                registry.set_alias(component, ref.version, "champion", reason=f"trained by run {self.run_id}")
+        return refs
+
+    def _manifest_metrics(self, component: str) -> dict:
+        if component == "success":
+            return {k: v for k, v in self.report["success"].items() if isinstance(v, (int, float))}
+        m = self.report["ranking"][component]
+        return {k: v for k, v in m.items() if isinstance(v, (int, float))}
+
+    def _targets(self) -> dict:
+        k = self.cfg.k
+        r = self.report["ranking"]
+        best_single = max(r[c][f"ndcg@{k}"] for c in ("popularity", "content", "collaborative"))
+        out = {f"ranker_ndcg@{k}": r["ranker"][f"ndcg@{k}"], "best_single_component_ndcg": best_single,
+               "ranker_over_best_single": r["ranker"][f"ndcg@{k}"] / max(best_single, 1e-9),
+               "ranker_beats_popularity": r["ranker"][f"ndcg@{k}"] > r["popularity"][f"ndcg@{k}"]}
+        if "roc_auc" in self.report.get("success", {}):
+            out["success_roc_auc"] = self.report["success"]["roc_auc"]
+            out["success_ece"] = self.report["success"]["ece"]
+        return out
+
+
+def train(cfg: TrainConfig) -> dict:
+    return Trainer(cfg).run()
+
+
+def save_json(obj, path: Path) -> None:
+    path.write_text(json.dumps(obj, indent=2, default=str))
