@@ -1,0 +1,37 @@
+# Two commands for a fresh machine:  `make run`  (main job)  and  `make test`  (test suite).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PMIS   := $(VENV)/bin/pmis
+STAMP  := $(VENV)/.installed
+
+export OPENBLAS_NUM_THREADS ?= 1
+
+.PHONY: install run test test-scale bench-scale clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Main job: generate the default dataset if absent, train the four components, print the report.
+run: install
+	$(PMIS) run
+
+## The default test suite (scale tests excluded; see test-scale).
+test: install
+	$(PY) -m pytest -q
+
+## Slow scale tests (1,000,000 students x 100,000 internships).
+test-scale: install
+	$(PY) -m pytest -q -m scale --override-ini="addopts=-ra"
+
+## Time and peak memory of generation + training at 1M x 100k, printed as a table.
+bench-scale: install
+	$(PY) -m models.bench_scale
+
+clean:
+	rm -rf var .pytest_cache
