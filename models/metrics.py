@@ -93,7 +93,7 @@ def calibration_slope_intercept(y: np.ndarray, p: np.ndarray) -> tuple[float, fl
     """Logistic recalibration fit y ~ a + b * logit(p): perfect calibration is slope 1, intercept 0."""
     eps = 1e-6
     logit = np.log(np.clip(p, eps, 1 - eps) / np.clip(1 - p, eps, 1 - eps))
-    fit = LogisticRegression(penalty=None, max_iter=1000).fit(logit[:, None], y)
+    fit = LogisticRegression(C=np.inf, max_iter=1000).fit(logit[:, None], y)
     return float(fit.coef_[0, 0]), float(fit.intercept_[0])
 
 

@@ -53,7 +53,7 @@ class RankerModel:
             blend_weights: dict[str, float], seed: int = 0) -> "RankerModel":
         model = LGBMRanker(objective="lambdarank", random_state=seed, verbose=-1, n_jobs=2,
                            **params)
-        model.fit(x, labels, group=group_sizes, feature_name=FEATURES)
+        model.fit(x, labels, group=group_sizes)  # columns are FEATURES, in order
         return cls(model, params, blend_weights)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
