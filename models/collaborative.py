@@ -25,7 +25,7 @@ MAX_EASE_ITEMS = 20_000
 
 
 def interaction_matrix(u_idx, i_idx, events, n_users: int, n_items: int) -> sp.csr_matrix:
-    """Confidence matrix (users x items): the strongest event per pair, weighted by EVENT_WEIGHTS."""
+    """Confidence matrix (users x items): event weights (EVENT_WEIGHTS) summed per pair, capped."""
     w = np.vectorize(EVENT_WEIGHTS.get, otypes=[np.float32])(np.asarray(events)) if len(events) else np.zeros(0, np.float32)
     m = sp.coo_matrix((w, (np.asarray(u_idx), np.asarray(i_idx))), shape=(n_users, n_items)).tocsr()
     m.sum_duplicates()
@@ -51,7 +51,9 @@ class CollaborativeModel:
             # An implicit model around the stored item factors, used only for fold-in.
             self._als = AlternatingLeastSquares(factors=item_factors.shape[1], regularization=params["regularization"],
                                                 alpha=params["alpha"], random_state=0)
-            self._als.item_factors = np.ascontiguousarray(item_factors, dtype=np.float32)
+            # implicit's solver needs a writable buffer; the bundle's memmap is read-only. The copy
+            # is items x factors; scoring keeps using the shared memmap.
+            self._als.item_factors = np.array(item_factors, dtype=np.float32, copy=True)
 
     @classmethod
     def fit(cls, kind: str, params: dict, user_items: sp.csr_matrix, user_ids, item_ids) -> "CollaborativeModel":

@@ -9,6 +9,7 @@ dense (students x internships) score blocks stay small at any catalogue size.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +23,12 @@ from models.ranker import RankerModel, blend_scores, ranker_features
 from models.success import SuccessModel
 
 PIPELINE_MODELS = ["success_only", "blend", "ranker"]
+DENSE_BLOCK_CELLS = 20_000_000  # students x items per dense score block (~80 MB of float32)
+
+
+def chunk_size(n_items: int) -> int:
+    """Students per block, so that a block's dense score matrices stay around DENSE_BLOCK_CELLS."""
+    return int(max(50, min(2000, DENSE_BLOCK_CELLS // max(n_items, 1))))
 CATALOGUE_MODELS = ["popularity", "content", "collaborative"]
 
 
@@ -95,9 +102,10 @@ def pipeline_scores(block: CandidateBlock, blend_weights: dict, ranker: RankerMo
 
 def evaluate_window(c: Components, rows: np.ndarray, relevant: sp.csr_matrix, *, k: int, n_candidates: int,
                     blend_weights: dict, ranker: RankerModel | None, groups: dict[str, np.ndarray],
-                    chunk: int = 1000, progress=None) -> dict:
+                    progress=None) -> dict:
     """Metrics per model for students `rows` whose relevant items (binary, students x items) are given."""
     n_rankable = int(c.open_items.sum())
+    chunk = chunk_size(len(c.open_items))
     tops: dict[str, list] = {}
     candidate_recall = []
     for start in range(0, len(rows), chunk):
@@ -128,8 +136,9 @@ def evaluate_window(c: Components, rows: np.ndarray, relevant: sp.csr_matrix, *,
     return results
 
 
-def ranker_training_data(c: Components, rows: np.ndarray, graded: sp.csr_matrix, n_candidates: int, chunk: int = 1000):
+def ranker_training_data(c: Components, rows: np.ndarray, graded: sp.csr_matrix, n_candidates: int):
     """Features, graded labels and group sizes of the candidates of students with a positive among them."""
+    chunk = chunk_size(len(c.open_items))
     xs, ys, groups, blocks = [], [], [], []
     for start in range(0, len(rows), chunk):
         block = candidate_block(c, rows[start:start + chunk], n_candidates)
@@ -141,5 +150,6 @@ def ranker_training_data(c: Components, rows: np.ndarray, graded: sp.csr_matrix,
         xs.append(x[keep_flat])
         ys.append(labels[block.valid][keep_flat])
         groups.append(sizes[keep_rows])
-        blocks.append((block, labels))
+        # keep what blend tuning needs, not the dense full-catalogue score blocks
+        blocks.append((dataclasses.replace(block, content_full=None, collab_full=None), labels))
     return np.vstack(xs), np.concatenate(ys), np.concatenate(groups), blocks

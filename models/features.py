@@ -66,7 +66,11 @@ def popcount(bits: np.ndarray) -> np.ndarray:
 def _str_array(values, n) -> np.ndarray:
     if values is None:
         return np.full(n, "", dtype=str)
-    return np.asarray(["" if v is None or v != v else str(v).strip().lower() for v in values], dtype=str)
+    return np.asarray(["" if _missing(v) else str(v).strip().lower() for v in values], dtype=str)
+
+
+def _missing(v) -> bool:
+    return v is None or v is _NA or (isinstance(v, float) and v != v)
 
 
 def _lists(values, n) -> list:

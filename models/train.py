@@ -14,6 +14,7 @@ Then each component is refitted on everything (stage C) and written as a bundle.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
 import time
@@ -31,7 +32,7 @@ from models import metrics as M
 from models.collaborative import MAX_EASE_ITEMS, CollaborativeModel, interaction_matrix
 from models.content import ContentModel, profile_text
 from models.data.contract import Dataset, load_dataset
-from models.evaluate import Components, evaluate_window, ranker_training_data
+from models.evaluate import Components, chunk_size, evaluate_window, ranker_training_data
 from models.features import FeatureSpace, pair_features
 from models.ranker import COMPONENT_SCORES, RankerModel, blend_scores
 from models.registry import Registry
@@ -289,8 +290,9 @@ class Trainer:
             model = CollaborativeModel.fit(kind, {**params, "seed": self.cfg.seed}, matrix, self.idx.student_ids,
                                            self.idx.item_ids)
             tops = []
-            for start in range(0, len(rows), 2000):
-                part = rows[start:start + 2000]
+            step = chunk_size(len(open_items))
+            for start in range(0, len(rows), step):
+                part = rows[start:start + step]
                 known = np.asarray(matrix[part].getnnz(axis=1) > 0)
                 scores = np.array(model.popularity_scores(len(part)), dtype=np.float32)
                 if known.any():
@@ -327,26 +329,22 @@ class Trainer:
 
     def _tune_blend(self, blocks, graded) -> dict[str, float]:
         """Grid-search the static blend's weights on the validation candidates (NDCG@k)."""
-        grid = [0.0, 0.5, 1.0]
+        rels = [(graded[block.rows] > 0).astype(np.float32).tocsr() for block, _ in blocks]
         best, best_ndcg = None, -1.0
-        for wc in grid:
-            for wf in grid:
-                for wp in grid:
-                    for ws in grid:
-                        if wc == wf == wp == ws == 0:
-                            continue
-                        w = dict(zip(COMPONENT_SCORES, (wc, wf, wp, ws)))
-                        ndcg = []
-                        for block, labels in blocks:
-                            s = np.where(block.valid, blend_scores(block.scores, w), -np.inf)
-                            pos = M.top_k(s, self.cfg.k)
-                            items = np.take_along_axis(block.items, pos, axis=1)
-                            valid = np.take_along_axis(block.valid, pos, axis=1)
-                            rel = (graded[block.rows] > 0).astype(np.float32).tocsr()
-                            ndcg.append(M.ranking_metrics(items, rel, 1, valid)["_per_student"]["ndcg"])
-                        score = float(np.mean(np.concatenate(ndcg)))
-                        if score > best_ndcg:
-                            best, best_ndcg = w, score
+        for weights in itertools.product([0.0, 0.5, 1.0], repeat=len(COMPONENT_SCORES)):
+            if not any(weights):
+                continue
+            w = dict(zip(COMPONENT_SCORES, weights))
+            ndcg = []
+            for (block, _), rel in zip(blocks, rels):
+                s = np.where(block.valid, blend_scores(block.scores, w), -np.inf)
+                pos = M.top_k(s, self.cfg.k)
+                items = np.take_along_axis(block.items, pos, axis=1)
+                valid = np.take_along_axis(block.valid, pos, axis=1)
+                ndcg.append(M.ranking_metrics(items, rel, 1, valid)["_per_student"]["ndcg"])
+            score = float(np.mean(np.concatenate(ndcg)))
+            if score > best_ndcg:
+                best, best_ndcg = w, score
         return best
 
     def _write_bundles(self, ds, collab_kind, collab_params, success_algo, success_params, rx, ry, rg,

@@ -1,0 +1,377 @@
+"""The model components: content, collaborative, success predictor and ranker, with bundle round trips."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+from implicit.als import AlternatingLeastSquares
+from sklearn.metrics import ndcg_score, roc_auc_score
+from threadpoolctl import threadpool_limits
+
+from models.bundle import SIGNING_KEY_ENV, BundleError, load_bundle
+from models.collaborative import EVENT_WEIGHTS, CollaborativeModel, interaction_matrix
+from models.content import ContentModel, internship_text, profile_text
+from models.features import PAIR_FEATURES
+from models.ranker import COMPONENT_SCORES, RankerModel, blend_scores, ranker_features
+from models.ranker import FEATURES as RANKER_FEATURES
+from models.success import FEATURES as SUCCESS_FEATURES
+from models.success import SuccessModel, search
+
+
+@pytest.fixture(autouse=True)
+def _no_signing_key(monkeypatch):
+    monkeypatch.delenv(SIGNING_KEY_ENV, raising=False)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # On a small, busy machine OpenMP pools (HistGradientBoosting) spin and take 50x longer;
+    # these tests are about numbers, not speed, so run single-threaded.
+    with threadpool_limits(1):
+        yield
+
+
+# --------------------------------------------------------------------------- content
+
+
+def _internships() -> pd.DataFrame:
+    return pd.DataFrame({
+        "internship_id": ["I1", "I2", "I3", "I4"],
+        "title": ["Data Analyst Intern", "Welding Trainee", "Accounts Assistant", "Store Operations"],
+        "description": ["Work with dashboards and reports.", "Fabrication shop floor work.",
+                        "Book keeping for a small firm.", "Help run a retail store."],
+        "sector": ["Information Technology", "Manufacturing", "Banking and Finance", "Retail and FMCG"],
+        "skills": [["python", "sql", "data analysis"], ["welding", "fitting"], ["tally", "accounting"],
+                   ["sales", "customer service"]],
+    })
+
+
+@pytest.fixture(scope="module")
+def content_model() -> ContentModel:
+    return ContentModel.fit(_internships())
+
+
+def test_content_ranks_shared_skills_first(content_model):
+    scores = content_model.score([profile_text(["python", "sql"]), profile_text(["welding"]),
+                                  profile_text(["tally", "accounting"], field="Commerce")])
+    assert scores.shape == (3, 4) and scores.dtype == np.float32
+    assert scores.argmax(axis=1).tolist() == [0, 1, 2]
+    assert scores[0, 0] > 0.2 and scores[0, 1] == pytest.approx(0.0, abs=1e-6)
+    assert (scores >= 0).all() and (scores <= 1 + 1e-5).all()  # cosine of non-negative tf-idf
+    # scoring a subset of items gives the same numbers for those items
+    sub = content_model.score([profile_text(["python", "sql"])], item_pos=np.array([2, 0]))
+    np.testing.assert_allclose(sub[0], scores[0, [2, 0]], rtol=1e-6)
+
+
+def test_content_brand_new_profile(content_model):
+    fresh = profile_text(["Data Analysis"], field="Computer Science", preferred_sectors=["information technology"])
+    s = content_model.score([fresh])[0]
+    assert s.argmax() == 0 and s[0] > s[1:].max()
+    # A profile of words the vectoriser has never seen scores zero everywhere, without crashing.
+    np.testing.assert_array_equal(content_model.score([profile_text(["quantum basket weaving"])]),
+                                  np.zeros((1, 4), np.float32))
+    np.testing.assert_array_equal(content_model.score([profile_text([], field=np.nan)]), np.zeros((1, 4)))
+    assert "skill_data_analysis" in internship_text("t", "d", "s", ["data analysis"])
+
+
+def test_content_bundle_round_trip(content_model, tmp_path):
+    ref = content_model.save(tmp_path, {"data_version": "test"}, {})
+    loaded = ContentModel.from_bundle(load_bundle(ref.path))
+    texts = [profile_text(["python"]), profile_text(["sales", "welding"], preferred_sectors=["retail and fmcg"])]
+    np.testing.assert_array_equal(loaded.score(texts), content_model.score(texts))
+    assert loaded.item_ids.tolist() == ["I1", "I2", "I3", "I4"]
+
+
+# --------------------------------------------------------------------------- collaborative
+
+ALS_PARAMS = {"factors": 8, "regularization": 0.05, "alpha": 2.0, "iterations": 8, "seed": 0}
+
+
+@pytest.fixture(scope="module")
+def interactions():
+    """300 students in 3 taste groups over 60 internships (20 per group), plus a little noise."""
+    rng = np.random.default_rng(0)
+    n_users, n_items = 300, 60
+    u, i, e = [], [], []
+    for user in range(n_users):
+        group = user % 3
+        for item in rng.choice(20, 6, replace=False) + 20 * group:
+            u.append(user), i.append(item), e.append(rng.choice(["view", "save", "apply"]))
+        noise = rng.integers(0, n_items)
+        u.append(user), i.append(noise), e.append("view")
+    m = interaction_matrix(np.array(u), np.array(i), np.array(e), n_users, n_items)
+    user_ids = np.array([f"S{k:04d}" for k in range(n_users)])
+    item_ids = np.array([f"I{k:03d}" for k in range(n_items)])
+    return m, user_ids, item_ids
+
+
+def test_interaction_matrix_weights_and_cap():
+    m = interaction_matrix(np.array([0, 0, 0, 0, 1, 1, 1]), np.array([0, 0, 1, 2, 0, 0, 1]),
+                           np.array(["view", "save", "apply", "view", "view", "view", "apply"]), 2, 3)
+    assert m.shape == (2, 3) and m.dtype == np.float32
+    np.testing.assert_array_equal(m.toarray(), [[EVENT_WEIGHTS["view"] + EVENT_WEIGHTS["save"], 5, 1], [2, 5, 0]])
+    capped = interaction_matrix(np.zeros(3, int), np.zeros(3, int), np.array(["apply", "save", "view"]), 1, 1)
+    assert capped[0, 0] == max(EVENT_WEIGHTS.values())
+    assert interaction_matrix(np.zeros(0, int), np.zeros(0, int), np.array([]), 2, 2).nnz == 0
+
+
+def test_als_fold_in_equals_implicit_recalculate_user(interactions):
+    m, user_ids, item_ids = interactions
+    als = AlternatingLeastSquares(factors=ALS_PARAMS["factors"], regularization=ALS_PARAMS["regularization"],
+                                  alpha=ALS_PARAMS["alpha"], iterations=ALS_PARAMS["iterations"], random_state=0)
+    als.fit(m, show_progress=False)
+    model = CollaborativeModel("als", ALS_PARAMS, user_ids, item_ids, np.ones(len(item_ids), np.float32), m,
+                               user_factors=np.asarray(als.user_factors), item_factors=np.asarray(als.item_factors))
+    items, events = np.array([20, 21, 25, 40]), np.array(["apply", "save", "view", "view"])
+    row = interaction_matrix(np.zeros(4, int), items, events, 1, len(item_ids))
+    expected = als.recalculate_user(0, row) @ als.item_factors.T
+    got = model.fold_in(items, events)
+    assert got.shape == (len(item_ids),)
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4)
+    # A student who interacted with group-1 internships gets group-1 internships recommended.
+    top = np.argsort(-got)
+    assert np.mean((top[:10] >= 20) & (top[:10] < 40)) >= 0.8
+
+
+def test_als_fit_learns_groups(interactions):
+    m, user_ids, item_ids = interactions
+    model = CollaborativeModel.fit("als", ALS_PARAMS, m, user_ids, item_ids)
+    assert model.user_factors.shape == (300, 8) and model.item_factors.shape == (60, 8)
+    scores = model.score_users(np.array([0, 1, 2]))
+    for user in range(3):
+        top = np.argsort(-scores[user])[:10]
+        assert np.mean(top // 20 == user % 3) >= 0.8
+
+
+def test_ease_fold_in_equals_scoring_the_user_row(interactions):
+    m, user_ids, item_ids = interactions
+    lam = 5.0
+    model = CollaborativeModel.fit("ease", {"lambda": lam}, m, user_ids, item_ids)
+    # closed form, independently: B = I - P diag(1/diag P), diagonal zeroed
+    x = (m.toarray() > 0).astype(np.float64)
+    p = np.linalg.inv(x.T @ x + lam * np.eye(x.shape[1]))
+    b = np.eye(len(p)) - p / np.diag(p)[None, :]
+    np.fill_diagonal(b, 0.0)
+    np.testing.assert_allclose(model.ease_b, b, atol=1e-5)
+    for user in (0, 7, 123):
+        items = m[user].indices
+        events = np.array(["view"] * len(items))  # EASE uses binary relevance: event weights do not matter
+        np.testing.assert_allclose(model.fold_in(items, events), model.score_users(np.array([user]))[0], atol=1e-5)
+        np.testing.assert_allclose(model.score_users(np.array([user]))[0], x[user] @ b, atol=1e-4)
+
+
+def test_popularity_fallback(interactions):
+    m, user_ids, item_ids = interactions
+    model = CollaborativeModel.fit("ease", {"lambda": 5.0}, m, user_ids, item_ids)
+    counts = np.asarray(m.sum(axis=0)).ravel()
+    np.testing.assert_allclose(model.popularity, counts / counts.max(), rtol=1e-6)
+    assert model.popularity.max() == pytest.approx(1.0)
+    pop = model.popularity_scores(3)
+    assert pop.shape == (3, 60)
+    np.testing.assert_array_equal(pop[2], model.popularity)
+    assert model.known(["S0000", "S0299", "nobody", ""]).tolist() == [True, True, False, False]
+
+
+@pytest.mark.parametrize("kind,params", [("als", ALS_PARAMS), ("ease", {"lambda": 5.0})])
+def test_collaborative_bundle_round_trip(interactions, tmp_path, kind, params):
+    m, user_ids, item_ids = interactions
+    model = CollaborativeModel.fit(kind, params, m, user_ids, item_ids)
+    ref = model.save(tmp_path, {"data_version": "t"})
+    bundle = load_bundle(ref.path)
+    big = "item_factors" if kind == "als" else "ease_b"
+    assert isinstance(bundle.arrays[big], np.memmap) and not bundle.arrays[big].flags.writeable
+    assert isinstance(bundle.arrays["popularity"], np.memmap)
+    loaded = CollaborativeModel.from_bundle(bundle)
+    assert loaded.kind == kind and loaded.user_ids.tolist() == user_ids.tolist()
+    users = np.array([0, 5, 299])
+    np.testing.assert_array_equal(loaded.score_users(users), model.score_users(users))
+    np.testing.assert_array_equal(loaded.popularity_scores(1)[0], model.popularity)
+    assert (loaded.user_items != model.user_items).nnz == 0
+    if kind == "ease":
+        items, events = np.array([1, 2, 3]), np.array(["apply", "view", "save"])
+        np.testing.assert_allclose(loaded.fold_in(items, events), model.fold_in(items, events), atol=1e-6)
+
+
+def _fold_in_after_load(interactions, tmp_path, mmap: bool):
+    m, user_ids, item_ids = interactions
+    model = CollaborativeModel.fit("als", ALS_PARAMS, m, user_ids, item_ids)
+    loaded = CollaborativeModel.from_bundle(load_bundle(model.save(tmp_path, {}).path, mmap=mmap))
+    items, events = np.array([1, 2, 3]), np.array(["apply", "view", "save"])
+    np.testing.assert_allclose(loaded.fold_in(items, events), model.fold_in(items, events), atol=1e-6)
+
+
+def test_als_fold_in_after_eager_bundle_load(interactions, tmp_path):
+    _fold_in_after_load(interactions, tmp_path, mmap=False)
+
+
+def test_als_fold_in_after_memmapped_bundle_load(interactions, tmp_path):
+    _fold_in_after_load(interactions, tmp_path, mmap=True)
+
+
+# --------------------------------------------------------------------------- success predictor
+
+F = {name: i for i, name in enumerate(PAIR_FEATURES)}
+
+
+def _success_data(n: int, seed: int):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, len(SUCCESS_FEATURES))).astype(np.float32)
+    x[:, F["skill_overlap"]] = rng.uniform(0, 1, n)
+    x[:, F["cgpa"]] = rng.uniform(5, 10, n)
+    x[:, F["distance_class"]] = rng.integers(0, 5, n)
+    x[rng.random(n) < 0.05, F["cgpa"]] = np.nan  # some missing CGPAs are imputed
+    cgpa = np.nan_to_num(x[:, F["cgpa"]], nan=7.5)
+    p = 1 / (1 + np.exp(-(-2.6 + 3.0 * x[:, F["skill_overlap"]] + 0.6 * (cgpa - 7.5))))
+    y = (rng.random(n) < p).astype(int)
+    return x, y, p
+
+
+@pytest.fixture(scope="module")
+def success_model():
+    x, y, _ = _success_data(4000, seed=1)
+    return SuccessModel.fit(x, y, "logistic_regression", {"clf__C": 1.0}, folds=3, seed=0)
+
+
+def test_success_model_is_discriminative_and_calibrated(success_model):
+    x, y, p_true = _success_data(8000, seed=2)
+    pred = success_model.predict(x)
+    assert pred.shape == (8000,) and pred.dtype == np.float32
+    assert ((pred > 0) & (pred < 1)).all()
+    assert roc_auc_score(y, pred) > 0.7
+    assert abs(pred.mean() - y.mean()) < 0.02
+    assert abs(pred.mean() - p_true.mean()) < 0.02
+    # higher skill overlap -> higher predicted chance, all else equal
+    a, b = x[:1].copy(), x[:1].copy()
+    a[0, F["skill_overlap"]], b[0, F["skill_overlap"]] = 0.0, 1.0
+    assert success_model.predict(b)[0] > success_model.predict(a)[0] + 0.1
+
+
+def test_success_search_compares_all_candidates():
+    x, y, _ = _success_data(600, seed=3)
+    best, params, results = search(x, y, folds=2, budget=1, seed=0)
+    assert set(results) == {"logistic_regression", "hist_gradient_boosting", "random_forest"}
+    assert best == min(results, key=lambda k: results[k]["cv_log_loss"])
+    assert params == results[best]["params"]
+    assert all(0 < r["cv_log_loss"] < 0.7 for r in results.values())
+
+
+def test_success_bundle_round_trip_and_tamper(success_model, tmp_path):
+    x, _, _ = _success_data(500, seed=4)
+    ref = success_model.save(tmp_path, {"data_version": "t"}, {})
+    loaded = SuccessModel.from_bundle(load_bundle(ref.path))
+    np.testing.assert_array_equal(loaded.predict(x), success_model.predict(x))
+    assert loaded.algorithm == "logistic_regression"
+
+    target = ref.path / "model.joblib"
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    target.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=r"model\.joblib"):
+        load_bundle(ref.path)
+
+
+# --------------------------------------------------------------------------- ranker
+
+
+def _ranker_data(n_groups: int, m: int, seed: int):
+    rng = np.random.default_rng(seed)
+    comp = rng.normal(size=(n_groups * m, len(COMPONENT_SCORES)))
+    pair = rng.normal(size=(n_groups * m, len(PAIR_FEATURES)))
+    x = ranker_features(comp, pair)
+    planted = x[:, RANKER_FEATURES.index("collab_score")]
+    labels = np.zeros(n_groups * m, dtype=int)
+    for g in range(n_groups):
+        sl = slice(g * m, (g + 1) * m)
+        noisy = planted[sl] + 0.3 * rng.normal(size=m)
+        labels[sl][np.argsort(-noisy)[:3]] = 1
+    return x, labels, np.full(n_groups, m)
+
+
+def test_ranker_features_layout():
+    comp, pair = np.arange(8.0).reshape(2, 4), np.arange(30.0).reshape(2, 15) + 100
+    x = ranker_features(comp, pair)
+    assert x.shape == (2, len(RANKER_FEATURES)) and x.dtype == np.float32
+    np.testing.assert_array_equal(x[:, :4], comp)
+    assert x[0, RANKER_FEATURES.index("skill_overlap")] == 100 + PAIR_FEATURES.index("skill_overlap")
+    assert x[1, RANKER_FEATURES.index("competition")] == 115 + PAIR_FEATURES.index("competition")
+    assert "cgpa" not in RANKER_FEATURES
+
+
+def test_ranker_learns_planted_feature(tmp_path):
+    x, y, groups = _ranker_data(150, 20, seed=0)
+    model = RankerModel.fit(x, y, groups, {"n_estimators": 40, "learning_rate": 0.1, "min_child_samples": 10},
+                            blend_weights={"content_score": 1.0})
+    xt, yt, gt = _ranker_data(100, 20, seed=1)
+    pred = model.predict(xt).reshape(100, 20)
+    rand = np.random.default_rng(2).random((100, 20))
+    truth = yt.reshape(100, 20)
+    ndcg_model, ndcg_random = ndcg_score(truth, pred, k=5), ndcg_score(truth, rand, k=5)
+    assert ndcg_model > 0.8 and ndcg_model > ndcg_random + 0.3
+    assert next(iter(model.feature_importance())) == "collab_score"
+
+    loaded = RankerModel.from_bundle(load_bundle(model.save(tmp_path, {}, {}).path))
+    np.testing.assert_array_equal(loaded.predict(xt), model.predict(xt))
+    assert loaded.blend_weights == {"content_score": 1.0}
+
+
+# --------------------------------------------------------------------------- static blend
+
+WEIGHTS = {"content_score": 1.0, "collab_score": 2.0, "popularity": 0.5, "success_p": 3.0}
+
+
+def _z(col):
+    col = np.asarray(col, dtype=np.float64)
+    ok = ~np.isnan(col)
+    sd = col[ok].std() if ok.any() else 0.0
+    z = np.zeros_like(col)
+    if sd > 1e-9:
+        z[ok] = (col[ok] - col[ok].mean()) / sd
+    return z
+
+
+def _blend_reference(s):
+    return sum(WEIGHTS[name] * _z(s[:, j]) for j, name in enumerate(COMPONENT_SCORES))
+
+
+def test_blend_ignores_nan_components_and_z_scores_per_list():
+    rng = np.random.default_rng(0)
+    s = rng.normal(size=(12, 4)) * [1, 10, 0.01, 1] + [0, 5, 0, 0]
+    s[:, 3] = np.nan          # success predictor is down
+    s[4, 0] = np.nan          # one missing content score
+    out = blend_scores(s, WEIGHTS)
+    assert out.shape == (12,) and out.dtype == np.float32
+    np.testing.assert_allclose(out, _blend_reference(s), rtol=1e-5, atol=1e-5)
+    # a NaN column behaves exactly as if its weight were zero
+    np.testing.assert_allclose(out, blend_scores(s, {**WEIGHTS, "success_p": 0.0}), atol=1e-6)
+    # z-scores: a per-list affine rescale of a component changes nothing
+    t = s.copy()
+    t[:, 1] = 1000 * t[:, 1] - 7
+    np.testing.assert_allclose(blend_scores(t, WEIGHTS), out, atol=1e-4)
+    # a constant column contributes zero instead of dividing by zero
+    c = s.copy()
+    c[:, 2] = 3.0
+    assert np.isfinite(blend_scores(c, WEIGHTS)).all()
+    np.testing.assert_allclose(blend_scores(c, WEIGHTS), blend_scores(c, {**WEIGHTS, "popularity": 0.0}), atol=1e-6)
+    assert not np.isnan(blend_scores(np.full((5, 4), np.nan), WEIGHTS)).any()
+
+
+def test_blend_batched_equals_per_list():
+    rng = np.random.default_rng(1)
+    lengths = [7, 3, 10]
+    lists = [rng.normal(size=(n, 4)) for n in lengths]
+    lists[1][:, 1] = np.nan
+    batch = np.full((3, 10, 4), np.nan)
+    for i, arr in enumerate(lists):
+        batch[i, :len(arr)] = arr
+    out = blend_scores(batch, WEIGHTS)
+    assert out.shape == (3, 10)
+    for i, arr in enumerate(lists):
+        np.testing.assert_allclose(out[i, :len(arr)], blend_scores(arr, WEIGHTS), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(out[i, :len(arr)], _blend_reference(arr), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(out[1, 3:], 0.0)  # padding scores zero
+    # lists are independent: z-scoring is along the list axis, not across lists
+    shifted = batch.copy()
+    shifted[0] = shifted[0] * 50 + 9
+    np.testing.assert_allclose(blend_scores(shifted, WEIGHTS)[1:], out[1:], atol=1e-6)
