@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 
 export OPENBLAS_NUM_THREADS ?= 1
 
-.PHONY: install run test test-scale bench-scale clean
+.PHONY: install protos run train test test-scale bench bench-scale clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,11 +15,25 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP)
+## Python code for protos/pmis/v1/*.proto -> pmis/v1/ (generated, never edited; the tests
+## regenerate it too when stale).
+protos: $(STAMP)
+	$(PY) protos/generate.py
 
-## Main job: generate the default dataset if absent, train the four components, print the report.
+install: $(STAMP) protos
+
+## Main job: data and bundles if absent, start the four component servers and the gateway on
+## loopback, answer real requests, keep serving until Ctrl-C.
 run: install
+	$(PMIS) up
+
+## Offline only: generate data if absent, train, evaluate, print the report.
+train: install
 	$(PMIS) run
+
+## Gateway benchmark against a running system (`make run` in another terminal).
+bench: install
+	$(PMIS) bench
 
 ## The default test suite (scale tests excluded; see test-scale).
 test: install

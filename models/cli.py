@@ -27,12 +27,12 @@ def _paths(args) -> None:
         args.runs = home / "runs"
 
 
-def cmd_generate(args) -> int:
+def cmd_generate(args, seed: int | None = None) -> int:
     from models.data.generate import generate
 
     summary = generate(Path(args.data), students=args.students, internships=args.internships,
                        companies=args.companies, interactions_per_student=args.interactions_per_student,
-                       selection_rate=args.selection_rate, seed=args.seed, fmt=args.format,
+                       selection_rate=args.selection_rate, seed=args.seed if seed is None else seed, fmt=args.format,
                        progress=not args.quiet)
     print(json.dumps(summary, indent=2, default=str))
     return 0
@@ -99,7 +99,7 @@ def cmd_run(args) -> int:
         print(f"no dataset in {data}: generating the default one")
         args.students, args.internships, args.companies = 5000, 1000, 72
         args.interactions_per_student, args.selection_rate, args.format = 10.0, 0.13, "parquet"
-        cmd_generate(args)
+        cmd_generate(args, seed=42)  # the same default dataset as `pmis generate`
     return cmd_train(args)
 
 
@@ -137,6 +137,26 @@ def cmd_models(args) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def cmd_up(args) -> int:
+    from services.launcher import Ports, up
+
+    return up(_home(), Path(args.data), Path(args.bundles), Path(args.runs),
+              Ports(gateway=args.port, base=args.port + 1, metrics_base=args.metrics_port),
+              demo=not args.no_demo, exit_after=args.exit_after_demo)
+
+
+def cmd_recommend(args) -> int:
+    from services.client import main_recommend
+
+    return main_recommend(args)
+
+
+def cmd_bench(args) -> int:
+    from gateway.bench import main_bench
+
+    return main_bench(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -193,6 +213,30 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--k", type=int, default=10)
     e.add_argument("--output", help="also write the result as JSON here")
     e.set_defaults(func=cmd_evaluate)
+
+    u = sub.add_parser("up", help="prepare data and bundles if missing, start all servers, answer real requests")
+    common(u, bundles=True, runs=True)
+    u.add_argument("--port", type=int, default=50050, help="gateway port; components use the next four")
+    u.add_argument("--metrics-port", type=int, default=9100, help="gateway metrics port; components use the next four")
+    u.add_argument("--no-demo", action="store_true", help="do not send the demo requests")
+    u.add_argument("--exit-after-demo", action="store_true", help="stop everything after the demo requests")
+    u.set_defaults(func=cmd_up)
+
+    rc = sub.add_parser("recommend", help="ask the gateway for recommendations and print them")
+    rc.add_argument("--target", default="127.0.0.1:50050")
+    rc.add_argument("--student", help="a known student id")
+    rc.add_argument("--profile", nargs="+", help="inline profile: skills=python,sql district=Pune cgpa=8 ...")
+    rc.add_argument("--k", type=int, default=10)
+    rc.add_argument("--mode", choices=["hybrid", "content", "collaborative"], default="hybrid")
+    rc.add_argument("--timeout", type=float, default=5.0)
+    rc.set_defaults(func=cmd_recommend)
+
+    b = sub.add_parser("bench", help="closed-loop load on the gateway's Recommend, with an echo fan-out reference")
+    b.add_argument("--target", default="127.0.0.1:50050")
+    b.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
+    b.add_argument("--duration", type=float, default=10.0, help="seconds per concurrency level")
+    b.add_argument("--catalog", type=Path, help="catalog to draw student ids from (default $PMIS_HOME/data/catalog.db)")
+    b.set_defaults(func=cmd_bench)
 
     m = sub.add_parser("models", help="registry: list, show, compare, activate, rollback, history")
     common(m, data=False, bundles=True)

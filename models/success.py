@@ -79,8 +79,12 @@ def search(x: np.ndarray, y: np.ndarray, *, folds: int = 3, budget: int = 4, see
 
 
 class SuccessModel:
-    def __init__(self, calibrated: CalibratedClassifierCV, algorithm: str, params: dict):
+    def __init__(self, calibrated: CalibratedClassifierCV, algorithm: str, params: dict,
+                 reference: np.ndarray, base_rate: float):
         self.model, self.algorithm, self.params = calibrated, algorithm, params
+        # The typical applicant-internship pair (training medians): factors are measured against it.
+        self.reference = np.asarray(reference, dtype=np.float32)
+        self.base_rate = float(base_rate)
 
     @classmethod
     def fit(cls, x: np.ndarray, y: np.ndarray, algorithm: str, params: dict, *, folds: int = 3,
@@ -90,16 +94,38 @@ class SuccessModel:
         calibrated = CalibratedClassifierCV(pipe, method="sigmoid", cv=StratifiedKFold(folds, shuffle=True,
                                                                                         random_state=seed))
         calibrated.fit(x, y)
-        return cls(calibrated, algorithm, params)
+        return cls(calibrated, algorithm, params, np.nanmedian(x, axis=0), float(np.mean(y)))
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Calibrated P(selected | applies), one per row of pair features."""
         return self.model.predict_proba(x)[:, 1].astype(np.float32)
 
+    def factors(self, x: np.ndarray, top: int = 3) -> list[list[tuple[str, float, float]]]:
+        """Per row, the `top` features that move the log-odds most against the typical pair.
+
+        Contribution of feature j = logit(p(x)) - logit(p(x with feature j set to its training
+        median)): model-agnostic, exact for the model actually served, one batch per feature.
+        """
+        x = np.asarray(x, dtype=np.float32)
+        base = _logit(self.predict(x))
+        stacked = np.repeat(x[None, :, :], x.shape[1], axis=0)  # (features, rows, features)
+        for j in range(x.shape[1]):
+            stacked[j, :, j] = self.reference[j]
+        swapped = _logit(self.predict(stacked.reshape(-1, x.shape[1]))).reshape(x.shape[1], len(x))
+        contrib = base[None, :] - swapped  # (features, rows)
+        out = []
+        for r in range(len(x)):
+            order = np.argsort(-np.abs(contrib[:, r]))[:top]
+            out.append([(FEATURES[j], float(x[r, j]), float(contrib[j, r])) for j in order
+                        if abs(contrib[j, r]) > 1e-6])
+        return out
+
     def save(self, root, metadata: dict, space_arrays: dict) -> BundleRef:
         return write_bundle(root, COMPONENT, arrays=space_arrays, objects={"model": self.model},
                             documents={"model": {"algorithm": self.algorithm, "params": _jsonable(self.params),
-                                                 "features": FEATURES}},
+                                                 "features": FEATURES, "base_rate": self.base_rate,
+                                                 "reference": [None if np.isnan(v) else float(v)
+                                                               for v in self.reference]}},
                             metadata=metadata, pickled_libraries=("scikit-learn",))
 
     @classmethod
@@ -107,7 +133,13 @@ class SuccessModel:
         doc = bundle.documents["model"]
         if doc["features"] != FEATURES:
             raise ValueError("success bundle was trained on another feature schema; retrain it")
-        return cls(bundle.objects["model"], doc["algorithm"], doc["params"])
+        reference = np.array([np.nan if v is None else v for v in doc["reference"]], dtype=np.float32)
+        return cls(bundle.objects["model"], doc["algorithm"], doc["params"], reference, doc["base_rate"])
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
 
 
 def _jsonable(params: dict) -> dict:

@@ -23,16 +23,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    base = tmp_path_factory.mktemp("offline")
-    data = base / "data"
-    generate(data, students=1500, internships=300, seed=7, progress=False, catalog=False)
-    cfg = TrainConfig(data_dir=data, bundles_dir=base / "bundles", runs_dir=base / "runs", search_budget=1,
-                      progress=False,
-                      als_grid=[{"factors": 16, "regularization": 0.05, "alpha": 1.0, "iterations": 10}],
-                      ease_grid=[{"lambda": 200.0}])
-    report = train(cfg)
-    return base, cfg, report
+def trained(small_system):
+    cfg = TrainConfig(data_dir=small_system.data, bundles_dir=small_system.bundles, runs_dir=small_system.runs)
+    return small_system.root, cfg, small_system.report
 
 
 def test_report_has_every_model_and_sane_numbers(trained):

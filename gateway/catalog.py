@@ -1,0 +1,141 @@
+"""Catalog access for the gateway: students, their interactions, and the internship table.
+
+`Catalog` is the interface the gateway depends on; `SqliteCatalog` is the embedded default
+(the SQLite file written by `pmis generate` / `models.data.catalog.build_catalog`). Another
+backend (PostgreSQL) implements the same few methods.
+
+The internship table is small (100k rows at the scheme's scale) and read on every request, so
+it is held in memory as arrays (`InternshipTable`) and refreshed by `refresh()`; per-student
+lookups go to the database through its indexes.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+PROFILE_COLUMNS = ["skills", "education", "field", "cgpa", "college_tier", "district", "state", "latitude",
+                   "longitude", "preferred_sectors", "preferred_districts"]
+LIST_COLUMNS = {"skills", "preferred_sectors", "preferred_districts"}
+
+
+@dataclass
+class InternshipTable:
+    ids: np.ndarray
+    position: dict
+    title: np.ndarray
+    company_id: np.ndarray
+    sector: np.ndarray
+    district: np.ndarray
+    state: np.ndarray
+    latitude: np.ndarray
+    longitude: np.ndarray
+    remote: np.ndarray
+    stipend: np.ndarray
+    slots: np.ndarray
+    deadline: np.ndarray      # epoch seconds, int64 max when unknown
+    applicants: np.ndarray    # applications recorded so far
+    selected: np.ndarray      # offers made so far (an internship with selected >= slots is full)
+    msme: np.ndarray          # company is Micro/Small/Medium
+
+
+class Catalog(Protocol):
+    internships: InternshipTable
+
+    def student(self, student_id: str) -> dict | None: ...
+    def interactions(self, student_id: str) -> list[tuple[str, str, int]]: ...
+    def record_interaction(self, student_id: str, internship_id: str, event: str, timestamp: int) -> int: ...
+    def latest_timestamp(self) -> int: ...
+
+
+def _split(v) -> list[str]:
+    return [t for t in (v or "").split(";") if t]
+
+
+class SqliteCatalog:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise FileNotFoundError(f"catalog database {self.path} not found; run `pmis generate` first")
+        self._local = threading.local()
+        self._write_lock = threading.Lock()
+        self.refresh()
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=10, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            self._local.conn = conn
+        return conn
+
+    def refresh(self) -> None:
+        """(Re)load the internship table and its application/offer counts into memory."""
+        c = self._conn()
+        cols = {r[1] for r in c.execute("PRAGMA table_info(internships)")}
+        want = ["internship_id", "title", "company_id", "sector", "district", "state", "latitude", "longitude",
+                "remote", "stipend", "slots", "deadline"]
+        select = ", ".join(w if w in cols else f"NULL AS {w}" for w in want)
+        rows = c.execute(f"SELECT {select} FROM internships ORDER BY internship_id").fetchall()
+        col = lambda j: [r[j] for r in rows]  # noqa: E731
+        ids = np.asarray(col(0), dtype=str)
+        position = {i: p for p, i in enumerate(ids.tolist())}
+        applicants = np.zeros(len(ids), dtype=np.int64)
+        for iid, n in c.execute("SELECT internship_id, COUNT(*) FROM interactions WHERE event='apply' "
+                                "GROUP BY internship_id"):
+            if iid in position:
+                applicants[position[iid]] = n
+        selected = np.zeros(len(ids), dtype=np.int64)
+        if c.execute("SELECT 1 FROM sqlite_master WHERE name='outcomes'").fetchone():
+            for iid, n in c.execute("SELECT internship_id, SUM(selected) FROM outcomes GROUP BY internship_id"):
+                if iid in position:
+                    selected[position[iid]] = n or 0
+        msme = np.zeros(len(ids), dtype=bool)
+        if c.execute("SELECT 1 FROM sqlite_master WHERE name='companies'").fetchone():
+            sizes = dict(c.execute("SELECT company_id, size FROM companies"))
+            msme = np.array([sizes.get(cid) in ("Micro", "Small", "Medium") for cid in col(2)], dtype=bool)
+        f = lambda j: np.array([np.nan if v is None else float(v) for v in col(j)], dtype=np.float64)  # noqa: E731
+        s = lambda j: np.asarray([(v or "") for v in col(j)], dtype=str)  # noqa: E731
+        deadline = np.array([np.iinfo(np.int64).max if v is None else int(v) for v in col(11)], dtype=np.int64)
+        self.internships = InternshipTable(
+            ids=ids, position=position, title=s(1), company_id=s(2), sector=s(3), district=s(4), state=s(5),
+            latitude=f(6), longitude=f(7), remote=np.array([bool(v) for v in col(8)]), stipend=f(9),
+            slots=f(10), deadline=deadline, applicants=applicants, selected=selected, msme=msme)
+        self._latest = c.execute("SELECT MAX(timestamp) FROM interactions").fetchone()[0] or int(time.time())
+
+    def latest_timestamp(self) -> int:
+        return int(self._latest)
+
+    def student(self, student_id: str) -> dict | None:
+        c = self._conn()
+        cols = [r[1] for r in c.execute("PRAGMA table_info(students)")]
+        present = [p for p in PROFILE_COLUMNS if p in cols]
+        row = c.execute(f"SELECT {', '.join(present)} FROM students WHERE student_id = ?", (student_id,)).fetchone()
+        if row is None:
+            return None
+        out = dict(zip(present, row))
+        for name in LIST_COLUMNS & out.keys():
+            out[name] = [t.lower() for t in _split(out[name])]
+        return out
+
+    def interactions(self, student_id: str) -> list[tuple[str, str, int]]:
+        return self._conn().execute("SELECT internship_id, event, timestamp FROM interactions WHERE student_id = ? "
+                                    "ORDER BY timestamp", (student_id,)).fetchall()
+
+    def record_interaction(self, student_id: str, internship_id: str, event: str, timestamp: int) -> int:
+        with self._write_lock:
+            c = self._conn()
+            with c:
+                c.execute("INSERT INTO interactions (student_id, internship_id, event, timestamp) VALUES (?, ?, ?, ?)",
+                          (student_id, internship_id, event, timestamp))
+            if event == "apply":
+                p = self.internships.position.get(internship_id)
+                if p is not None:
+                    self.internships.applicants[p] += 1
+            return c.execute("SELECT COUNT(*) FROM interactions WHERE student_id = ?", (student_id,)).fetchone()[0]

@@ -1,0 +1,253 @@
+"""The plumbing every component server shares, in one place.
+
+- configuration from flags and environment variables (`PMIS_*`);
+- a `ModelSlot` that resolves a bundle (registry alias, pinned version or folder), verifies and
+  loads it, warms it, and swaps it in atomically: a request takes one reference to the current
+  model at its start, so a reload never fails or mixes versions inside an in-flight call;
+- `grpc.health.v1` per service name (NOT_SERVING until the bundle is loaded and again from the
+  moment SIGTERM arrives), server reflection, Prometheus metrics, JSON logs without personal data;
+- SIGTERM: health NOT_SERVING, optional drain delay, then `stop(grace)` so in-flight calls finish.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import os
+import signal
+import threading
+import time
+from concurrent import futures
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import grpc
+from google.protobuf import timestamp_pb2
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from models.bundle import Bundle, BundleError, load_bundle
+from models.registry import Registry, RegistryError
+from pmis.v1 import common_pb2
+from services.common import telemetry
+from services.common.errors import RpcError, failed_precondition, invalid_argument, unavailable
+
+log = logging.getLogger("pmis.server")
+
+
+def env(name: str, default=None):
+    return os.environ.get(f"PMIS_{name}", default)
+
+
+@dataclass
+class ServerConfig:
+    component: str
+    host: str
+    port: int
+    metrics_port: int
+    bundles: Path
+    alias: str
+    version: int | None
+    path: Path | None
+    grace: float
+    drain: float
+    workers: int
+    max_connection_age_ms: int
+
+
+def parse_config(component: str, default_port: int, default_metrics_port: int, argv=None) -> ServerConfig:
+    p = argparse.ArgumentParser(prog=f"pmis-{component}", description=f"PMIS {component} gRPC server")
+    p.add_argument("--host", default=env("HOST", "127.0.0.1"), help="bind address (env PMIS_HOST)")
+    p.add_argument("--port", type=int, default=int(env("PORT", default_port)), help="gRPC port (env PMIS_PORT)")
+    p.add_argument("--metrics-port", type=int, default=int(env("METRICS_PORT", default_metrics_port)),
+                   help="Prometheus port, 0 = off (env PMIS_METRICS_PORT)")
+    p.add_argument("--bundles", type=Path, default=Path(env("BUNDLES", "var/bundles")),
+                   help="bundle root holding registry.db (env PMIS_BUNDLES)")
+    p.add_argument("--alias", default=env("BUNDLE_ALIAS", "champion"), help="registry alias to serve (env PMIS_BUNDLE_ALIAS)")
+    p.add_argument("--version", type=int, default=env("BUNDLE_VERSION"), help="pinned version (env PMIS_BUNDLE_VERSION)")
+    p.add_argument("--bundle-path", type=Path, default=env("BUNDLE_PATH"), help="serve this bundle folder (env PMIS_BUNDLE_PATH)")
+    p.add_argument("--grace", type=float, default=float(env("GRACE_SECONDS", 5)), help="stop grace for in-flight calls")
+    p.add_argument("--drain", type=float, default=float(env("DRAIN_SECONDS", 0)),
+                   help="seconds NOT_SERVING before stopping, so balancers notice (env PMIS_DRAIN_SECONDS)")
+    p.add_argument("--workers", type=int, default=int(env("WORKERS", 8)))
+    p.add_argument("--max-connection-age-ms", type=int, default=int(env("MAX_CONNECTION_AGE_MS", 60_000)),
+                   help="clients re-resolve at least this often (new replicas get traffic)")
+    a = p.parse_args(argv)
+    return ServerConfig(component, a.host, a.port, a.metrics_port, a.bundles, a.alias,
+                        None if a.version is None else int(a.version), a.bundle_path, a.grace, a.drain, a.workers,
+                        a.max_connection_age_ms)
+
+
+@dataclass
+class Loaded:
+    """A verified bundle turned into a ready model, plus the identity every answer reports."""
+    model: Any
+    bundle: Bundle
+    loaded_at: datetime
+
+    def version_message(self) -> common_pb2.ModelVersion:
+        ref = self.bundle.ref
+        ts = timestamp_pb2.Timestamp()
+        ts.FromDatetime(self.loaded_at)
+        return common_pb2.ModelVersion(component=ref.component, version=ref.version, data_version=ref.data_version or "",
+                                       content_hash=ref.content_hash, run_id=ref.run_id or "", loaded_at=ts)
+
+
+class ModelSlot:
+    def __init__(self, component: str, build: Callable[[Bundle], Any], cfg: ServerConfig):
+        self.component, self.build, self.cfg = component, build, cfg
+        self._current: Loaded | None = None
+        self._reload_lock = threading.Lock()  # one load at a time; serving never waits on it
+
+    def resolve(self, *, version: int | None = None, alias: str | None = None, path: Path | None = None) -> Path:
+        if path is not None:
+            return Path(path)
+        registry_path = Path(self.cfg.bundles) / "registry.db"
+        if not registry_path.exists():
+            raise failed_precondition(f"no registry at {registry_path}; train first (`pmis train`)")
+        registry = Registry(registry_path)
+        try:
+            row = registry.get(self.component, version) if version is not None else registry.resolve(self.component, alias)
+        except RegistryError as e:
+            raise failed_precondition(str(e)) from None
+        return Path(row["path"])
+
+    def load(self, **target) -> tuple[Loaded | None, Loaded]:
+        """Verify, load and warm a bundle, then swap it in; the old model answers until the swap."""
+        if not target:
+            target = {"path": self.cfg.path} if self.cfg.path else (
+                {"version": self.cfg.version} if self.cfg.version is not None else {"alias": self.cfg.alias})
+        with self._reload_lock:
+            path = self.resolve(**target)
+            try:
+                bundle = load_bundle(path)
+            except BundleError as e:
+                raise failed_precondition(f"bundle refused: {e}") from None
+            if bundle.ref.component != self.component:
+                raise failed_precondition(f"{path} is a {bundle.ref.component} bundle, not {self.component}")
+            started = time.perf_counter()
+            model = self.build(bundle)
+            loaded = Loaded(model, bundle, datetime.now(timezone.utc))
+            previous, self._current = self._current, loaded  # the swap: one reference assignment
+            telemetry.bundle_loaded(self.component, bundle.ref)
+            log.info("bundle loaded", extra={"fields": {"component": self.component, "version": bundle.ref.version,
+                                                        "content_hash": bundle.ref.content_hash[:12],
+                                                        "build_ms": round(1000 * (time.perf_counter() - started), 1)}})
+            return previous, loaded
+
+    def get(self) -> Loaded:
+        current = self._current
+        if current is None:
+            raise unavailable(f"{self.component}: model not loaded yet")
+        return current
+
+
+def rpc(method):
+    """Turn RpcError into its status and anything unexpected into INTERNAL without a trace."""
+    @functools.wraps(method)
+    def wrapper(self, request, context):
+        try:
+            return method(self, request, context)
+        except RpcError as e:
+            context.abort_with_status(e.to_status())
+        except Exception:
+            log.exception("unhandled error", extra={"fields": {"method": method.__name__}})
+            context.abort(grpc.StatusCode.INTERNAL, "internal error")
+    return wrapper
+
+
+class ModelAdmin:
+    """ModelInfo and Reload, identical on every component server."""
+    slot: ModelSlot
+
+    @rpc
+    def ModelInfo(self, request, context):
+        return self.slot.get().version_message()
+
+    @rpc
+    def Reload(self, request, context):
+        which = request.WhichOneof("target")
+        if which is None:
+            raise invalid_argument([("target", "set one of version, alias or path")])
+        if which == "version" and request.version < 1:
+            raise invalid_argument([("version", "must be >= 1")])
+        previous, current = self.slot.load(**{which: getattr(request, which)})
+        return common_pb2.ReloadResponse(previous=previous.version_message() if previous else None,
+                                         current=current.version_message())
+
+
+class ComponentServer:
+    def __init__(self, cfg: ServerConfig, service_name: str, servicer, add_to_server: Callable):
+        self.cfg, self.service_name, self.servicer = cfg, service_name, servicer
+        self.server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix=cfg.component),
+            interceptors=[telemetry.MetricsInterceptor(cfg.component)],
+            options=[("grpc.so_reuseport", 0),
+                     ("grpc.max_connection_age_ms", cfg.max_connection_age_ms),
+                     ("grpc.max_connection_age_grace_ms", int(cfg.grace * 1000) + 1000)])
+        add_to_server(servicer, self.server)
+        self.health = health.HealthServicer(experimental_non_blocking=True)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection((service_name, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
+        self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.port = self.server.add_insecure_port(f"{cfg.host}:{cfg.port}")
+        self.stopped = threading.Event()
+        self.load_error: Exception | None = None
+
+    def _set_health(self, status) -> None:
+        for name in ("", self.service_name):
+            self.health.set(name, status)
+
+    def start(self) -> "ComponentServer":
+        self.server.start()
+        if self.cfg.metrics_port:
+            telemetry.start_metrics_server(self.cfg.metrics_port, self.cfg.host)
+        log.info("listening", extra={"fields": {"component": self.cfg.component, "port": self.port}})
+        threading.Thread(target=self._initial_load, daemon=True, name="initial-load").start()
+        return self
+
+    def _initial_load(self) -> None:
+        try:
+            self.servicer.slot.load()
+        except Exception as e:  # a server without a valid bundle must not pretend to be healthy
+            self.load_error = e
+            log.error("initial bundle load failed: %s", e, extra={"fields": {"component": self.cfg.component}})
+            self.stop()
+            return
+        self._set_health(health_pb2.HealthCheckResponse.SERVING)
+
+    def stop(self) -> None:
+        """NOT_SERVING first, then drain, then let in-flight calls finish within the grace period."""
+        if self.stopped.is_set():
+            return
+        self.health.enter_graceful_shutdown()
+        if self.cfg.drain:
+            time.sleep(self.cfg.drain)
+        self.server.stop(self.cfg.grace).wait()
+        self.stopped.set()
+
+    def install_signal_handlers(self) -> None:
+        def handle(signum, frame):
+            log.info("signal received, shutting down", extra={"fields": {"signal": signum}})
+            threading.Thread(target=self.stop, daemon=True).start()
+        signal.signal(signal.SIGTERM, handle)
+        signal.signal(signal.SIGINT, handle)
+
+    def wait(self) -> int:
+        self.stopped.wait()
+        return 1 if self.load_error else 0
+
+
+def run_component(component: str, service_name: str, default_port: int, default_metrics_port: int,
+                  make_servicer: Callable[[ServerConfig], Any], add_to_server: Callable, argv=None) -> int:
+    from services.common.logs import setup_logging
+
+    cfg = parse_config(component, default_port, default_metrics_port, argv)
+    setup_logging(component)
+    server = ComponentServer(cfg, service_name, make_servicer(cfg), add_to_server)
+    server.install_signal_handlers()
+    server.start()
+    return server.wait()

@@ -1,0 +1,64 @@
+"""Prometheus metrics: requests and latency by method and status code, and the bundle served."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+REQUESTS = Counter("pmis_grpc_requests_total", "gRPC requests handled", ["component", "method", "code"])
+LATENCY = Histogram("pmis_grpc_request_seconds", "gRPC request latency", ["component", "method", "code"],
+                    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+BUNDLE_VERSION = Gauge("pmis_bundle_version", "Version of the bundle being served", ["component"])
+BUNDLE_INFO = Gauge("pmis_bundle_info", "Bundle being served (value 1)", ["component", "version", "data_version",
+                                                                          "content_hash"])
+DEGRADED = Counter("pmis_gateway_degraded_total", "Gateway answers that skipped a component", ["component"])
+
+_started_ports: set[int] = set()
+
+
+def start_metrics_server(port: int, host: str = "127.0.0.1") -> None:
+    if port not in _started_ports:
+        start_http_server(port, addr=host)
+        _started_ports.add(port)
+
+
+def bundle_loaded(component: str, ref) -> None:
+    BUNDLE_INFO.clear()
+    BUNDLE_INFO.labels(component, str(ref.version), ref.data_version or "", ref.content_hash[:12]).set(1)
+    BUNDLE_VERSION.labels(component).set(ref.version)
+
+
+def observe(component: str, method: str, code: str, seconds: float) -> None:
+    REQUESTS.labels(component, method, code).inc()
+    LATENCY.labels(component, method, code).observe(seconds)
+
+
+def _code_name(context) -> str:
+    code = context.code() if hasattr(context, "code") else None
+    return "OK" if code is None else getattr(code, "name", str(code))
+
+
+class MetricsInterceptor(grpc.ServerInterceptor):
+    """Times unary calls of a sync server (health Watch and reflection streams pass through)."""
+
+    def __init__(self, component: str):
+        self.component = component
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        method = handler_call_details.method.rsplit("/", 1)[-1]
+        inner = handler.unary_unary
+
+        def timed(request, context):
+            start = time.perf_counter()
+            try:
+                return inner(request, context)
+            finally:
+                observe(self.component, method, _code_name(context), time.perf_counter() - start)
+
+        return grpc.unary_unary_rpc_method_handler(timed, request_deserializer=handler.request_deserializer,
+                                                   response_serializer=handler.response_serializer)

@@ -1,0 +1,82 @@
+"""Ranker service: one relevance score per candidate from component scores and pair features."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+
+from models.features import FeatureSpace, pair_features
+from models.ranker import COMPONENT_SCORES, RankerModel, ranker_features
+from pmis.v1 import common_pb2, ranker_pb2, ranker_pb2_grpc
+from services.common.items import ItemIndex
+from services.common.profiles import profile_columns
+from services.common.server import ModelAdmin, ModelSlot, rpc, run_component
+from services.common.validation import Violations
+
+SERVICE = ranker_pb2.DESCRIPTOR.services_by_name["RankerService"].full_name
+MAX_CANDIDATES = 2000
+# Candidate message field per ranker component score, in COMPONENT_SCORES order.
+CANDIDATE_FIELDS = dict(zip(COMPONENT_SCORES, ["content_score", "collab_score", "popularity", "success_probability"]))
+
+
+@dataclass
+class RankerRuntime:
+    model: RankerModel
+    space: FeatureSpace
+    index: ItemIndex
+
+    @classmethod
+    def from_bundle(cls, bundle) -> "RankerRuntime":
+        space = FeatureSpace.from_arrays(bundle.arrays)
+        runtime = cls(RankerModel.from_bundle(bundle), space, ItemIndex(space.items.ids))
+        runtime.model.predict(np.zeros((1, len(runtime.model.model.feature_name_)), dtype=np.float32))
+        return runtime
+
+
+class RankerServicer(ranker_pb2_grpc.RankerServiceServicer, ModelAdmin):
+    def __init__(self, slot: ModelSlot):
+        self.slot = slot
+
+    @rpc
+    def Rank(self, request, context):
+        v = Violations()
+        v.check_profile("profile", request.profile, require_skills=False)
+        v.check_ids("candidates", [c.internship_id for c in request.candidates], 1, MAX_CANDIDATES)
+        v.raise_if_any()
+        loaded = self.slot.get()
+        rt: RankerRuntime = loaded.model
+        ids = [c.internship_id for c in request.candidates]
+        positions = np.array([rt.index.position.get(i, -1) for i in ids], dtype=np.int64)
+        known = positions >= 0
+        scores = np.full(len(ids), np.nan, dtype=np.float32)
+        if known.any():
+            component = np.full((int(known.sum()), len(COMPONENT_SCORES)), np.nan, dtype=np.float32)
+            for row, c in enumerate(c for c, k in zip(request.candidates, known) if k):
+                for j, name in enumerate(COMPONENT_SCORES):
+                    field = CANDIDATE_FIELDS[name]
+                    if c.HasField(field):
+                        component[row, j] = getattr(c, field)
+            student = rt.space.students(profile_columns(request.profile))
+            pair = pair_features(student, np.zeros(int(known.sum()), dtype=np.int64), rt.space.items, positions[known])
+            scores[known] = rt.model.predict(ranker_features(component, pair))
+        # Internships this bundle has never seen rank last rather than failing the call.
+        finite_min = float(np.nanmin(scores)) if known.any() else 0.0
+        scores[~known] = finite_min - 1.0
+        return ranker_pb2.RankResponse(
+            items=[common_pb2.ScoredItem(internship_id=i, score=float(s)) for i, s in zip(ids, scores.tolist())],
+            model=loaded.version_message())
+
+
+def make_servicer(cfg) -> RankerServicer:
+    return RankerServicer(ModelSlot("ranker", RankerRuntime.from_bundle, cfg))
+
+
+def main(argv=None) -> int:
+    return run_component("ranker", SERVICE, 50054, 9104, make_servicer,
+                         ranker_pb2_grpc.add_RankerServiceServicer_to_server, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""Success service: calibrated P(selected | applies) per internship, with its top factors."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+
+from models.features import FeatureSpace, pair_features
+from models.success import SuccessModel
+from pmis.v1 import success_pb2, success_pb2_grpc
+from services.common.items import ItemIndex
+from services.common.profiles import profile_columns
+from services.common.server import ModelAdmin, ModelSlot, rpc, run_component
+from services.common.validation import Violations
+
+SERVICE = success_pb2.DESCRIPTOR.services_by_name["SuccessService"].full_name
+MAX_ITEMS = 1000
+
+
+@dataclass
+class SuccessRuntime:
+    model: SuccessModel
+    space: FeatureSpace
+    index: ItemIndex
+
+    @classmethod
+    def from_bundle(cls, bundle) -> "SuccessRuntime":
+        space = FeatureSpace.from_arrays(bundle.arrays)
+        runtime = cls(SuccessModel.from_bundle(bundle), space, ItemIndex(space.items.ids))
+        runtime.model.predict(np.zeros((1, len(runtime.model.reference)), dtype=np.float32))  # warm up
+        return runtime
+
+
+class SuccessServicer(success_pb2_grpc.SuccessServiceServicer, ModelAdmin):
+    def __init__(self, slot: ModelSlot):
+        self.slot = slot
+
+    @rpc
+    def Predict(self, request, context):
+        v = Violations()
+        v.check_profile("profile", request.profile, require_skills=False)
+        v.check_ids("internship_ids", request.internship_ids, 1, MAX_ITEMS)
+        v.check_range("top_factors", request.top_factors, 0, 10)
+        v.raise_if_any()
+        loaded = self.slot.get()
+        rt: SuccessRuntime = loaded.model
+        positions, _ = rt.index.positions(request.internship_ids)
+        response = success_pb2.PredictResponse(base_rate=rt.model.base_rate, model=loaded.version_message())
+        if not len(positions):
+            return response
+        student = rt.space.students(profile_columns(request.profile))
+        x = pair_features(student, np.zeros(len(positions), dtype=np.int64), rt.space.items, positions)
+        probabilities = rt.model.predict(x)
+        top = request.top_factors if request.top_factors else 3
+        factors = rt.model.factors(x, top) if top else [[] for _ in positions]
+        for p, prob, fs in zip(positions.tolist(), probabilities.tolist(), factors):
+            response.predictions.add(internship_id=str(rt.index.ids[p]), probability=prob,
+                                     top_factors=[success_pb2.Factor(name=n, value=val, contribution=c)
+                                                  for n, val, c in fs])
+        return response
+
+
+def make_servicer(cfg) -> SuccessServicer:
+    return SuccessServicer(ModelSlot("success", SuccessRuntime.from_bundle, cfg))
+
+
+def main(argv=None) -> int:
+    return run_component("success", SERVICE, 50053, 9103, make_servicer,
+                         success_pb2_grpc.add_SuccessServiceServicer_to_server, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
