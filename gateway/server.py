@@ -116,6 +116,11 @@ def aio_rpc(method):
         except RpcError as e:
             status = e.to_status()
             await context.abort(status.code, status.details, status.trailing_metadata)
+        except grpc.aio.AbortError:
+            raise
+        except Exception:  # a bug of ours: logged here, never a stack trace to the client
+            log.exception("unhandled error", extra={"fields": {"method": method.__name__}})
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error")
     wrapper.__name__ = method.__name__
     return wrapper
 
@@ -242,9 +247,9 @@ class Gateway(gateway_pb2_grpc.RecommendationGatewayServicer):
             tasks["collaborative"] = f.call("collaborative", f.collaborative.Score, common_pb2.ScoreRequest(
                 student_id=student.student_id, internship_ids=missing_collab, interactions=student.interactions),
                 deadline)
+        # Probabilities for every candidate; the factors (costlier) only for the final k, below.
         tasks["success"] = f.call("success", f.success.Predict, success_pb2.PredictRequest(
-            profile=student.profile, internship_ids=ids, top_factors=3 if request.explain or not request.HasField(
-                "explain") else 0), deadline)
+            profile=student.profile, internship_ids=ids, top_factors=0), deadline)
         answers = dict(zip(tasks, await asyncio.gather(*tasks.values())))
         for name in ("content", "collaborative"):
             resp, err = answers.get(name, (None, None))
@@ -306,6 +311,11 @@ class Gateway(gateway_pb2_grpc.RecommendationGatewayServicer):
         order, moved = fairness.rerank(final, positions, request.fairness)
         order, moved = order[:k], moved[:k]
         want_explain = request.explain if request.HasField("explain") else True
+        if want_explain and "success" in versions:
+            resp, _ = await f.call("success", f.success.Predict, success_pb2.PredictRequest(
+                profile=student.profile, internship_ids=[ids[r] for r in order.tolist()], top_factors=3), deadline)
+            if resp is not None:
+                factors = {pr.internship_id: list(pr.top_factors) for pr in resp.predictions}
         for rank, (r, was_moved) in enumerate(zip(order.tolist(), moved.tolist()), start=1):
             p = int(positions[r])
             i = ids[r]

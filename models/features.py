@@ -54,9 +54,17 @@ class Vocabulary:
 
     def decode(self, bits: np.ndarray) -> list[str]:
         """Tokens whose bits are set in one bitset row."""
-        words = np.asarray(bits, dtype=np.uint64)
-        idx = [w * 64 + b for w in range(len(words)) for b in range(64) if (int(words[w]) >> b) & 1]
-        return [self.tokens[i] for i in idx if i < len(self.tokens)]
+        return self.decode_many(np.asarray(bits)[None, :])[0]
+
+    def decode_many(self, bits: np.ndarray) -> list[list[str]]:
+        """Tokens per row of an (n, words) bitset matrix, vectorised with unpackbits."""
+        bits = np.ascontiguousarray(bits, dtype="<u8")
+        flags = np.unpackbits(bits.view(np.uint8), axis=1, bitorder="little")[:, :len(self.tokens)]
+        rows, cols = np.nonzero(flags)
+        out: list[list[str]] = [[] for _ in range(len(bits))]
+        for r, c in zip(rows.tolist(), self.tokens[cols].tolist()):
+            out[r].append(c)
+        return out
 
 
 def popcount(bits: np.ndarray) -> np.ndarray:

@@ -57,7 +57,9 @@ class RankerModel:
         return cls(model, params, blend_weights)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        return self.model.predict(x).astype(np.float32)
+        # One thread: serving batches are a few hundred rows, where thread start-up costs more
+        # than it saves (and evaluation runs many batches already).
+        return self.model.predict(x, num_threads=1).astype(np.float32)
 
     def feature_importance(self) -> dict[str, float]:
         gain = self.model.booster_.feature_importance(importance_type="gain")

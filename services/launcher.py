@@ -21,17 +21,36 @@ SERVICE_NAMES = {"content": "pmis.v1.ContentService", "collaborative": "pmis.v1.
                  "gateway": "pmis.v1.RecommendationGateway"}
 
 
+SERVERS = [*COMPONENT_MODULES, "gateway"]
+
+
 @dataclass
 class Ports:
-    gateway: int = 50050
-    base: int = 50051        # content, collaborative, success, ranker follow
-    metrics_base: int = 9100  # gateway; components follow
+    grpc: dict
+    metrics: dict
+
+    @classmethod
+    def consecutive(cls, gateway: int = 50050, metrics: int = 9100) -> "Ports":
+        """Gateway on `gateway`, content/collaborative/success/ranker on the next four (same for metrics)."""
+        order = ["gateway", *COMPONENT_MODULES]
+        return cls({n: gateway + i for i, n in enumerate(order)}, {n: metrics + i for i, n in enumerate(order)})
+
+    @classmethod
+    def free(cls) -> "Ports":
+        """Ports the OS says are free now (tests)."""
+        import socket
+
+        def one() -> int:
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                return sock.getsockname()[1]
+        return cls({n: one() for n in SERVERS}, {n: one() for n in SERVERS})
 
     def of(self, name: str) -> int:
-        return self.gateway if name == "gateway" else self.base + list(COMPONENT_MODULES).index(name)
+        return self.grpc[name]
 
-    def metrics(self, name: str) -> int:
-        return self.metrics_base + (0 if name == "gateway" else 1 + list(COMPONENT_MODULES).index(name))
+    def target(self, name: str) -> str:
+        return f"127.0.0.1:{self.grpc[name]}"
 
 
 def wait_serving(target: str, service: str, timeout: float, proc: subprocess.Popen | None = None) -> None:
@@ -55,7 +74,7 @@ def wait_serving(target: str, service: str, timeout: float, proc: subprocess.Pop
 class Cluster:
     """The five server processes of one loopback deployment."""
 
-    def __init__(self, home: Path, bundles: Path, catalog: Path, ports: Ports = Ports(), log_dir: Path | None = None,
+    def __init__(self, home: Path, bundles: Path, catalog: Path, ports: Ports, log_dir: Path | None = None,
                  extra_env: dict | None = None):
         self.home, self.bundles, self.catalog, self.ports = home, bundles, catalog, ports
         self.log_dir = log_dir or home / "logs"
@@ -66,12 +85,12 @@ class Cluster:
         p = self.ports
         if name == "gateway":
             cmd = [sys.executable, "-m", "gateway.server", "--port", str(p.of(name)), "--metrics-port",
-                   str(p.metrics(name)), "--catalog", str(self.catalog)]
+                   str(p.metrics[name]), "--catalog", str(self.catalog)]
             for c in COMPONENT_MODULES:
                 cmd += [f"--{c}-target", f"127.0.0.1:{p.of(c)}"]
             return cmd
         return [sys.executable, "-m", COMPONENT_MODULES[name], "--port", str(p.of(name)), "--metrics-port",
-                str(p.metrics(name)), "--bundles", str(self.bundles)]
+                str(p.metrics[name]), "--bundles", str(self.bundles)]
 
     def start(self, name: str) -> subprocess.Popen:
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -82,7 +101,7 @@ class Cluster:
         return proc
 
     def start_all(self, timeout: float = 120) -> None:
-        for name in [*COMPONENT_MODULES, "gateway"]:
+        for name in SERVERS:
             self.start(name)
         for name, proc in self.procs.items():
             wait_serving(f"127.0.0.1:{self.ports.of(name)}", SERVICE_NAMES[name], timeout, proc)
@@ -136,7 +155,7 @@ def up(home: Path, data: Path, bundles: Path, runs: Path, ports: Ports, demo: bo
     try:
         started = time.perf_counter()
         cluster.start_all()
-        target = f"127.0.0.1:{ports.gateway}"
+        target = ports.target("gateway")
         print(f"\nAll five servers SERVING in {time.perf_counter() - started:.1f}s "
               f"(logs in {cluster.log_dir}). Try:\n"
               f"  grpcurl -plaintext {target} list\n"

@@ -75,7 +75,7 @@ def _validate(request, ids_field: str | None) -> None:
     v.raise_if_any()
 
 
-class CollaborativeServicer(collaborative_pb2_grpc.CollaborativeServiceServicer, ModelAdmin):
+class CollaborativeServicer(ModelAdmin, collaborative_pb2_grpc.CollaborativeServiceServicer):
     def __init__(self, slot: ModelSlot):
         self.slot = slot
 

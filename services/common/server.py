@@ -160,7 +160,11 @@ def rpc(method):
 
 
 class ModelAdmin:
-    """ModelInfo and Reload, identical on every component server."""
+    """ModelInfo and Reload, identical on every component server.
+
+    List it FIRST among a servicer's bases: the generated base class defines every RPC as
+    UNIMPLEMENTED, and whichever base comes first in the MRO wins.
+    """
     slot: ModelSlot
 
     @rpc

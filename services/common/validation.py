@@ -53,6 +53,10 @@ class Violations:
             self.check_range(f"{field}.latitude", profile.latitude, -90.0, 90.0)
         if profile.HasField("longitude"):
             self.check_range(f"{field}.longitude", profile.longitude, -180.0, 180.0)
+        for name in ("preferred_sectors", "preferred_districts"):
+            values = list(getattr(profile, name))
+            if len(values) > MAX_SKILLS or any(len(x) > MAX_TEXT for x in values):
+                self.add(f"{field}.{name}", f"at most {MAX_SKILLS} entries of at most {MAX_TEXT} characters")
         for name in ("education", "field", "district", "state"):
             if len(getattr(profile, name)) > MAX_TEXT:
                 self.add(f"{field}.{name}", f"must be at most {MAX_TEXT} characters")

@@ -33,21 +33,18 @@ class ContentRuntime:
 
     def scored(self, profile, positions: np.ndarray, scores: np.ndarray) -> list[common_pb2.ScoredItem]:
         student_bits = self.space.skills.bitsets([[s.strip().lower() for s in profile.skills]])[0]
-        items = self.space.items.skills
-        out = []
-        for p, s in zip(positions.tolist(), scores.tolist()):
-            out.append(common_pb2.ScoredItem(
-                internship_id=str(self.index.ids[p]), score=float(s),
-                matched_skills=self.space.skills.decode(student_bits & items[p]),
-                missing_skills=self.space.skills.decode(items[p] & ~student_bits)))
-        return out
+        items = self.space.items.skills[positions]
+        matched = self.space.skills.decode_many(items & student_bits)
+        missing = self.space.skills.decode_many(items & ~student_bits)
+        return [common_pb2.ScoredItem(internship_id=i, score=s, matched_skills=m, missing_skills=x)
+                for i, s, m, x in zip(self.index.ids[positions].tolist(), scores.tolist(), matched, missing)]
 
 
 def _text(profile) -> str:
     return profile_text(list(profile.skills), profile.field, list(profile.preferred_sectors))
 
 
-class ContentServicer(content_pb2_grpc.ContentServiceServicer, ModelAdmin):
+class ContentServicer(ModelAdmin, content_pb2_grpc.ContentServiceServicer):
     def __init__(self, slot: ModelSlot):
         self.slot = slot
 

