@@ -51,7 +51,8 @@ class RankerModel:
     @classmethod
     def fit(cls, x: np.ndarray, labels: np.ndarray, group_sizes: np.ndarray, params: dict,
             blend_weights: dict[str, float], seed: int = 0) -> "RankerModel":
-        model = LGBMRanker(objective="lambdarank", random_state=seed, verbose=-1, n_jobs=2,
+        # n_jobs=1: OpenMP threads busy-wait, and on a shared 2-core machine that was 10x slower.
+        model = LGBMRanker(objective="lambdarank", random_state=seed, verbose=-1, n_jobs=1,
                            **params)
         model.fit(x, labels, group=group_sizes)  # columns are FEATURES, in order
         return cls(model, params, blend_weights)
