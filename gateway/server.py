@@ -109,6 +109,27 @@ class Student:
     cold_start: bool
 
 
+@dataclass
+class Gathered:
+    """Scores collected from the content and collaborative answers, by internship id."""
+    content: dict = field(default_factory=dict)
+    collaborative: dict = field(default_factory=dict)
+    popularity: dict = field(default_factory=dict)
+    skills: dict = field(default_factory=dict)     # id -> (matched, missing)
+    collab_basis: str = ""
+
+    def absorb(self, component: str, resp: common_pb2.ScoredItems) -> None:
+        for it in resp.items:
+            if component == "content":
+                self.content[it.internship_id] = it.score
+                self.skills[it.internship_id] = (list(it.matched_skills), list(it.missing_skills))
+            else:
+                self.collaborative[it.internship_id] = it.score
+                self.popularity[it.internship_id] = it.popularity
+        if component == "collaborative":
+            self.collab_basis = resp.basis
+
+
 def aio_rpc(method):
     async def wrapper(self, request, context):
         try:
@@ -202,21 +223,14 @@ class Gateway(gateway_pb2_grpc.RecommendationGatewayServicer):
         if use_collab:
             tasks["collaborative"] = f.call("collaborative", f.collaborative.Retrieve, retrieve, deadline)
         answers = dict(zip(tasks, await asyncio.gather(*tasks.values())))
-        content_scores, collab_scores, popularity, skills = {}, {}, {}, {}
-        collab_basis = ""
+        got = Gathered()
         for name, (resp, err) in answers.items():
             if resp is None:
                 degraded.append(name)
                 continue
             versions[name] = resp.model
-            for it in resp.items:
-                if name == "content":
-                    content_scores[it.internship_id] = it.score
-                    skills[it.internship_id] = (list(it.matched_skills), list(it.missing_skills))
-                else:
-                    collab_scores[it.internship_id] = it.score
-                    popularity[it.internship_id] = it.popularity
-                    collab_basis = resp.basis
+            got.absorb(name, resp)
+        content_scores, collab_scores, popularity, skills = got.content, got.collaborative, got.popularity, got.skills
         if not versions:
             raise unavailable("no retrieval component answered: " + ", ".join(degraded))
 
@@ -253,17 +267,10 @@ class Gateway(gateway_pb2_grpc.RecommendationGatewayServicer):
         answers = dict(zip(tasks, await asyncio.gather(*tasks.values())))
         for name in ("content", "collaborative"):
             resp, err = answers.get(name, (None, None))
-            if resp is None:
-                if name in answers:
-                    degraded.append(name)
-                continue
-            for it in resp.items:
-                if name == "content":
-                    content_scores[it.internship_id] = it.score
-                    skills[it.internship_id] = (list(it.matched_skills), list(it.missing_skills))
-                else:
-                    collab_scores[it.internship_id] = it.score
-                    popularity[it.internship_id] = it.popularity
+            if resp is not None:
+                got.absorb(name, resp)
+            elif name in answers:
+                degraded.append(name)
         success_resp, _ = answers["success"]
         probability, factors, base_rate = {}, {}, 0.0
         if success_resp is None:
@@ -334,7 +341,7 @@ class Gateway(gateway_pb2_grpc.RecommendationGatewayServicer):
                 matched, missing = skills.get(i, ([], []))
                 item.explanation.CopyFrom(explain.explanation(
                     student.profile, table, p, matched=matched, missing=missing, probability=probability.get(i),
-                    base_rate=base_rate, factors=factors.get(i), collab_basis=collab_basis, promoted=was_moved))
+                    base_rate=base_rate, factors=factors.get(i), collab_basis=got.collab_basis, promoted=was_moved))
         models, mixed = self.models_and_mixing(versions)
         response.models.extend(models)
         response.mixed_data_versions = mixed
