@@ -34,7 +34,12 @@ def cmd_generate(args, seed: int | None = None) -> int:
                        companies=args.companies, interactions_per_student=args.interactions_per_student,
                        selection_rate=args.selection_rate, seed=args.seed if seed is None else seed, fmt=args.format,
                        progress=not args.quiet)
-    print(json.dumps(summary, indent=2, default=str))
+    if args.quiet:
+        rows = summary["rows"]
+        print(f"generated {args.data}: {rows['students']} students, {rows['internships']} internships, "
+              f"{rows['interactions']} interactions, selection rate {summary['selection_rate']:.3f}")
+    else:
+        print(json.dumps(summary, indent=2, default=str))
     return 0
 
 
