@@ -446,15 +446,23 @@ class ExposureLedger:
     ``exposure[i]`` = sum over served lists of 1/log2(rank+1) where item i was shown at ``rank``
     (optionally exponentially decayed), and ``slots[i]`` (0 for closed / full internships).
 
-    Target share ``share_i = slots_i / sum(slots)``.  Actual share is smoothed towards the target
-    with ``prior`` pseudo-exposure units so that a cold ledger gives zero boosts:
+    Target share ``share_i = slots_i / S`` with ``S = sum(slots)`` over the open catalogue.
+    Actual share is smoothed towards the target with ``prior`` pseudo-exposure units, so that a
+    cold ledger gives zero boosts:
     ``actual_i = (exposure_i + prior * share_i) / (total + prior)``.
 
-    Boost (additive score adjustment) for candidate i:
-    ``boost_i = strength * tanh(log(share_i / actual_i) / temperature)``
-    -- positive when under-exposed, negative when over-exposed, 0 at parity, bounded in
-    (-strength, strength), and 0 everywhere when strength = 0.  Items with no slots get the
-    most negative boost (their target is 0).  ``strength`` is clipped to [0, 1].
+    Boost (additive score adjustment) for candidate i, ``kind="deficit"`` (default):
+    ``boost_i = strength * tanh((share_i - actual_i) / (mean_share * temperature))``,
+    ``mean_share = 1 / n_open``: the exposure deficit measured in "average items".  An item
+    never shown gets ``tanh(slots_i / mean_slots)`` -- more slots, bigger push -- and an item
+    hogging the lists gets pushed down in proportion to its excess.
+
+    ``kind="log_ratio"``: ``boost_i = strength * tanh(log(share_i / actual_i) / temperature)``,
+    scale-free but it saturates: every never-shown item gets ~ +strength whatever its slots.
+
+    Both are 0 at parity, positive when under-exposed, negative when over-exposed, bounded in
+    (-strength, strength), and exactly 0 everywhere when strength = 0 (``strength`` is clipped to
+    [0, 1]).  Items with no open slots get ``-strength`` (their target is 0).
 
     Decay: with ``half_life`` (in requests) an exposure recorded h requests ago weighs 0.5**(h/half_life).
     Implemented lazily in O(k): new exposure is recorded inflated by ``g = 2**(r/half_life)`` at
@@ -464,12 +472,23 @@ class ExposureLedger:
     All methods hold one lock; ``boost`` and ``record`` are O(k) for k candidate items.
     """
 
-    def __init__(self, slots, *, half_life: float | None = None, prior: float = 10.0, temperature: float = 1.0):
+    def __init__(
+        self,
+        slots,
+        *,
+        half_life: float | None = None,
+        prior: float = 10.0,
+        temperature: float = 1.0,
+        kind: str = "deficit",
+    ):
         slots = np.asarray(slots, dtype=float).ravel()
         if np.any(slots < 0):
             raise ValueError("slots must be non-negative")
         if half_life is not None and half_life <= 0:
             raise ValueError("half_life must be positive")
+        if kind not in ("deficit", "log_ratio"):
+            raise ValueError("kind must be 'deficit' or 'log_ratio'")
+        self._kind = kind
         self._lock = threading.Lock()
         self._half_life = half_life
         self._growth = 2.0 ** (1.0 / half_life) if half_life else 1.0
@@ -486,6 +505,8 @@ class ExposureLedger:
         total = slots.sum()
         self._slots = slots.copy()
         self._share = slots / total if total > 0 else np.zeros_like(slots)
+        n_open = int(np.count_nonzero(slots > 0))
+        self._mean_share = 1.0 / n_open if n_open else 1.0
 
     def set_slots(self, slots) -> None:
         """Replace the slot vector (catalogue refresh).  The catalogue may grow; exposure is kept."""
@@ -531,9 +552,13 @@ class ExposureLedger:
             target = self._share[idx]
             prior = self._prior * self._scale  # prior expressed in inflated units
             actual = (self._exp[idx] + prior * target) / (self._total + prior)
-        tiny = 1e-300
-        ratio = np.log(np.maximum(target, tiny) / np.maximum(actual, tiny))
-        out = strength * np.tanh(ratio / self._temperature)
+            mean_share = self._mean_share
+        if self._kind == "deficit":
+            x = (target - actual) / (mean_share * self._temperature)
+        else:
+            tiny = 1e-300
+            x = np.log(np.maximum(target, tiny) / np.maximum(actual, tiny)) / self._temperature
+        out = strength * np.tanh(x)
         return np.where(target > 0, out, -strength)  # closed / full internships: most negative
 
     # -- write side ---------------------------------------------------------------------------
