@@ -59,6 +59,7 @@ class GatewayConfig:
     blend_weights: dict = field(default_factory=lambda: dict(DEFAULT_BLEND))
     as_of: str = "latest"             # "latest" (newest interaction in the catalog), "now", or epoch seconds
     grace: float = 5.0
+    fairness: fairness.FairnessConfig = field(default_factory=fairness.FairnessConfig)
 
 
 def _channel_options(component: str) -> list:
@@ -150,6 +151,7 @@ class Gateway(gateway_pb2_grpc.RecommendationGatewayServicer):
     def __init__(self, cfg: GatewayConfig, catalog, fanout: Fanout | None = None):
         self.cfg, self.catalog = cfg, catalog
         self.fanout = fanout or Fanout(cfg)
+        self.fair = fairness.FairReranker(catalog.internships, cfg.fairness)
 
     # ------------------------------------------------------------------ shared steps
     def now(self) -> int:
@@ -314,9 +316,9 @@ class Gateway(gateway_pb2_grpc.RecommendationGatewayServicer):
         else:
             final, response.ranking = blend_scores(component, self.cfg.blend_weights), "blend"
 
-        # 5. fairness re-rank (seam), 6. explanations, 7. answer
-        order, moved = fairness.rerank(final, positions, request.fairness)
-        order, moved = order[:k], moved[:k]
+        # 5. fair re-rank (per request; exposure is recorded either way), 6. explanations, 7. answer
+        order, moved = self.fair.rerank(final, positions, table, student.profile,
+                                        request.fairness if request.HasField("fairness") else None, k)
         want_explain = request.explain if request.HasField("explain") else True
         if want_explain and "success" in versions:
             resp, _ = await f.call("success", f.success.Predict, success_pb2.PredictRequest(
@@ -472,11 +474,13 @@ def parse_config(argv=None) -> GatewayConfig:
     p.add_argument("--as-of", default=env("AS_OF", d.as_of),
                    help="clock for closing internships: latest (newest interaction), now, or epoch seconds")
     p.add_argument("--grace", type=float, default=float(env("GRACE_SECONDS", d.grace)))
+    p.add_argument("--fairness", default=env("FAIRNESS"),
+                   help='JSON: {"targets": {"msme": 0.2, "local": 0.3}, "exposure_strength": 0.5, "half_life": 5000}')
     a = p.parse_args(argv)
     return GatewayConfig(a.host, a.port, a.metrics_port, a.catalog,
                          {c: getattr(a, f"{c}_target") for c in COMPONENTS},
                          {c: getattr(a, f"{c}_budget_ms") for c in COMPONENTS}, a.default_deadline_ms, a.candidates,
-                         json.loads(a.blend_weights), a.as_of, a.grace)
+                         json.loads(a.blend_weights), a.as_of, a.grace, fairness.FairnessConfig.from_json(a.fairness))
 
 
 async def serve(cfg: GatewayConfig, ready: asyncio.Event | None = None) -> None:

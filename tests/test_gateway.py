@@ -677,3 +677,54 @@ def test_component_without_a_bundle_never_serves(tmp_path):
         assert "registry" in str(server.load_error)
     finally:
         server.stop()
+
+
+# --------------------------------------------------------------------------- fair re-ranking
+
+
+def _groups_of(gw: Gateway, items, profile) -> np.ndarray:
+    from gateway.fairness import item_groups
+
+    table = gw.catalog.internships
+    return item_groups(table, np.array([table.position[it.internship_id] for it in items]), profile)
+
+
+def test_fairness_off_keeps_relevance_order_and_moves_nothing(system, students):
+    gw = system.gateway
+    resp = gw.recommend(student_id=students["top"], k=10)
+    scores = [it.score for it in resp.items]
+    assert scores == sorted(scores, reverse=True)
+    assert not any(it.explanation.promoted_by_fairness for it in resp.items)
+
+
+def test_fairness_on_meets_group_floors_and_marks_promotions(system, students):
+    from gateway.fair_ranking import min_counts
+
+    gw = system.gateway
+    targets = np.array([gw.gateway.cfg.fairness.targets["msme"], gw.gateway.cfg.fairness.targets["local"], 0.0])
+    checked = 0
+    for sid in [students["top"], *students["others"]]:
+        plain = gw.recommend(student_id=sid, k=10)
+        fair = gw.recommend(student_id=sid, k=10, fairness=gateway_pb2.FairnessOptions(enabled=True, strength=1.0))
+        assert len(fair.items) == len(plain.items) == 10
+        profile = gw.gateway.catalog.student(sid)
+        from services.common.profiles import profile_message
+
+        groups = _groups_of(gw.gateway, fair.items, profile_message(profile))
+        # What the pool offers: k=33 retrieves the same candidates as k=10 (max(100, 3k) per retriever).
+        pool = np.bincount(_groups_of(gw.gateway, gw.recommend(student_id=sid, k=33, explain=False).items,
+                                      profile_message(profile)), minlength=3)
+        for t in range(1, 11):
+            need = np.minimum(min_counts(targets, t), pool)
+            assert (np.bincount(groups[:t], minlength=3) >= need).all(), (sid, t, groups, pool)
+        promoted = [it for it in fair.items if it.explanation.promoted_by_fairness]
+        assert all("fairly" in " ".join(it.explanation.reasons) for it in promoted)
+        checked += 1
+    assert checked == 5
+
+
+def test_fairness_strength_is_validated(system, students):
+    _, violations = system.gateway.fails("Recommend", gateway_pb2.RecommendRequest(
+        student_id=students["top"], fairness=gateway_pb2.FairnessOptions(enabled=True, strength=1.5)),
+        grpc.StatusCode.INVALID_ARGUMENT)
+    assert [f for f, _ in violations] == ["fairness.strength"]
