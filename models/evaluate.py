@@ -22,14 +22,12 @@ from models.metrics import gather, group_breakdown, ranking_metrics, top_k
 from models.ranker import RankerModel, blend_scores, ranker_features
 from models.success import SuccessModel
 
-PIPELINE_MODELS = ["success_only", "blend", "ranker"]
 DENSE_BLOCK_CELLS = 20_000_000  # students x items per dense score block (~80 MB of float32)
 
 
 def chunk_size(n_items: int) -> int:
     """Students per block, so that a block's dense score matrices stay around DENSE_BLOCK_CELLS."""
     return int(max(50, min(2000, DENSE_BLOCK_CELLS // max(n_items, 1))))
-CATALOGUE_MODELS = ["popularity", "content", "collaborative"]
 
 
 @dataclass

@@ -18,7 +18,7 @@ import scipy.sparse as sp
 from models.bundle import load_bundle
 from models.collaborative import CollaborativeModel
 from models.content import ContentModel, profile_text
-from models.data.contract import SCHEMA, DataError, ValidationReport, _check_table, _read_raw, load_dataset
+from models.data.contract import DataError, ValidationReport, _check_table, _read_raw, load_dataset
 from models.evaluate import Components, evaluate_window
 from models.features import FeatureSpace
 from models.ranker import RankerModel

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import logging
 import time
 import uuid
@@ -399,6 +398,3 @@ class Trainer:
 def train(cfg: TrainConfig) -> dict:
     return Trainer(cfg).run()
 
-
-def save_json(obj, path: Path) -> None:
-    path.write_text(json.dumps(obj, indent=2, default=str))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-import scipy.sparse as sp
 from implicit.als import AlternatingLeastSquares
 from sklearn.metrics import ndcg_score, roc_auc_score
 from threadpoolctl import threadpool_limits

@@ -17,7 +17,7 @@ from models.content import ContentModel
 from models.data.generate import generate
 from models.registry import Registry
 from models.success import SuccessModel
-from models.train import TrainConfig, train
+from models.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
