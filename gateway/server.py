@@ -151,7 +151,7 @@ class Gateway(gateway_pb2_grpc.RecommendationGatewayServicer):
     def __init__(self, cfg: GatewayConfig, catalog, fanout: Fanout | None = None):
         self.cfg, self.catalog = cfg, catalog
         self.fanout = fanout or Fanout(cfg)
-        self.fair = fairness.FairReranker(catalog.internships, cfg.fairness)
+        self.fair = fairness.reranker_for(catalog.internships, cfg.fairness)
 
     # ------------------------------------------------------------------ shared steps
     def now(self) -> int:
@@ -317,8 +317,10 @@ class Gateway(gateway_pb2_grpc.RecommendationGatewayServicer):
             final, response.ranking = blend_scores(component, self.cfg.blend_weights), "blend"
 
         # 5. fair re-rank (per request; exposure is recorded either way), 6. explanations, 7. answer
-        order, moved = self.fair.rerank(final, positions, table, student.profile,
-                                        request.fairness if request.HasField("fairness") else None, k)
+        enabled = request.HasField("fairness") and request.fairness.enabled
+        order, moved = self.fair.rerank(
+            final, positions, fairness.candidate_groups(table, positions, student.profile) if enabled else None,
+            enabled=enabled, strength=request.fairness.strength, k=k)
         want_explain = request.explain if request.HasField("explain") else True
         if want_explain and "success" in versions:
             resp, _ = await f.call("success", f.success.Predict, success_pb2.PredictRequest(

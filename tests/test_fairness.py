@@ -1,4 +1,4 @@
-"""Tests for gateway.fair_ranking: DetConstSort, FA*IR, the exposure ledger and rerank()."""
+"""Tests for models.fair_ranking: DetConstSort, FA*IR, the exposure ledger and rerank()."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.fair_ranking import (
+from models.fair_ranking import (
     ExposureLedger,
     adjusted_alpha,
     det_const_sort,

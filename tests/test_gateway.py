@@ -683,10 +683,10 @@ def test_component_without_a_bundle_never_serves(tmp_path):
 
 
 def _groups_of(gw: Gateway, items, profile) -> np.ndarray:
-    from gateway.fairness import item_groups
+    from gateway.fairness import candidate_groups
 
     table = gw.catalog.internships
-    return item_groups(table, np.array([table.position[it.internship_id] for it in items]), profile)
+    return candidate_groups(table, np.array([table.position[it.internship_id] for it in items]), profile)
 
 
 def test_fairness_off_keeps_relevance_order_and_moves_nothing(system, students):
@@ -698,7 +698,7 @@ def test_fairness_off_keeps_relevance_order_and_moves_nothing(system, students):
 
 
 def test_fairness_on_meets_group_floors_and_marks_promotions(system, students):
-    from gateway.fair_ranking import min_counts
+    from models.fair_ranking import min_counts
 
     gw = system.gateway
     targets = np.array([gw.gateway.cfg.fairness.targets["msme"], gw.gateway.cfg.fairness.targets["local"], 0.0])
