@@ -57,6 +57,26 @@ def group_table(ranking: dict, model: str, k: int = 10) -> list[list[str]]:
     return rows
 
 
+def fairness_tables(f: dict) -> list[list[list[str]]]:
+    rows = [["", "NDCG@10", "Recall@10", "mean P(sel)@10", "Gini exposure", "coverage", "exposure/slots p10-p50-p90"]]
+    for mode in ("before", "after"):
+        m = f[mode]
+        r = m["exposure_over_slot_share"]
+        rows.append([mode, f"{m['ndcg@10']:.4f}", f"{m['recall@10']:.4f}",
+                     "-" if m["mean_success_p@10"] is None else f"{m['mean_success_p@10']:.4f}",
+                     f"{m['gini_exposure']:.3f}", f"{m['coverage']:.3f}", f"{r['p10']:.2f}-{r['p50']:.2f}-{r['p90']:.2f}"])
+    groups = [["item group", "target", "share before", "share after"]]
+    for g, t in f["targets"].items():
+        groups.append([g, f"{t:.2f}", f"{f['before']['group_exposure_share'][g]:.3f}",
+                       f"{f['after']['group_exposure_share'][g]:.3f}"])
+    consumer = [["student attribute", "NDCG min/max before", "after"]]
+    for attr, g in f["after"]["consumer_groups"].items():
+        b = f["before"]["consumer_groups"][attr]["min_max_ratio"].get("ndcg@10")
+        a = g["min_max_ratio"].get("ndcg@10")
+        consumer.append([attr, "n/a" if b is None else f"{b:.3f}", "n/a" if a is None else f"{a:.3f}"])
+    return [rows, groups, consumer]
+
+
 def console_summary(report: dict, k: int = 10) -> str:
     parts = [f"run {report['run_id']}  (report: {report.get('run_dir', '')})", "",
              "Ranking on the test window:", format_table(ranking_table(report["ranking"], k))]
@@ -68,6 +88,11 @@ def console_summary(report: dict, k: int = 10) -> str:
         parts += ["", f"Success predictor ({s['algorithm']}, calibrated):", format_table(success_table(s))]
     elif "skipped" in s:
         parts += ["", f"Success predictor skipped: {s['skipped']}"]
+    if "fairness" in report:
+        f = report["fairness"]
+        parts += ["", f"Fairness re-ranking (strength {f['strength']}), relevance-only vs fair:"]
+        parts += [format_table(t) for t in fairness_tables(f)]
+        parts.append("summary: " + json.dumps(f["summary"]))
     parts += ["", "Targets:", json.dumps(report.get("targets", {}), indent=2),
               "", "Timings (s): " + json.dumps(report.get("timings_seconds", {}))]
     return "\n".join(parts)
@@ -91,6 +116,13 @@ def write_report(report: dict, run_dir: Path, k: int = 10) -> None:
         md += ["## Success predictor", "", f"Algorithm: {s['algorithm']} (chosen by {len(s['search'])}-way CV search), "
                "sigmoid-calibrated.", "", format_table(success_table(s), markdown=True), "",
                "![Reliability diagram](reliability.png)", ""]
+    if "fairness" in report:
+        f = report["fairness"]
+        md += ["## Fairness re-ranking (relevance only = before, fair = after)", "",
+               f"Strength {f['strength']}, exposure strength {f['exposure_strength']}, {f['students']} students; "
+               f"{f['promoted_items_per_list']:.2f} items promoted per list.", ""]
+        md += [format_table(t, markdown=True) + "\n" for t in fairness_tables(f)]
+        md += ["```json", json.dumps(f["summary"], indent=2), "```", "", "![Exposure by group](exposure.png)", ""]
     md += ["## Collaborative model selection (validation window)", "",
            format_table([["kind", "params", f"NDCG@{k}"]] + [[r["kind"], json.dumps(r["params"]), f"{r[f'ndcg@{k}']:.4f}"]
                                                             for r in report.get("collaborative_selection", [])],
@@ -101,6 +133,8 @@ def write_report(report: dict, run_dir: Path, k: int = 10) -> None:
     _plot_ndcg(report["ranking"], run_dir / "ndcg.png", k)
     if "reliability" in s:
         _plot_reliability(s, run_dir / "reliability.png")
+    if "fairness" in report:
+        _plot_exposure(report["fairness"], run_dir / "exposure.png")
 
 
 def _plot_ndcg(ranking: dict, path: Path, k: int) -> None:
@@ -125,6 +159,24 @@ def _plot_reliability(s: dict, path: Path) -> None:
     ax.set_xlabel("mean predicted P(selected)")
     ax.set_ylabel("observed selection rate")
     ax.set_title(f"Reliability (ECE {s['ece']:.3f}, equal-mass bins)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _plot_exposure(f: dict, path: Path) -> None:
+    names = list(f["before"]["group_exposure_share"])
+    x = range(len(names))
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.bar([i - 0.2 for i in x], [f["before"]["group_exposure_share"][n] for n in names], 0.4, label="before")
+    ax.bar([i + 0.2 for i in x], [f["after"]["group_exposure_share"][n] for n in names], 0.4, label="after")
+    for i, n in enumerate(names):
+        if n in f["targets"]:
+            ax.hlines(f["targets"][n], i - 0.4, i + 0.4, colors="black", linestyles="--")
+    ax.set_xticks(list(x), names)
+    ax.set_ylabel("share of exposure (position-weighted)")
+    ax.set_title("Exposure by item group (dashed: target minimum)")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)

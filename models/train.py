@@ -32,6 +32,7 @@ from models.collaborative import MAX_EASE_ITEMS, CollaborativeModel, interaction
 from models.content import ContentModel, profile_text
 from models.data.contract import Dataset, load_dataset
 from models.evaluate import Components, chunk_size, evaluate_window, ranker_training_data
+from models.fairness_eval import evaluate_fairness
 from models.features import FeatureSpace, pair_features
 from models.ranker import COMPONENT_SCORES, RankerModel, blend_scores
 from models.registry import Registry
@@ -255,6 +256,10 @@ class Trainer:
                                    groups=self.groups, progress=bar.update)
             bar.close()
             self.report["ranking"] = test
+            self.report["fairness"] = evaluate_fairness(
+                comp_b, test_rows, (test_graded > 0).astype(np.float32).tocsr(), k=cfg.k, n_candidates=cfg.candidates,
+                blend_weights=blend_weights, ranker=ranker, item_msme=self._item_msme(ds),
+                student_attrs={"district": self.students.district}, groups=self.groups)
             # The ranker's final fit also learns from the test window (stage-B scores): the
             # windows exist to choose and to report; the shipped model uses all the data.
             x2, y2, g2, _ = ranker_training_data(comp_b, test_rows, test_graded, cfg.candidates)
@@ -273,6 +278,13 @@ class Trainer:
         write_report(self.report, run_dir)
         self.report["run_dir"] = str(run_dir)
         return self.report
+
+    def _item_msme(self, ds) -> np.ndarray:
+        """Per internship: its company is Micro/Small/Medium (False where unknown)."""
+        if ds.companies is None or "size" not in ds.companies:
+            return np.zeros(len(ds.internships), dtype=bool)
+        sizes = dict(zip(ds.companies["company_id"].astype(str), ds.companies["size"].astype(str)))
+        return np.array([sizes.get(str(c)) in ("Micro", "Small", "Medium") for c in ds.internships["company_id"]])
 
     # ------------------------------------------------------------------ stages
     def _select_collab(self, c1: int, rows: np.ndarray, graded: sp.csr_matrix):

@@ -46,10 +46,23 @@ def test_report_has_every_model_and_sane_numbers(trained):
     assert set(s["search"]) == {"logistic_regression", "hist_gradient_boosting", "random_forest"}
 
 
+def test_report_has_fairness_before_and_after(trained):
+    _, _, report = trained
+    f = report["fairness"]
+    for mode in ("before", "after"):
+        assert set(f[mode]["group_exposure_share"]) == {"msme", "local", "other"}
+        assert abs(sum(f[mode]["group_exposure_share"].values()) - 1) < 1e-3
+        assert 0 <= f[mode]["gini_exposure"] <= 1 and 0 < f[mode]["ndcg@10"] <= 1
+    # Floors at every prefix of every list push the MSME share up from where relevance left it.
+    assert f["after"]["group_exposure_share"]["msme"] > f["before"]["group_exposure_share"]["msme"]
+    assert f["after"]["gini_exposure"] < f["before"]["gini_exposure"]
+    assert f["promoted_items_per_list"] > 0
+
+
 def test_report_files_written(trained):
     _, _, report = trained
     run_dir = Path(report["run_dir"])
-    for name in ("report.json", "report.md", "ndcg.png", "reliability.png"):
+    for name in ("report.json", "report.md", "ndcg.png", "reliability.png", "exposure.png"):
         assert (run_dir / name).stat().st_size > 0
     assert json.loads((run_dir / "report.json").read_text())["run_id"] == report["run_id"]
     assert "| ranker |" in (run_dir / "report.md").read_text()

@@ -1,0 +1,99 @@
+"""Fairness before/after on an evaluation window: the same ranked lists, re-ranked as the gateway does.
+
+Each student's candidates are scored by the ranker (the serving pipeline), then ordered twice:
+by relevance alone ("before") and by `models.fairness.FairReranker` with fairness on ("after"),
+each with its own exposure ledger fed student by student, as a gateway replica would be.
+
+Provider side: position-weighted exposure share per item group against its target, Gini of
+exposure over open internships, catalogue coverage, and exposure share / slot share per
+internship. Consumer side: NDCG@k, Recall@k and mean success probability of the top k, per
+student group, with min/max ratios across groups.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+from models.evaluate import Components, candidate_block, chunk_size, pipeline_scores
+from models.fair_ranking import gini, position_weights
+from models.fairness import GROUPS, FairnessConfig, FairReranker, item_groups
+from models.metrics import group_breakdown
+from models.ranker import RankerModel
+
+GROUP_NAMES = GROUPS + ["other"]
+
+
+def _ndcg_recall(hits: np.ndarray, n_relevant: int, k: int) -> tuple[float, float]:
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    ideal = discounts[:max(min(n_relevant, k), 1)].sum()
+    return float((hits * discounts[:len(hits)]).sum() / ideal), float(hits.sum() / max(n_relevant, 1))
+
+
+def evaluate_fairness(c: Components, rows: np.ndarray, relevant: sp.csr_matrix, *, k: int, n_candidates: int,
+                      blend_weights: dict, ranker: RankerModel, item_msme: np.ndarray,
+                      student_attrs: dict[str, np.ndarray], groups: dict[str, np.ndarray],
+                      cfg: FairnessConfig | None = None, strength: float = 1.0) -> dict:
+    cfg = cfg or FairnessConfig()
+    items, students = c.space.items, c.students
+    slots = np.nan_to_num(items.slots, nan=1.0)
+    rankers = {"before": FairReranker(slots, cfg), "after": FairReranker(slots, cfg)}
+    exposure = {m: np.zeros(len(items), dtype=np.float64) for m in rankers}
+    group_exposure = {m: np.zeros(len(GROUP_NAMES)) for m in rankers}
+    per_student = {m: {"ndcg": [], "recall": [], "success_p": []} for m in rankers}
+    moved_total, weights = 0, position_weights(k)
+    for start in range(0, len(rows), chunk_size(len(items))):
+        block = candidate_block(c, rows[start:start + chunk_size(len(items))], n_candidates)
+        scores = pipeline_scores(block, blend_weights, ranker)["ranker"]
+        for i, row in enumerate(block.rows.tolist()):
+            valid = block.valid[i]
+            cand = block.items[i][valid]
+            s = scores[i][valid]
+            g = item_groups(item_district=items.district[cand], item_lat=items.latitude[cand],
+                            item_lon=items.longitude[cand], item_remote=items.remote[cand],
+                            item_msme=item_msme[cand], student_district=student_attrs["district"][row],
+                            student_lat=students.latitude[row], student_lon=students.longitude[row])
+            rel = np.asarray(relevant[row, cand].todense()).ravel() > 0
+            n_rel = int(relevant[row].nnz)
+            for mode, reranker in rankers.items():
+                order, moved = reranker.rerank(s, cand, g, enabled=mode == "after", strength=strength, k=k)
+                w = weights[:len(order)]
+                np.add.at(exposure[mode], cand[order], w)
+                np.add.at(group_exposure[mode], g[order], w)
+                ndcg, recall = _ndcg_recall(rel[order].astype(float), n_rel, k)
+                per_student[mode]["ndcg"].append(ndcg)
+                per_student[mode]["recall"].append(recall)
+                per_student[mode]["success_p"].append(float(np.nanmean(block.scores[i, valid, 3][order]))
+                                                      if c.success is not None else np.nan)
+                if mode == "after":
+                    moved_total += int(moved.sum())
+    open_items = c.open_items
+    slot_share = slots[open_items] / slots[open_items].sum()
+    out = {"targets": dict(zip(GROUPS, cfg.target_array()[:len(GROUPS)].tolist())), "strength": strength,
+           "exposure_strength": cfg.exposure_strength, "students": int(len(rows)),
+           "promoted_items_per_list": moved_total / max(len(rows), 1)}
+    for mode in rankers:
+        share = group_exposure[mode] / max(group_exposure[mode].sum(), 1e-12)
+        ex = exposure[mode][open_items]
+        ratio = (ex / max(ex.sum(), 1e-12)) / slot_share
+        ps = {m: np.asarray(v, dtype=np.float64) for m, v in per_student[mode].items()}
+        out[mode] = {
+            "ndcg@10": float(np.mean(ps["ndcg"])), "recall@10": float(np.mean(ps["recall"])),
+            "mean_success_p@10": float(np.nanmean(ps["success_p"])) if c.success is not None else None,
+            "group_exposure_share": dict(zip(GROUP_NAMES, share.round(4).tolist())),
+            "gini_exposure": gini(ex), "coverage": float((ex > 0).mean()),
+            "exposure_over_slot_share": {"p10": float(np.percentile(ratio, 10)), "p50": float(np.percentile(ratio, 50)),
+                                         "p90": float(np.percentile(ratio, 90)),
+                                         "within_0.5x_2x": float(((ratio >= 0.5) & (ratio <= 2)).mean())},
+            "consumer_groups": group_breakdown({"ndcg": ps["ndcg"], "recall": ps["recall"]},
+                                               {a: v[rows] for a, v in groups.items()}, k),
+        }
+    b, a = out["before"], out["after"]
+    out["summary"] = {
+        "ndcg_relative_loss": 1 - a["ndcg@10"] / max(b["ndcg@10"], 1e-12),
+        "gini_relative_reduction": 1 - a["gini_exposure"] / max(b["gini_exposure"], 1e-12),
+        "group_share_vs_target": {grp: {"target": out["targets"][grp], "after": a["group_exposure_share"][grp],
+                                        "within_10pct": abs(a["group_exposure_share"][grp] - out["targets"][grp])
+                                        <= 0.1 * out["targets"][grp]} for grp in GROUPS},
+    }
+    return out
