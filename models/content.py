@@ -63,6 +63,20 @@ class ContentModel:
         m = self.item_matrix if item_pos is None else self.item_matrix[np.asarray(item_pos)]
         return np.asarray((q @ m.T).toarray(), dtype=np.float32)
 
+    def skill_weight(self, item_pos: int, skill: str) -> float:
+        """TF-IDF weight of a skill's phrase token in an internship's vector: how much that skill
+        contributes to (or, if missing, would add to) the cosine match. 0 when absent."""
+        column = self.vectorizer.vocabulary_.get("skill_" + skill.replace(" ", "_"))
+        if column is None:
+            return 0.0
+        row = self.item_matrix[item_pos]
+        hit = np.flatnonzero(row.indices == column)
+        return float(row.data[hit[0]]) if len(hit) else 0.0
+
+    def order_skills(self, item_pos: int, skills: list[str]) -> list[str]:
+        """Skills ordered by their weight in this internship's vector, strongest first."""
+        return sorted(skills, key=lambda sk: -self.skill_weight(item_pos, sk))
+
     def save(self, root, metadata: dict, space_arrays: dict) -> BundleRef:
         # The feature space (skill vocabulary, internship skills) rides along for matched/missing skills.
         arrays = {**space_arrays, "item_ids": self.item_ids, **csr_to_arrays("item_matrix", self.item_matrix)}

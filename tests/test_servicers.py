@@ -523,3 +523,21 @@ def test_reload(loaded, registry, small_system, component):
     # no target / a version below 1: INVALID_ARGUMENT naming the field
     assert bad_fields(h, "Reload", common_pb2.ReloadRequest()) == {"target"}
     assert bad_fields(h, "Reload", common_pb2.ReloadRequest(version=0)) == {"version"}
+
+
+def test_content_skills_are_ordered_by_their_weight_in_the_internship(small_system):
+    from models.bundle import load_bundle
+    from models.registry import Registry
+    from services.content.server import ContentRuntime
+
+    rt = ContentRuntime.from_bundle(load_bundle(Registry(small_system.bundles / "registry.db").resolve("content")["path"]))
+    profile = common_pb2.StudentProfile(skills=["python", "sql", "excel", "communication", "teamwork"])
+    positions = np.arange(min(50, len(rt.index.ids)))
+    checked = 0
+    for p, item in zip(positions.tolist(), rt.scored(profile, positions, np.zeros(len(positions)))):
+        for skills in (list(item.matched_skills), list(item.missing_skills)):
+            weights = [rt.model.skill_weight(p, s) for s in skills]
+            assert weights == sorted(weights, reverse=True)
+            assert all(w > 0 for w in weights)  # every listed skill is really in the internship's vector
+            checked += len(skills) > 1
+    assert checked > 10

@@ -36,8 +36,12 @@ class ContentRuntime:
         items = self.space.items.skills[positions]
         matched = self.space.skills.decode_many(items & student_bits)
         missing = self.space.skills.decode_many(items & ~student_bits)
-        return [common_pb2.ScoredItem(internship_id=i, score=s, matched_skills=m, missing_skills=x)
-                for i, s, m, x in zip(self.index.ids[positions].tolist(), scores.tolist(), matched, missing)]
+        # Strongest first: matched skills by their contribution to the match, missing ones by what
+        # they would add ("skills to learn" takes the first three).
+        order = self.model.order_skills
+        return [common_pb2.ScoredItem(internship_id=i, score=s, matched_skills=order(p, m), missing_skills=order(p, x))
+                for i, p, s, m, x in zip(self.index.ids[positions].tolist(), positions.tolist(), scores.tolist(),
+                                         matched, missing)]
 
 
 def _text(profile) -> str:
