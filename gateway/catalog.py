@@ -128,6 +128,30 @@ class SqliteCatalog:
         return self._conn().execute("SELECT internship_id, event, timestamp FROM interactions WHERE student_id = ? "
                                     "ORDER BY timestamp", (student_id,)).fetchall()
 
+    def applicants(self, internship_id: str) -> list[str]:
+        return [r[0] for r in self._conn().execute(
+            "SELECT DISTINCT student_id FROM interactions WHERE internship_id = ? AND event = 'apply' "
+            "ORDER BY student_id", (internship_id,))]
+
+    def internship_skills(self, internship_id: str) -> list[str]:
+        row = self._conn().execute("SELECT skills FROM internships WHERE internship_id = ?", (internship_id,)).fetchone()
+        return [t.lower() for t in _split(row[0])] if row else []
+
+    def students_in_state(self, state: str, limit: int) -> list[tuple[str, list[str]]]:
+        """(student id, skills) of students of a state, for matching when nobody has applied."""
+        rows = self._conn().execute("SELECT student_id, skills FROM students WHERE state = ? LIMIT ?", (state, limit))
+        return [(sid, [t.lower() for t in _split(sk)]) for sid, sk in rows]
+
+    def protected(self, student_id: str) -> dict:
+        """Reservation-relevant attributes: read only to meet shortlist minimums, never as features."""
+        c = self._conn()
+        cols = {r[1] for r in c.execute("PRAGMA table_info(students)")}
+        want = [w for w in ("gender", "social_category", "disability", "rural") if w in cols]
+        if not want:
+            return {}
+        row = c.execute(f"SELECT {', '.join(want)} FROM students WHERE student_id = ?", (student_id,)).fetchone()
+        return dict(zip(want, row)) if row else {}
+
     def record_interaction(self, student_id: str, internship_id: str, event: str, timestamp: int) -> int:
         with self._write_lock:
             c = self._conn()

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.fairness import FairnessConfig, FairReranker, item_groups
+from models.fairness import FairnessConfig, FairReranker, item_groups, zscore
 
-__all__ = ["FairnessConfig", "FairReranker", "candidate_groups", "reranker_for"]
+__all__ = ["FairnessConfig", "FairReranker", "candidate_groups", "reranker_for", "zscore"]
 
 
 def candidate_groups(table, positions: np.ndarray, profile) -> np.ndarray:

@@ -53,13 +53,15 @@ def item_groups(*, item_district, item_lat, item_lon, item_remote, item_msme,
     return np.where(np.asarray(item_msme, dtype=bool), 0, np.where(local, 1, 2)).astype(np.int64)
 
 
-def _zscore(v: np.ndarray) -> np.ndarray:
+def zscore(v: np.ndarray, missing: float = np.nan) -> np.ndarray:
+    """z-scores of the finite values of one list; `missing` where a value is not finite."""
     v = np.asarray(v, dtype=np.float64)
     finite = np.isfinite(v)
     if finite.sum() < 2:
-        return np.where(finite, 0.0, -1e9)
+        return np.where(finite, 0.0, missing)
     sd = v[finite].std()
-    return np.where(finite, (v - v[finite].mean()) / (sd if sd > 1e-12 else 1.0), -1e9)
+    with np.errstate(invalid="ignore"):
+        return np.where(finite, (v - v[finite].mean()) / (sd if sd > 1e-12 else 1.0), missing)
 
 
 class FairReranker:
@@ -78,7 +80,7 @@ class FairReranker:
             moved = np.zeros(len(order), dtype=bool)
         else:
             strength = strength if strength > 0 else 1.0
-            adjusted = _zscore(scores) + self.cfg.exposure_strength * self.ledger.boost(positions, strength)
+            adjusted = zscore(scores, missing=-1e9) + self.cfg.exposure_strength * self.ledger.boost(positions, strength)
             order, _ = constrained_rerank(adjusted, groups, self.targets, strength=strength, k=k)
             plain_rank = np.empty(len(scores), dtype=np.int64)
             plain_rank[plain_order(scores)] = np.arange(len(scores))

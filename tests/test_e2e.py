@@ -196,3 +196,15 @@ def test_server_without_a_bundle_never_reports_serving(tmp_path, cluster):
     assert proc.wait(20) == 1
     assert health_pb2.HealthCheckResponse.SERVING not in seen
     assert "no registry" in (tmp_path / "content.log").read_text()
+
+
+def test_grpcurl_shortlist_and_fair_recommend(cluster, small_system):
+    target = cluster.ports.target("gateway")
+    out = grpcurl(target, "pmis.v1.RecommendationGateway/Shortlist", data={"internship_id": "I000001", "size": 5})
+    assert out.returncode == 0, out.stderr
+    answer = json.loads(out.stdout)
+    assert answer["internship_id"] == "I000001" and len(answer.get("candidates", [])) <= 5
+    assert {g["group"] for g in answer["groups"]} >= {"SC", "ST", "OBC"}
+    fair = grpcurl(target, "pmis.v1.RecommendationGateway/Recommend",
+                   data={"student_id": known_student(small_system), "k": 10, "fairness": {"enabled": True}})
+    assert fair.returncode == 0 and len(json.loads(fair.stdout)["items"]) == 10

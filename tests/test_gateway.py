@@ -728,3 +728,48 @@ def test_fairness_strength_is_validated(system, students):
         student_id=students["top"], fairness=gateway_pb2.FairnessOptions(enabled=True, strength=1.5)),
         grpc.StatusCode.INVALID_ARGUMENT)
     assert [f for f, _ in violations] == ["fairness.strength"]
+
+
+# --------------------------------------------------------------------------- shortlists
+
+
+def _internships_by_applicants(catalog: Path):
+    with closing(sqlite3.connect(catalog)) as c:
+        busiest = c.execute("SELECT internship_id, COUNT(*) n FROM interactions WHERE event='apply' "
+                            "GROUP BY internship_id ORDER BY n DESC, internship_id LIMIT 1").fetchone()[0]
+        unapplied = c.execute("SELECT internship_id FROM internships WHERE internship_id NOT IN "
+                              "(SELECT internship_id FROM interactions WHERE event='apply') "
+                              "ORDER BY internship_id LIMIT 1").fetchone()
+    return busiest, unapplied[0] if unapplied else None
+
+
+def test_shortlist_of_applicants_meets_minimums_the_pool_allows(system):
+    busiest, _ = _internships_by_applicants(system.catalog)
+    resp = system.gateway.stub.Shortlist(gateway_pb2.ShortlistRequest(internship_id=busiest, size=10), timeout=TIMEOUT)
+    assert resp.source == "applicants" and resp.pool_size >= 10 and len(resp.candidates) == 10
+    assert [c.rank for c in resp.candidates] == list(range(1, 11))
+    scores = [c.score for c in resp.candidates]
+    assert scores == sorted(scores, reverse=True)
+    assert all(0 < c.success_probability < 1 for c in resp.candidates)
+    assert {g.group for g in resp.groups} == {"SC", "ST", "OBC", "disability", "female"}
+    for g in resp.groups:
+        assert g.met == (g.achieved >= g.required)
+        if g.feasible and sum(x.required for x in resp.groups) <= 10:
+            assert g.met, g
+    assert resp.all_met == all(g.met for g in resp.groups)
+    assert {m.component for m in resp.models} == {"content", "success"}
+
+
+def test_shortlist_without_applicants_uses_best_matching_students(system):
+    _, unapplied = _internships_by_applicants(system.catalog)
+    if unapplied is None:
+        pytest.skip("every internship has applicants in this dataset")
+    resp = system.gateway.stub.Shortlist(gateway_pb2.ShortlistRequest(internship_id=unapplied, size=4), timeout=TIMEOUT)
+    assert resp.source == "best_matching" and len(resp.candidates) == 4
+
+
+def test_shortlist_errors(system):
+    system.gateway.fails("Shortlist", gateway_pb2.ShortlistRequest(internship_id="I999999"), grpc.StatusCode.NOT_FOUND)
+    _, violations = system.gateway.fails("Shortlist", gateway_pb2.ShortlistRequest(internship_id="I000001", size=501),
+                                         grpc.StatusCode.INVALID_ARGUMENT)
+    assert [f for f, _ in violations] == ["size"]
