@@ -30,8 +30,11 @@ def grpcurl(*args: str, data: dict | None = None) -> subprocess.CompletedProcess
 
 @pytest.fixture(scope="module")
 def cluster(small_system, tmp_path_factory):
+    # Generous component budgets: on a busy 2-core CI machine a 300 ms budget can lapse and turn an
+    # answer "degraded"; these tests are about failures and swaps, not about latency.
+    budgets = {f"PMIS_{c.upper()}_BUDGET_MS": "5000" for c in ("content", "collaborative", "success", "ranker")}
     c = Cluster(small_system.root, small_system.bundles, small_system.catalog, Ports.free(),
-                log_dir=tmp_path_factory.mktemp("logs"))
+                log_dir=tmp_path_factory.mktemp("logs"), extra_env=budgets)
     c.start_all(timeout=90)
     yield c
     c.stop_all()
