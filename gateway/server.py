@@ -28,7 +28,7 @@ from grpc_reflection.v1alpha import reflection
 from gateway import explain, fairness, filters
 from gateway.catalog import SqliteCatalog
 from models.ranker import blend_scores
-from models.shortlist import shortlist
+from models import shortlist as shortlists
 from pmis.v1 import (collaborative_pb2_grpc, common_pb2, content_pb2_grpc, gateway_pb2, gateway_pb2_grpc, ranker_pb2,
                      ranker_pb2_grpc, success_pb2, success_pb2_grpc)
 from services.common import telemetry
@@ -43,15 +43,6 @@ COMPONENTS = ("content", "collaborative", "success", "ranker")
 SERVICE_NAMES = {"content": "pmis.v1.ContentService", "collaborative": "pmis.v1.CollaborativeService",
                  "success": "pmis.v1.SuccessService", "ranker": "pmis.v1.RankerService"}
 DEFAULT_BLEND = {"content_score": 1.0, "collab_score": 1.0, "popularity": 0.5, "success_p": 0.5}
-# Reserved groups of a shortlist and their minimum shares (national norms for SC/ST/OBC and
-# persons with disability; women as configured). Membership tests read the catalog's columns.
-DEFAULT_SHORTLIST_GROUPS = {"SC": 0.15, "ST": 0.075, "OBC": 0.27, "disability": 0.04, "female": 0.30}
-GROUP_MEMBERSHIP = {
-    "SC": lambda a: a.get("social_category") == "SC", "ST": lambda a: a.get("social_category") == "ST",
-    "OBC": lambda a: a.get("social_category") == "OBC", "EWS": lambda a: a.get("social_category") == "EWS",
-    "disability": lambda a: bool(a.get("disability")), "female": lambda a: a.get("gender") == "F",
-    "rural": lambda a: bool(a.get("rural")),
-}
 MAX_SHORTLIST_POOL = 300
 
 
@@ -71,7 +62,7 @@ class GatewayConfig:
     as_of: str = "latest"             # "latest" (newest interaction in the catalog), "now", or epoch seconds
     grace: float = 5.0
     fairness: fairness.FairnessConfig = field(default_factory=fairness.FairnessConfig)
-    shortlist_groups: dict = field(default_factory=lambda: dict(DEFAULT_SHORTLIST_GROUPS))
+    shortlist_groups: dict = field(default_factory=lambda: dict(shortlists.DEFAULT_GROUPS))
 
 
 def _channel_options(component: str) -> list:
@@ -459,8 +450,7 @@ class Gateway(gateway_pb2_grpc.RecommendationGatewayServicer):
         p = table.position.get(request.internship_id)
         if p is None:
             raise not_found(f"internship {request.internship_id} is not in the catalog")
-        slots = table.slots[p]
-        size = request.size or int(max(1, round(2.5 * (slots if slots == slots else 1))))
+        size = request.size or shortlists.default_size(table.slots[p])
         pool, source = self.catalog.applicants(request.internship_id), "applicants"
         if not pool:  # nobody applied: the best-matching students of the internship's state
             wanted = set(self.catalog.internship_skills(request.internship_id))
@@ -486,9 +476,8 @@ class Gateway(gateway_pb2_grpc.RecommendationGatewayServicer):
             raise unavailable("neither the content nor the success service answered")
         score = np.nanmean(np.vstack([fairness.zscore(match), fairness.zscore(prob)]), axis=0)
         groups = list(self.cfg.shortlist_groups)
-        attrs = [self.catalog.protected(sid) for sid in pool]
-        members = np.array([[GROUP_MEMBERSHIP[g](a) for g in groups] for a in attrs], dtype=bool).reshape(len(pool), -1)
-        order, report = shortlist(score, members, np.array([self.cfg.shortlist_groups[g] for g in groups]), size)
+        members = shortlists.membership([self.catalog.protected(sid) for sid in pool], groups)
+        order, report = shortlists.shortlist(score, members, np.array([self.cfg.shortlist_groups[g] for g in groups]), size)
         response = gateway_pb2.ShortlistResponse(internship_id=request.internship_id, source=source,
                                                  pool_size=len(pool), degraded=degraded,
                                                  all_met=all(r["met"] for r in report))
@@ -547,8 +536,8 @@ def parse_config(argv=None) -> GatewayConfig:
     p.add_argument("--as-of", default=env("AS_OF", d.as_of),
                    help="clock for closing internships: latest (newest interaction), now, or epoch seconds")
     p.add_argument("--grace", type=float, default=float(env("GRACE_SECONDS", d.grace)))
-    p.add_argument("--shortlist-groups", default=env("SHORTLIST_GROUPS", json.dumps(DEFAULT_SHORTLIST_GROUPS)),
-                   help=f"JSON minimum shares of reserved groups; groups: {', '.join(GROUP_MEMBERSHIP)}")
+    p.add_argument("--shortlist-groups", default=env("SHORTLIST_GROUPS", json.dumps(shortlists.DEFAULT_GROUPS)),
+                   help=f"JSON minimum shares of reserved groups; groups: {', '.join(shortlists.MEMBERSHIP)}")
     p.add_argument("--fairness", default=env("FAIRNESS"),
                    help='JSON: {"targets": {"msme": 0.2, "local": 0.3}, "exposure_strength": 0.5, "half_life": 5000}')
     a = p.parse_args(argv)

@@ -97,3 +97,55 @@ def evaluate_fairness(c: Components, rows: np.ndarray, relevant: sp.csr_matrix, 
                                         <= 0.1 * out["targets"][grp]} for grp in GROUPS},
     }
     return out
+
+
+def evaluate_shortlists(c: Components, out_s: np.ndarray, out_i: np.ndarray, out_y: np.ndarray,
+                        student_attrs: list[dict], groups: dict[str, float] | None = None,
+                        min_pool: int = 3) -> dict:
+    """Shortlists of every internship's applicants (the given outcomes), without and with minimums.
+
+    Applicants are scored as the gateway scores them: mean of the z-scored content match and the
+    calibrated success probability. NDCG is measured against who was really selected.
+    """
+    from models.shortlist import DEFAULT_GROUPS, default_size, membership, ndcg, shortlist
+    from models.fairness import zscore
+    from models.features import pair_features
+
+    groups = groups or DEFAULT_GROUPS
+    names, shares = list(groups), np.array(list(groups.values()))
+    items = c.space.items
+    per_item = {"ndcg_plain": [], "ndcg_fair": [], "all_met": [], "all_met_where_feasible": []}
+    share = {g: [] for g in names}
+    order_by_item = np.argsort(out_i, kind="stable")
+    bounds = np.flatnonzero(np.diff(out_i[order_by_item])) + 1
+    for rows in np.split(order_by_item, bounds):
+        if len(rows) < min_pool:
+            continue
+        i = int(out_i[rows[0]])
+        s = out_s[rows]
+        match = c.content.score([c.profile_texts[x] for x in s], np.array([i]))[:, 0]
+        prob = (c.success.predict(pair_features(c.students, s, items, np.full(len(s), i)))
+                if c.success is not None else np.full(len(s), np.nan))
+        score = np.nanmean(np.vstack([zscore(match), zscore(prob)]), axis=0)
+        size = min(default_size(items.slots[i]), len(rows))
+        members = membership([student_attrs[x] for x in s], names)
+        plain, _ = shortlist(score, np.zeros((len(s), 0), bool), np.zeros(0), size)
+        fair, report = shortlist(score, members, shares, size)
+        y = out_y[rows].astype(float)
+        per_item["ndcg_plain"].append(ndcg(y[plain], y))
+        per_item["ndcg_fair"].append(ndcg(y[fair], y))
+        per_item["all_met"].append(all(r["met"] for r in report))
+        per_item["all_met_where_feasible"].append(all(r["met"] for r in report if r["feasible"]))
+        for g, r in zip(names, report):
+            share[g].append(r["achieved"] / size)
+    if not per_item["ndcg_plain"]:
+        return {"shortlists": 0}
+    plain_ndcg, fair_ndcg = float(np.nanmean(per_item["ndcg_plain"])), float(np.nanmean(per_item["ndcg_fair"]))
+    return {
+        "shortlists": len(per_item["ndcg_plain"]), "minimums": groups,
+        "mean_share": {g: float(np.mean(v)) for g, v in share.items()},
+        "share_of_shortlists_meeting_all": float(np.mean(per_item["all_met"])),
+        "share_meeting_all_feasible_minimums": float(np.mean(per_item["all_met_where_feasible"])),
+        "ndcg_by_selection": {"plain": plain_ndcg, "with_minimums": fair_ndcg,
+                              "relative_cost": 1 - fair_ndcg / max(plain_ndcg, 1e-12)},
+    }

@@ -93,6 +93,8 @@ def console_summary(report: dict, k: int = 10) -> str:
         parts += ["", f"Fairness re-ranking (strength {f['strength']}), relevance-only vs fair:"]
         parts += [format_table(t) for t in fairness_tables(f)]
         parts.append("summary: " + json.dumps(f["summary"]))
+        if f.get("shortlists", {}).get("shortlists"):
+            parts.append("shortlists: " + json.dumps(f["shortlists"]))
     parts += ["", "Targets:", json.dumps(report.get("targets", {}), indent=2),
               "", "Timings (s): " + json.dumps(report.get("timings_seconds", {}))]
     return "\n".join(parts)
@@ -123,6 +125,9 @@ def write_report(report: dict, run_dir: Path, k: int = 10) -> None:
                f"{f['promoted_items_per_list']:.2f} items promoted per list.", ""]
         md += [format_table(t, markdown=True) + "\n" for t in fairness_tables(f)]
         md += ["```json", json.dumps(f["summary"], indent=2), "```", "", "![Exposure by group](exposure.png)", ""]
+        if f.get("shortlists", {}).get("shortlists"):
+            md += ["### Reservation-aware shortlists (test-window applicants)", "", "```json",
+                   json.dumps(f["shortlists"], indent=2), "```", ""]
     md += ["## Collaborative model selection (validation window)", "",
            format_table([["kind", "params", f"NDCG@{k}"]] + [[r["kind"], json.dumps(r["params"]), f"{r[f'ndcg@{k}']:.4f}"]
                                                             for r in report.get("collaborative_selection", [])],

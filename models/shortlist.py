@@ -17,6 +17,30 @@ import math
 
 import numpy as np
 
+# Reserved groups and their minimum shares (national norms for SC/ST/OBC and persons with
+# disability; women as configured), and how membership reads a student's attributes.
+DEFAULT_GROUPS = {"SC": 0.15, "ST": 0.075, "OBC": 0.27, "disability": 0.04, "female": 0.30}
+MEMBERSHIP = {
+    "SC": lambda a: a.get("social_category") == "SC", "ST": lambda a: a.get("social_category") == "ST",
+    "OBC": lambda a: a.get("social_category") == "OBC", "EWS": lambda a: a.get("social_category") == "EWS",
+    "disability": lambda a: _true(a.get("disability")), "female": lambda a: a.get("gender") == "F",
+    "rural": lambda a: _true(a.get("rural")),
+}
+
+
+def _true(v) -> bool:
+    return v is not None and v == v and str(v).lower() in ("1", "true", "yes")
+
+
+def membership(attrs: list[dict], groups: list[str]) -> np.ndarray:
+    """(students, groups) bool matrix from each student's reservation-relevant attributes."""
+    return np.array([[MEMBERSHIP[g](a) for g in groups] for a in attrs], dtype=bool).reshape(len(attrs), len(groups))
+
+
+def default_size(slots: float) -> int:
+    """About 2.5 x the slots, as the scheme forwards 2-3 x."""
+    return int(max(1, round(2.5 * (slots if slots == slots and slots > 0 else 1))))
+
 
 def shortlist(scores: np.ndarray, members: np.ndarray, min_shares: np.ndarray, size: int):
     """(indices of the shortlist in score order, per-group report dicts).

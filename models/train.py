@@ -32,7 +32,7 @@ from models.collaborative import MAX_EASE_ITEMS, CollaborativeModel, interaction
 from models.content import ContentModel, profile_text
 from models.data.contract import Dataset, load_dataset
 from models.evaluate import Components, chunk_size, evaluate_window, ranker_training_data
-from models.fairness_eval import evaluate_fairness
+from models.fairness_eval import evaluate_fairness, evaluate_shortlists
 from models.features import FeatureSpace, pair_features
 from models.ranker import COMPONENT_SCORES, RankerModel, blend_scores
 from models.registry import Registry
@@ -260,6 +260,12 @@ class Trainer:
                 comp_b, test_rows, (test_graded > 0).astype(np.float32).tocsr(), k=cfg.k, n_candidates=cfg.candidates,
                 blend_weights=blend_weights, ranker=ranker, item_msme=self._item_msme(ds),
                 student_attrs={"district": self.students.district}, groups=self.groups)
+            if ds.has_outcomes:
+                later = self.idx.out_ts >= c2
+                attrs = ds.students[[a for a in ("gender", "social_category", "disability", "rural")
+                                     if a in ds.students]].to_dict("records")
+                self.report["fairness"]["shortlists"] = evaluate_shortlists(
+                    comp_b, self.idx.out_s[later], self.idx.out_i[later], self.idx.out_y[later], attrs)
             # The ranker's final fit also learns from the test window (stage-B scores): the
             # windows exist to choose and to report; the shipped model uses all the data.
             x2, y2, g2, _ = ranker_training_data(comp_b, test_rows, test_graded, cfg.candidates)

@@ -57,6 +57,10 @@ def test_report_has_fairness_before_and_after(trained):
     assert f["after"]["group_exposure_share"]["msme"] > f["before"]["group_exposure_share"]["msme"]
     assert f["after"]["gini_exposure"] < f["before"]["gini_exposure"]
     assert f["promoted_items_per_list"] > 0
+    sl = f["shortlists"]
+    assert sl["shortlists"] > 5 and set(sl["mean_share"]) == {"SC", "ST", "OBC", "disability", "female"}
+    assert 0 <= sl["ndcg_by_selection"]["with_minimums"] <= 1
+    assert sl["share_meeting_all_feasible_minimums"] >= sl["share_of_shortlists_meeting_all"]
 
 
 def test_report_files_written(trained):
