@@ -17,7 +17,7 @@ from models.content import ContentModel
 from models.data.generate import generate
 from models.registry import Registry
 from models.success import SuccessModel
-from models.train import TrainConfig
+from models.train import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -165,3 +165,17 @@ def test_bad_input_stops_training_with_file_row_column(tmp_path):
     assert out.returncode == 2
     assert "students.csv, row 5, column cgpa" in out.stderr
     assert not (tmp_path / "b").exists() or not any((tmp_path / "b").rglob("manifest.json"))
+
+
+def test_trains_what_it_can_without_outcomes(tmp_path):
+    data = tmp_path / "data"
+    generate(data, students=600, internships=150, seed=3, progress=False, catalog=False)
+    (data / "outcomes.parquet").unlink()
+    cfg = TrainConfig(data_dir=data, bundles_dir=tmp_path / "b", runs_dir=tmp_path / "r", search_budget=1,
+                      progress=False, als_grid=[{"factors": 8, "regularization": 0.05, "alpha": 1.0, "iterations": 5}],
+                      ease_grid=[])
+    report = train(cfg)
+    assert report["success"] == {"skipped": "no outcomes table in the dataset"}
+    assert "no outcomes table: the success predictor is skipped" in report["data"]["notes"]
+    assert set(report["bundles"]) == {"content", "collaborative", "ranker"}
+    assert report["ranking"]["ranker"]["ndcg@10"] > report["ranking"]["popularity"]["ndcg@10"]
