@@ -13,7 +13,7 @@ import shutil
 import sqlite3
 import threading
 import time
-from contextlib import closing
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -294,8 +294,8 @@ class System:
     catalog: Path
 
 
-@pytest.fixture(scope="module")
-def system(small_system):
+@contextmanager
+def _running_system(small_system):
     components = Components(small_system.bundles)
     runner = None
     try:
@@ -305,20 +305,19 @@ def system(small_system):
         if runner is not None:
             runner.close()
         components.stop()
+
+
+@pytest.fixture(scope="module")
+def system(small_system):
+    with _running_system(small_system) as running:
+        yield running
 
 
 @pytest.fixture()
 def fresh_system(small_system):
     """Servers of this test's own, which it may stop."""
-    components = Components(small_system.bundles)
-    runner = None
-    try:
-        runner = GatewayRunner(components.targets, small_system.catalog)
-        yield System(components, runner, small_system.catalog)
-    finally:
-        if runner is not None:
-            runner.close()
-        components.stop()
+    with _running_system(small_system) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
