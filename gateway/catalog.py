@@ -65,6 +65,8 @@ class SqliteCatalog:
             raise FileNotFoundError(f"catalog database {self.path} not found; run `pmis generate` first")
         self._local = threading.local()
         self._write_lock = threading.Lock()
+        # The students table's columns, read once: per-request lookups select only what exists.
+        self._student_columns = {r[1] for r in self._conn().execute("PRAGMA table_info(students)")}
         self.refresh()
 
     def _conn(self) -> sqlite3.Connection:
@@ -114,8 +116,7 @@ class SqliteCatalog:
 
     def student(self, student_id: str) -> dict | None:
         c = self._conn()
-        cols = [r[1] for r in c.execute("PRAGMA table_info(students)")]
-        present = [p for p in PROFILE_COLUMNS if p in cols]
+        present = [p for p in PROFILE_COLUMNS if p in self._student_columns]
         row = c.execute(f"SELECT {', '.join(present)} FROM students WHERE student_id = ?", (student_id,)).fetchone()
         if row is None:
             return None
@@ -145,8 +146,7 @@ class SqliteCatalog:
     def protected(self, student_id: str) -> dict:
         """Reservation-relevant attributes: read only to meet shortlist minimums, never as features."""
         c = self._conn()
-        cols = {r[1] for r in c.execute("PRAGMA table_info(students)")}
-        want = [w for w in ("gender", "social_category", "disability", "rural") if w in cols]
+        want = [w for w in ("gender", "social_category", "disability", "rural") if w in self._student_columns]
         if not want:
             return {}
         row = c.execute(f"SELECT {', '.join(want)} FROM students WHERE student_id = ?", (student_id,)).fetchone()

@@ -16,7 +16,6 @@ every request.
 from __future__ import annotations
 
 import json
-import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -70,7 +69,6 @@ class FairReranker:
         self.targets = cfg.target_array()
         self.ledger = ExposureLedger(np.nan_to_num(np.asarray(slots, dtype=np.float64), nan=1.0),
                                      half_life=cfg.half_life)
-        self._lock = threading.Lock()
 
     def rerank(self, scores: np.ndarray, positions: np.ndarray, groups: np.ndarray | None, *,
                enabled: bool, strength: float, k: int) -> tuple[np.ndarray, np.ndarray]:
