@@ -322,7 +322,7 @@ class Gateway(gateway_pb2_grpc.RecommendationGatewayServicer):
         # 5. fair re-rank (per request; exposure is recorded either way), 6. explanations, 7. answer
         enabled = request.HasField("fairness") and request.fairness.enabled
         order, moved = self.fair.rerank(
-            final, positions, fairness.candidate_groups(table, positions, student.profile) if enabled else None,
+            final, positions, fairness.candidate_groups(table, positions, student.profile),  # the controller counts every list
             enabled=enabled, strength=request.fairness.strength, k=k)
         want_explain = request.explain if request.HasField("explain") else True
         if want_explain and "success" in versions:
@@ -539,7 +539,8 @@ def parse_config(argv=None) -> GatewayConfig:
     p.add_argument("--shortlist-groups", default=env("SHORTLIST_GROUPS", json.dumps(shortlists.DEFAULT_GROUPS)),
                    help=f"JSON minimum shares of reserved groups; groups: {', '.join(shortlists.MEMBERSHIP)}")
     p.add_argument("--fairness", default=env("FAIRNESS"),
-                   help='JSON: {"targets": {"msme": 0.2, "local": 0.3}, "exposure_strength": 0.5, "half_life": 5000}')
+                   help='JSON, e.g. {"min_shares": {"msme": 0.1, "local": 0.3}, "exposure_targets": {"msme": 0.12}, '
+                        '"exposure_strength": 0.55, "temperature": 2.5, "half_life": 500} (env PMIS_FAIRNESS)')
     a = p.parse_args(argv)
     return GatewayConfig(a.host, a.port, a.metrics_port, a.catalog,
                          {c: getattr(a, f"{c}_target") for c in COMPONENTS},

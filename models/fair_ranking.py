@@ -45,6 +45,7 @@ __all__ = [
     "fa_ir",
     "mtable_met",
     "ExposureLedger",
+    "GroupExposureController",
     "position_weights",
     "gini",
     "rerank",
@@ -593,6 +594,46 @@ class ExposureLedger:
             if per_slot:
                 e = e / self._slots[open_]
         return gini(e)
+
+
+class GroupExposureController:
+    """Holds each item group's share of exposure at a target, across all lists served.
+
+    A per-list minimum (DetConstSort's floors) guarantees every student a few items of a group, but
+    says little about the group's *exposure*: a constrained item usually lands at its deadline, the
+    last position allowed, where it weighs little. The controller closes that gap with integral
+    control on the position-weighted share: each group g with a target carries an additive offset
+    ``mu_g`` (in z-score units), and after every served list
+
+        share_g <- (1 - smoothing) * share_g + smoothing * (exposure share of g in this list)
+        mu_g    <- clip(mu_g + gain * (target_g - share_g), -max_offset, max_offset)
+
+    so a group below target is lifted in the lists where it is nearly competitive anyway (the
+    cheapest places to add exposure) and a group above target is lowered. The target is two-sided.
+    Groups without a target keep ``mu = 0``. One controller per gateway replica, like the ledger.
+    """
+
+    def __init__(self, targets, *, gain: float = 0.05, smoothing: float = 0.01, max_offset: float = 3.0):
+        self.targets = np.asarray(targets, dtype=float).ravel()  # nan = no target for that group
+        self.gain, self.smoothing, self.max_offset = float(gain), float(smoothing), float(max_offset)
+        self.offsets = np.zeros(self.targets.size)
+        self.shares = np.where(np.isfinite(self.targets), self.targets, 0.0)  # start at target: no kick
+        self._lock = threading.Lock()
+
+    def offset(self, groups) -> np.ndarray:
+        return self.offsets[np.asarray(groups, dtype=np.int64)]
+
+    def record(self, groups_in_rank_order) -> None:
+        g = np.asarray(groups_in_rank_order, dtype=np.int64).ravel()
+        if g.size == 0:
+            return
+        w = position_weights(g.size)
+        share = np.bincount(g, weights=w, minlength=self.targets.size)[: self.targets.size] / w.sum()
+        with self._lock:
+            self.shares = (1 - self.smoothing) * self.shares + self.smoothing * share
+            has = np.isfinite(self.targets)
+            step = np.where(has, self.gain * (np.nan_to_num(self.targets) - self.shares), 0.0)
+            self.offsets = np.clip(self.offsets + step, -self.max_offset, self.max_offset)
 
 
 # --------------------------------------------------------------------------------------------

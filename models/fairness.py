@@ -2,15 +2,28 @@
 
 Item groups come from configuration on internship attributes, one group per item by priority:
 `msme` (a Micro/Small/Medium company), then `local` (the student's own or a neighbouring
-district, within NEIGHBOUR_KM, or remote); everything else fills. Targets are minimum shares at
-every prefix (DetConstSort, models/fair_ranking.py), scaled by the request's strength.
+district, within NEIGHBOUR_KM, or remote); everything else fills.
 
-Capacity-aware exposure: an ExposureLedger tracks how much exposure each internship has had
-against its share of slots, and nudges under-exposed internships up (the boost is added to the
-list's z-scored relevance before the constraints are applied). In serving there is one ledger
-per gateway replica, not a shared one: round-robin balancing gives each replica a random slice
-of the traffic, so every ledger converges to the same shares without a cross-replica write on
-every request.
+Three mechanisms, each with its own knob, all scaled by the request's strength:
+
+* per-list minimums (`min_shares`): DetConstSort floors at every prefix (models/fair_ranking.py),
+  so each student sees at least that share of a group near the top whenever the candidates allow;
+* group exposure targets (`exposure_targets`): a GroupExposureController holds each group's share
+  of position-weighted exposure, over all students served, at its target (two-sided);
+* capacity-aware exposure (`exposure_strength`): an ExposureLedger tracks each internship's
+  exposure against its share of open slots and adds a bounded boost (positive when under-exposed,
+  negative when over-exposed) to the list's z-scored relevance.
+
+The defaults were chosen on the default generated data by the sweep in the README. At strength 1
+they keep the NDCG@10 loss under 3 % and cut the Gini of exposure by about 30 %. MSME companies
+hold 7 % of open slots and get 9 % of the exposure unaided. The 12 % target is a deliberate,
+modest promotion; a 20 % target cost 6 % NDCG and concentrated exposure on the few MSME
+internships.
+
+Replicas: one ledger and one controller per gateway replica, not shared state. Round-robin
+balancing gives each replica a random slice of the traffic, so every replica's shares converge to
+the same targets without a cross-replica write on every request. A replica that restarts starts
+neutral (zero boosts) and catches up within its half-life.
 """
 
 from __future__ import annotations
@@ -21,7 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from models.data.domain import NEIGHBOUR_KM, haversine_km
-from models.fair_ranking import ExposureLedger, plain_order
+from models.fair_ranking import ExposureLedger, GroupExposureController, plain_order
 from models.fair_ranking import rerank as constrained_rerank
 
 GROUPS = ["msme", "local"]  # priority order; index = group id; len(GROUPS) = the fill group "other"
@@ -29,16 +42,37 @@ GROUPS = ["msme", "local"]  # priority order; index = group id; len(GROUPS) = th
 
 @dataclass
 class FairnessConfig:
-    targets: dict = field(default_factory=lambda: {"msme": 0.2, "local": 0.3})
-    exposure_strength: float = 0.5   # weight of the exposure boost, in z-score units at strength 1
-    half_life: float | None = 5000   # requests; the ledger follows recent traffic
+    min_shares: dict = field(default_factory=lambda: {"msme": 0.1, "local": 0.3})  # per-list floors
+    exposure_targets: dict = field(default_factory=lambda: {"msme": 0.12})        # aggregate shares
+    exposure_strength: float = 0.55  # weight of the capacity boost, z-score units at strength 1
+    temperature: float = 2.5         # ledger deficit scale: higher = gentler, longer-reaching boost
+    half_life: float | None = 500    # requests; the ledger follows recent traffic
+    controller_gain: float = 0.05
+
+    def __post_init__(self):
+        for name in ("min_shares", "exposure_targets"):
+            shares = getattr(self, name)
+            unknown = set(shares) - set(GROUPS)
+            if unknown:
+                raise ValueError(f"{name}: unknown groups {sorted(unknown)}; known: {GROUPS}")
+            if any(not 0 <= v <= 1 for v in shares.values()):
+                raise ValueError(f"{name}: shares must be within [0, 1]")
+        if sum(self.min_shares.values()) > 1:
+            raise ValueError("min_shares must sum to at most 1")
+        if self.exposure_strength < 0 or self.temperature <= 0:
+            raise ValueError("exposure_strength must be >= 0 and temperature > 0")
 
     @classmethod
     def from_json(cls, text: str | None) -> "FairnessConfig":
         return cls(**json.loads(text)) if text else cls()
 
+    def floor_array(self) -> np.ndarray:
+        """Per-list minimum share per group id (the fill group last, 0)."""
+        return np.array([self.min_shares.get(g, 0.0) for g in GROUPS] + [0.0])
+
     def target_array(self) -> np.ndarray:
-        return np.array([self.targets.get(g, 0.0) for g in GROUPS] + [0.0])
+        """Aggregate exposure target per group id (nan where the group has none)."""
+        return np.array([self.exposure_targets.get(g, np.nan) for g in GROUPS] + [np.nan])
 
 
 def item_groups(*, item_district, item_lat, item_lon, item_remote, item_msme,
@@ -66,22 +100,32 @@ def zscore(v: np.ndarray, missing: float = np.nan) -> np.ndarray:
 class FairReranker:
     def __init__(self, slots: np.ndarray, cfg: FairnessConfig):
         self.cfg = cfg
-        self.targets = cfg.target_array()
+        self.floors = cfg.floor_array()
         self.ledger = ExposureLedger(np.nan_to_num(np.asarray(slots, dtype=np.float64), nan=1.0),
-                                     half_life=cfg.half_life)
+                                     half_life=cfg.half_life, temperature=cfg.temperature)
+        self.controller = GroupExposureController(cfg.target_array(), gain=cfg.controller_gain)
 
     def rerank(self, scores: np.ndarray, positions: np.ndarray, groups: np.ndarray | None, *,
                enabled: bool, strength: float, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(order of the top k as indices into scores, moved mask). Exposure is recorded either way."""
+        """(order of the top k as indices into scores, moved mask).
+
+        Exposure is recorded either way: a list served with fairness off is still exposure that
+        the other lists have to balance.
+        """
+        if groups is None:
+            groups = np.full(len(scores), len(GROUPS), dtype=np.int64)
         if not enabled:
             order = plain_order(scores)[:k]
             moved = np.zeros(len(order), dtype=bool)
         else:
-            strength = strength if strength > 0 else 1.0
-            adjusted = zscore(scores, missing=-1e9) + self.cfg.exposure_strength * self.ledger.boost(positions, strength)
-            order, _ = constrained_rerank(adjusted, groups, self.targets, strength=strength, k=k)
+            strength = float(np.clip(strength if strength > 0 else 1.0, 0.0, 1.0))
+            adjusted = (zscore(scores, missing=-1e9)
+                        + self.cfg.exposure_strength * self.ledger.boost(positions, strength)
+                        + strength * self.controller.offset(groups))
+            order, _ = constrained_rerank(adjusted, groups, self.floors, strength=strength, k=k)
             plain_rank = np.empty(len(scores), dtype=np.int64)
             plain_rank[plain_order(scores)] = np.arange(len(scores))
             moved = plain_rank[order] > np.arange(len(order))  # promoted against relevance alone
         self.ledger.record(np.asarray(positions)[order])
+        self.controller.record(np.asarray(groups)[order])
         return order, moved

@@ -58,17 +58,20 @@ def group_table(ranking: dict, model: str, k: int = 10) -> list[list[str]]:
 
 
 def fairness_tables(f: dict) -> list[list[list[str]]]:
-    rows = [["", "NDCG@10", "Recall@10", "mean P(sel)@10", "Gini exposure", "coverage", "exposure/slots p10-p50-p90"]]
+    rows = [["", "NDCG@10", "Recall@10", "mean P(sel)@10", "Gini exposure", "Gini per slot", "coverage",
+             "exposure/slots p10-p50-p90"]]
     for mode in ("before", "after"):
         m = f[mode]
         r = m["exposure_over_slot_share"]
         rows.append([mode, f"{m['ndcg@10']:.4f}", f"{m['recall@10']:.4f}",
                      "-" if m["mean_success_p@10"] is None else f"{m['mean_success_p@10']:.4f}",
-                     f"{m['gini_exposure']:.3f}", f"{m['coverage']:.3f}", f"{r['p10']:.2f}-{r['p50']:.2f}-{r['p90']:.2f}"])
-    groups = [["item group", "target", "share before", "share after"]]
-    for g, t in f["targets"].items():
-        groups.append([g, f"{t:.2f}", f"{f['before']['group_exposure_share'][g]:.3f}",
-                       f"{f['after']['group_exposure_share'][g]:.3f}"])
+                     f"{m['gini_exposure']:.3f}", f"{m['gini_exposure_per_slot']:.3f}", f"{m['coverage']:.3f}",
+                     f"{r['p10']:.2f}-{r['p50']:.2f}-{r['p90']:.2f}"])
+    groups = [["item group", "exposure target", "per-list minimum", "share before", "share after"]]
+    for g in f["before"]["group_exposure_share"]:
+        t, m = f["exposure_targets"].get(g), f["min_shares"].get(g)
+        groups.append([g, "-" if t is None else f"{t:.2f}", "-" if m is None else f"{m:.2f}",
+                       f"{f['before']['group_exposure_share'][g]:.3f}", f"{f['after']['group_exposure_share'][g]:.3f}"])
     consumer = [["student attribute", "NDCG min/max before", "after"]]
     for attr, g in f["after"]["consumer_groups"].items():
         b = f["before"]["consumer_groups"][attr]["min_max_ratio"].get("ndcg@10")
@@ -140,6 +143,7 @@ def write_report(report: dict, run_dir: Path, k: int = 10) -> None:
         _plot_reliability(s, run_dir / "reliability.png")
     if "fairness" in report:
         _plot_exposure(report["fairness"], run_dir / "exposure.png")
+    write_lifecycle_plots(report, run_dir, k)
 
 
 def _plot_ndcg(ranking: dict, path: Path, k: int) -> None:
@@ -177,12 +181,100 @@ def _plot_exposure(f: dict, path: Path) -> None:
     ax.bar([i - 0.2 for i in x], [f["before"]["group_exposure_share"][n] for n in names], 0.4, label="before")
     ax.bar([i + 0.2 for i in x], [f["after"]["group_exposure_share"][n] for n in names], 0.4, label="after")
     for i, n in enumerate(names):
-        if n in f["targets"]:
-            ax.hlines(f["targets"][n], i - 0.4, i + 0.4, colors="black", linestyles="--")
+        if n in f["exposure_targets"]:
+            ax.hlines(f["exposure_targets"][n], i - 0.4, i + 0.4, colors="black", linestyles="--")
     ax.set_xticks(list(x), names)
     ax.set_ylabel("share of exposure (position-weighted)")
     ax.set_title("Exposure by item group (dashed: target minimum)")
     ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# Plots the model lifecycle API serves with each version (GetModel): which file belongs to which
+# component. Run-wide plots (ndcg, fairness by group) are listed for every ranking component.
+PLOTS = {
+    "reliability.png": ("success", "Reliability diagram: mean predicted vs observed selection rate"),
+    "roc.png": ("success", "ROC curve of the success predictor on later applications"),
+    "pr.png": ("success", "Precision-recall curve of the success predictor"),
+    "feature_importance_success.png": ("success", "Permutation importance (ROC-AUC drop) of the success predictor"),
+    "feature_importance_ranker.png": ("ranker", "LightGBM gain importance of the ranker's features"),
+    "ndcg.png": ("content,collaborative,ranker", "Test-window NDCG@k of every model"),
+    "fairness_groups.png": ("content,collaborative,ranker", "NDCG@k per student group on the test window"),
+    "exposure.png": ("ranker", "Exposure by item group before/after fair re-ranking"),
+}
+
+
+def plots_for(component: str) -> list[tuple[str, str]]:
+    """(file name, description) of the run plots that describe `component`."""
+    return [(name, desc) for name, (owners, desc) in PLOTS.items() if component in owners.split(",")]
+
+
+def write_lifecycle_plots(report: dict, run_dir: Path, k: int = 10) -> None:
+    """ROC and PR curves, feature importance, fairness by group (besides the plots above)."""
+    s = report.get("success", {})
+    if s.get("curves"):
+        _plot_curves(s["curves"], s, run_dir)
+    if s.get("feature_importance"):
+        _plot_importance(s["feature_importance"], run_dir / "feature_importance_success.png",
+                         "Success predictor: permutation importance", "ROC-AUC lost when shuffled")
+    fi = report.get("ranker", {}).get("feature_importance")
+    if fi:
+        _plot_importance(fi, run_dir / "feature_importance_ranker.png", "Ranker: feature importance", "share of gain")
+    if report.get("ranking"):
+        _plot_fairness_groups(report["ranking"], run_dir / "fairness_groups.png", k)
+
+
+def _plot_curves(c: dict, s: dict, run_dir: Path) -> None:
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot([0, 1], [0, 1], "--", color="grey", label="chance")
+    ax.plot(c["roc"]["fpr"], c["roc"]["tpr"], color="#3b7dd8", label=f"ROC-AUC {s.get('roc_auc', float('nan')):.3f}")
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title("Success predictor: ROC")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(run_dir / "roc.png", dpi=100)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.hlines(c["prevalence"], 0, 1, colors="grey", linestyles="--", label=f"prevalence {c['prevalence']:.3f}")
+    ax.plot(c["pr"]["recall"], c["pr"]["precision"], color="#d8573b", label=f"PR-AUC {s.get('pr_auc', float('nan')):.3f}")
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_title("Success predictor: precision-recall")
+    ax.legend(loc="upper right")
+    fig.tight_layout()
+    fig.savefig(run_dir / "pr.png", dpi=100)
+    plt.close(fig)
+
+
+def _plot_importance(fi: dict, path: Path, title: str, xlabel: str) -> None:
+    items = sorted(fi.items(), key=lambda t: t[1])[-15:]
+    fig, ax = plt.subplots(figsize=(6, 0.3 * len(items) + 1.2))
+    ax.barh([n for n, _ in items], [v for _, v in items], color="#3b7dd8")
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _plot_fairness_groups(ranking: dict, path: Path, k: int) -> None:
+    """NDCG@k of the ranker (or the best model present) per value of each student attribute."""
+    model = next((m for m in ("ranker", "blend", "collaborative", "content") if ranking.get(m, {}).get("groups")), None)
+    if model is None:
+        return
+    bars = [(f"{attr}={value}", m[f"ndcg@{k}"]) for attr, g in ranking[model]["groups"].items()
+            for value, m in g["groups"].items() if f"ndcg@{k}" in m]
+    if not bars:
+        return
+    fig, ax = plt.subplots(figsize=(7, 0.28 * len(bars) + 1.2))
+    ax.barh([b for b, _ in bars][::-1], [v for _, v in bars][::-1], color="#6a9f58")
+    ax.axvline(ranking[model][f"ndcg@{k}"], color="black", linestyle="--", label="all students")
+    ax.set_xlabel(f"NDCG@{k}")
+    ax.set_title(f"{model}: NDCG@{k} by student group (test window)")
+    ax.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

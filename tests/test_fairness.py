@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from models.fair_ranking import (
     ExposureLedger,
+    GroupExposureController,
     adjusted_alpha,
     det_const_sort,
     fa_ir,
@@ -23,6 +24,7 @@ from models.fair_ranking import (
     min_counts,
     mtable_met,
     plain_order,
+    position_weights,
     prefix_constraints_met,
     rerank,
 )
@@ -541,3 +543,60 @@ def test_rerank_hand_example():
     order, moved = rerank(scores, groups, [0.5, 0.5], strength=0.5, k=4)
     assert order.tolist() == [0, 1, 2, 4]
     assert moved.tolist() == [False, False, False, True]
+
+
+# --------------------------------------------------------------------------------------------
+# group exposure controller and the fair re-ranker built on it
+# --------------------------------------------------------------------------------------------
+def _serve(reranker, n_requests: int, *, enabled: bool, seed: int = 3):
+    """Lists where group 0 is 10 % of the candidates and scores a little lower than the rest."""
+
+    rng = np.random.default_rng(seed)
+    exposure = np.zeros(3)
+    for _ in range(n_requests):
+        cand = rng.choice(300, size=80, replace=False)
+        groups = np.where(cand < 30, 0, np.where(cand < 150, 1, 2))
+        scores = rng.normal(0, 1, size=cand.size) - 0.5 * (groups == 0)
+        order, _ = reranker.rerank(scores, cand, groups, enabled=enabled, strength=1.0, k=10)
+        np.add.at(exposure, groups[order], position_weights(len(order)))
+    return exposure / exposure.sum()
+
+
+def test_group_controller_holds_an_exposure_target_two_sided():
+    from models.fairness import FairnessConfig, FairReranker
+
+    for target in (0.25, 0.03):  # above and below the group's unaided share (about 0.07)
+        cfg = FairnessConfig(min_shares={}, exposure_targets={"msme": target}, exposure_strength=0.0)
+        share = _serve(FairReranker(np.ones(300), cfg), 3000, enabled=True)
+        assert abs(share[0] - target) <= 0.1 * target, (target, share)
+    unaided = _serve(FairReranker(np.ones(300), FairnessConfig()), 3000, enabled=False)
+    assert 0.04 < unaided[0] < 0.1
+
+
+def test_group_controller_ignores_groups_without_target():
+    c = GroupExposureController([0.2, np.nan, np.nan])
+    for _ in range(100):
+        c.record(np.array([1] * 10))
+    assert c.offsets[0] > 0 and c.offsets[1] == c.offsets[2] == 0
+
+
+def test_fair_reranker_off_is_relevance_order_and_still_recorded():
+    from models.fairness import FairnessConfig, FairReranker
+
+    rr = FairReranker(np.ones(5), FairnessConfig())
+    order, moved = rr.rerank(np.array([0.1, 0.9, 0.5, 0.3, 0.7]), np.arange(5), np.array([0, 1, 2, 2, 1]),
+                             enabled=False, strength=1.0, k=3)
+    assert order.tolist() == [1, 4, 2] and not moved.any()
+    assert rr.ledger.requests == 1
+
+
+def test_fairness_config_is_validated():
+    from models.fairness import FairnessConfig
+
+    with pytest.raises(ValueError, match="unknown groups"):
+        FairnessConfig(min_shares={"big": 0.1})
+    with pytest.raises(ValueError, match="within"):
+        FairnessConfig(exposure_targets={"msme": 1.5})
+    with pytest.raises(ValueError, match="sum"):
+        FairnessConfig(min_shares={"msme": 0.6, "local": 0.6})
+    assert FairnessConfig.from_json('{"exposure_targets": {"msme": 0.2}}').target_array()[0] == 0.2

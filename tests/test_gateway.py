@@ -700,7 +700,7 @@ def test_fairness_on_meets_group_floors_and_marks_promotions(system, students):
     from models.fair_ranking import min_counts
 
     gw = system.gateway
-    targets = np.array([gw.gateway.cfg.fairness.targets["msme"], gw.gateway.cfg.fairness.targets["local"], 0.0])
+    targets = gw.gateway.cfg.fairness.floor_array()
     checked = 0
     for sid in [students["top"], *students["others"]]:
         plain = gw.recommend(student_id=sid, k=10)
