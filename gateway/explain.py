@@ -1,14 +1,32 @@
-"""Explanations built from the same numbers that ranked the item (no second model)."""
+"""Explanations built from the same numbers that ranked the item (no second model).
+
+Every reason is tied to the features that scored the item: the ranker's exact additive feature
+contributions (TreeSHAP) are summed per reason, and the reasons are ordered by that sum, so the
+first reason is the one that did most to put the item where it is. When the ranker was down, the
+static blend's terms (weight x z-score per component) play the same part.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
 from models.data.domain import DISTANCE_CLASS_NAMES, distance_class, haversine_km
-from pmis.v1 import gateway_pb2
+from pmis.v1 import common_pb2, gateway_pb2
 
 MIN_EVIDENCE = 5          # applicants needed before collaborative evidence is shown (no one is exposed)
 HIGHER, LOWER = 1.25, 0.8  # success band: ratio to the base rate
+
+# Which reason each ranker feature (models.ranker.FEATURES) and blend term speaks for.
+REASON_OF_FEATURE = {
+    "content_score": "skills", "skill_overlap": "skills", "skills_matched": "skills", "skills_missing": "skills",
+    "distance_class": "location", "log_distance_km": "location", "preferred_district": "location",
+    "remote": "location",
+    "preferred_sector": "sector",
+    "collab_score": "collaborative", "popularity": "collaborative",
+    "success_p": "success", "competition": "success",
+    "log_stipend": "terms", "duration_months": "terms", "log_slots": "terms",
+}
+REASONS = ["skills", "location", "sector", "collaborative", "success", "terms"]  # order without contributions
 
 
 def location_fit(profile, table, p: int) -> str:
@@ -28,9 +46,45 @@ def success_band(probability: float | None, base_rate: float) -> str:
     return "higher than average" if ratio >= HIGHER else ("lower than average" if ratio <= LOWER else "about average")
 
 
+def reason_contributions(by_feature: dict[str, float]) -> dict[str, float]:
+    """Sum feature (or blend-term) contributions per reason."""
+    out: dict[str, float] = {}
+    for name, value in by_feature.items():
+        reason = REASON_OF_FEATURE.get(name)
+        if reason is not None:
+            out[reason] = out.get(reason, 0.0) + float(value)
+    return out
+
+
+def _sentences(e: gateway_pb2.Explanation, table, p: int, probability: float | None) -> dict[str, str]:
+    """One sentence per reason that has something to say."""
+    out = {}
+    skills = []
+    if e.matched_skills:
+        skills.append("you have " + ", ".join(e.matched_skills[:4]))
+    if e.skills_to_learn:
+        skills.append("learning " + ", ".join(e.skills_to_learn) + " would strengthen the match")
+    if skills:
+        out["skills"] = "; ".join(skills)
+    out["location"] = f"location: {e.location_fit}"
+    if e.preferred_sector:
+        out["sector"] = f"in a sector you prefer ({table.sector[p]})"
+    if e.collaborative_evidence:
+        out["collaborative"] = e.collaborative_evidence
+    if e.success_band:
+        out["success"] = f"chance of selection {e.success_band} (about {100 * probability:.0f}%)"
+    stipend, slots = float(table.stipend[p]), float(table.slots[p])
+    if np.isfinite(stipend):
+        out["terms"] = f"stipend {stipend:,.0f} a month" + (f", {slots:.0f} openings" if np.isfinite(slots) else "")
+    return out
+
+
 def explanation(profile, table, p: int, *, matched, missing, probability, base_rate, factors,
-                collab_basis: str, promoted: bool) -> gateway_pb2.Explanation:
+                collab_basis: str, promoted: bool, matched_weights=(), contributions: dict[str, float] | None = None
+                ) -> gateway_pb2.Explanation:
+    """`contributions`: feature (or blend term) -> additive share of this item's ranking score."""
     e = gateway_pb2.Explanation(matched_skills=list(matched), skills_to_learn=list(missing)[:3],
+                                matched_skill_weights=list(matched_weights),
                                 location_fit=location_fit(profile, table, p), promoted_by_fairness=promoted)
     sector = str(table.sector[p]).lower()
     e.preferred_sector = sector in {s.lower() for s in profile.preferred_sectors}
@@ -39,19 +93,14 @@ def explanation(profile, table, p: int, *, matched, missing, probability, base_r
     applicants = int(table.applicants[p])
     if collab_basis in ("history", "fold_in") and applicants >= MIN_EVIDENCE:
         e.collaborative_evidence = f"students with applications like yours applied here ({applicants} applications so far)"
-    reasons = []
-    if e.matched_skills:
-        reasons.append("you have " + ", ".join(e.matched_skills[:4]))
-    if e.skills_to_learn:
-        reasons.append("learning " + ", ".join(e.skills_to_learn) + " would strengthen the match")
-    reasons.append(f"location: {e.location_fit}")
-    if e.preferred_sector:
-        reasons.append(f"in a sector you prefer ({table.sector[p]})")
-    if e.collaborative_evidence:
-        reasons.append(e.collaborative_evidence)
-    if e.success_band:
-        reasons.append(f"chance of selection {e.success_band} (about {100 * probability:.0f}%)")
+    sentences = _sentences(e, table, p, probability)
+    if contributions:
+        weight = reason_contributions(contributions)
+        kinds = sorted((k for k in sentences if k in weight), key=lambda k: -weight[k])
+        e.reasons.extend(sentences[k] for k in kinds)
+        e.contributions.extend(common_pb2.Contribution(name=k, value=weight[k]) for k in kinds)
+    else:  # nothing ranked this item (e.g. the ranker was down for Explain): fixed order, no numbers
+        e.reasons.extend(sentences[k] for k in REASONS if k in sentences)
     if promoted:
-        reasons.append("shown higher to spread opportunity fairly")
-    e.reasons.extend(reasons)
+        e.reasons.append("shown higher to spread opportunity fairly")
     return e

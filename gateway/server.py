@@ -27,7 +27,7 @@ from grpc_reflection.v1alpha import reflection
 
 from gateway import explain, fairness, filters
 from gateway.catalog import SqliteCatalog
-from models.ranker import blend_scores
+from models.ranker import COMPONENT_SCORES, blend_scores, blend_terms
 from models import shortlist as shortlists
 from pmis.v1 import (collaborative_pb2_grpc, common_pb2, content_pb2_grpc, gateway_pb2, gateway_pb2_grpc, ranker_pb2,
                      ranker_pb2_grpc, success_pb2, success_pb2_grpc)
@@ -119,14 +119,15 @@ class Gathered:
     content: dict = field(default_factory=dict)
     collaborative: dict = field(default_factory=dict)
     popularity: dict = field(default_factory=dict)
-    skills: dict = field(default_factory=dict)     # id -> (matched, missing)
+    skills: dict = field(default_factory=dict)     # id -> (matched, missing, matched weights)
     collab_basis: str = ""
 
     def absorb(self, component: str, resp: common_pb2.ScoredItems) -> None:
         for it in resp.items:
             if component == "content":
                 self.content[it.internship_id] = it.score
-                self.skills[it.internship_id] = (list(it.matched_skills), list(it.missing_skills))
+                self.skills[it.internship_id] = (list(it.matched_skills), list(it.missing_skills),
+                                                 list(it.matched_weights))
             else:
                 self.collaborative[it.internship_id] = it.score
                 self.popularity[it.internship_id] = it.popularity
@@ -325,11 +326,32 @@ class Gateway(gateway_pb2_grpc.RecommendationGatewayServicer):
             final, positions, fairness.candidate_groups(table, positions, student.profile),  # the controller counts every list
             enabled=enabled, strength=request.fairness.strength, k=k)
         want_explain = request.explain if request.HasField("explain") else True
-        if want_explain and "success" in versions:
-            resp, _ = await f.call("success", f.success.Predict, success_pb2.PredictRequest(
-                profile=student.profile, internship_ids=[ids[r] for r in order.tolist()], top_factors=3), deadline)
+        contributions: dict[int, dict[str, float]] = {}  # candidate row -> feature -> share of its score
+        if want_explain:
+            # Success factors and the ranker's feature contributions, for the final k only (both
+            # cost per item), in parallel.
+            extra = {}
+            if "success" in versions:
+                extra["success"] = f.call("success", f.success.Predict, success_pb2.PredictRequest(
+                    profile=student.profile, internship_ids=[ids[r] for r in order.tolist()], top_factors=3), deadline)
+            if response.ranking == "ranker":
+                extra["ranker"] = f.call("ranker", f.ranker.Rank, ranker_pb2.RankRequest(
+                    profile=student.profile, candidates=[candidates[r] for r in order.tolist()], contributions=True),
+                    deadline)
+            done = dict(zip(extra, await asyncio.gather(*extra.values())))
+            resp = done.get("success", (None, None))[0]
             if resp is not None:
                 factors = {pr.internship_id: list(pr.top_factors) for pr in resp.predictions}
+            resp = done.get("ranker", (None, None))[0]
+            if resp is not None:
+                contributions = {r: {c.name: c.value for c in ic.by_feature}
+                                 for r, ic in zip(order.tolist(), resp.contributions)}
+            elif response.ranking == "blend":
+                terms = blend_terms(component, self.cfg.blend_weights)
+                contributions = {r: dict(zip(COMPONENT_SCORES, terms[r].tolist())) for r in order.tolist()}
+            elif response.ranking in ("content", "collaborative"):
+                name = "content_score" if response.ranking == "content" else "collab_score"
+                contributions = {r: {name: float(final[r])} for r in order.tolist()}
         for rank, (r, was_moved) in enumerate(zip(order.tolist(), moved.tolist()), start=1):
             p = int(positions[r])
             i = ids[r]
@@ -345,10 +367,11 @@ class Gateway(gateway_pb2_grpc.RecommendationGatewayServicer):
                                       stipend=float(np.nan_to_num(table.stipend[p])), score=float(final[r]),
                                       scores=scores)
             if want_explain:
-                matched, missing = skills.get(i, ([], []))
+                matched, missing, weights = skills.get(i, ([], [], []))
                 item.explanation.CopyFrom(explain.explanation(
                     student.profile, table, p, matched=matched, missing=missing, probability=probability.get(i),
-                    base_rate=base_rate, factors=factors.get(i), collab_basis=got.collab_basis, promoted=was_moved))
+                    base_rate=base_rate, factors=factors.get(i), collab_basis=got.collab_basis, promoted=was_moved,
+                    matched_weights=weights, contributions=contributions.get(r)))
         models, mixed = self.models_and_mixing(versions)
         response.models.extend(models)
         response.mixed_data_versions = mixed
@@ -395,29 +418,43 @@ class Gateway(gateway_pb2_grpc.RecommendationGatewayServicer):
             f.call("collaborative", f.collaborative.Score, common_pb2.ScoreRequest(
                 student_id=student.student_id, internship_ids=ids, interactions=student.interactions), deadline),
             f.call("success", f.success.Predict, success_pb2.PredictRequest(profile=student.profile,
-                                                                            internship_ids=ids, top_factors=5), deadline))
+                                                                            internship_ids=ids, top_factors=3), deadline))
         degraded = [name for name, r in (("content", c), ("collaborative", cf), ("success", s)) if r is None]
         if len(degraded) == 3:
             raise unavailable("no component answered")
         scores = gateway_pb2.ComponentScores()
-        matched, missing, prob, factors, base_rate, basis = [], [], None, [], 0.0, ""
+        candidate = ranker_pb2.Candidate(internship_id=request.internship_id)
+        matched, missing, weights, prob, factors, base_rate, basis = [], [], [], None, [], 0.0, ""
         if c is not None and c.items:
-            scores.content = c.items[0].score
+            scores.content = candidate.content_score = c.items[0].score
             matched, missing = list(c.items[0].matched_skills), list(c.items[0].missing_skills)
+            weights = list(c.items[0].matched_weights)
         if cf is not None and cf.items:
             scores.collaborative, scores.popularity, basis = cf.items[0].score, cf.items[0].popularity, cf.basis
+            candidate.collab_score, candidate.popularity = cf.items[0].score, cf.items[0].popularity
         if s is not None and s.predictions:
             prob, factors, base_rate = s.predictions[0].probability, list(s.predictions[0].top_factors), s.base_rate
-            scores.success_probability = prob
+            scores.success_probability = candidate.success_probability = prob
+        # The ranker's score and its feature contributions for this one item: the same numbers it
+        # gets inside any list (the ranker scores each candidate on its own features).
+        contributions = None
+        r, _ = await f.call("ranker", f.ranker.Rank, ranker_pb2.RankRequest(
+            profile=student.profile, candidates=[candidate], contributions=True), deadline)
+        if r is None:
+            degraded.append("ranker")
+        else:
+            scores.ranker = r.items[0].score
+            contributions = {x.name: x.value for x in r.contributions[0].by_feature}
         item = gateway_pb2.Recommendation(
             internship_id=request.internship_id, title=str(table.title[p]), company_id=str(table.company_id[p]),
             sector=str(table.sector[p]), district=str(table.district[p]), remote=bool(table.remote[p]),
             stipend=float(np.nan_to_num(table.stipend[p])), scores=scores,
             explanation=explain.explanation(student.profile, table, p, matched=matched, missing=missing,
                                             probability=prob, base_rate=base_rate, factors=factors,
-                                            collab_basis=basis, promoted=False))
-        models, _ = self.models_and_mixing({n: r.model for n, r in (("content", c), ("collaborative", cf),
-                                                                    ("success", s)) if r is not None})
+                                            collab_basis=basis, promoted=False, matched_weights=weights,
+                                            contributions=contributions))
+        models, _ = self.models_and_mixing({n: x.model for n, x in (("content", c), ("collaborative", cf),
+                                                                    ("success", s), ("ranker", r)) if x is not None})
         return gateway_pb2.ExplainResponse(item=item, models=models, degraded=degraded)
 
     @aio_rpc

@@ -73,6 +73,20 @@ class ContentModel:
         hit = np.flatnonzero(row.indices == column)
         return float(row.data[hit[0]]) if len(hit) else 0.0
 
+    def skill_terms(self, profile_vector: sp.csr_matrix, item_pos: int, skills: list[str]) -> list[tuple[str, float]]:
+        """Each skill's own term in the cosine match: profile weight x internship weight of the
+        skill's whole-phrase token, strongest first. These terms are part of the score itself
+        (the rest comes from the words of the skills, the field and the sector)."""
+        q = profile_vector.tocsr()
+        profile_weight = dict(zip(q.indices.tolist(), q.data.tolist()))
+        vocabulary = self.vectorizer.vocabulary_
+        terms = []
+        for sk in skills:
+            column = vocabulary.get("skill_" + sk.replace(" ", "_"))
+            terms.append((sk, profile_weight.get(column, 0.0) * self.skill_weight(item_pos, sk)
+                          if column is not None else 0.0))
+        return sorted(terms, key=lambda t: -t[1])
+
     def order_skills(self, item_pos: int, skills: list[str]) -> list[str]:
         """Skills ordered by their weight in this internship's vector, strongest first."""
         return sorted(skills, key=lambda sk: -self.skill_weight(item_pos, sk))

@@ -28,8 +28,8 @@ def ranker_features(component_scores: np.ndarray, pair: np.ndarray) -> np.ndarra
     return np.hstack([np.asarray(component_scores, np.float32), np.asarray(pair, np.float32)[:, _PAIR_COLUMNS]])
 
 
-def blend_scores(component_scores: np.ndarray, weights: dict[str, float]) -> np.ndarray:
-    """Static blend: weighted sum of z-scored component scores within each candidate list.
+def blend_terms(component_scores: np.ndarray, weights: dict[str, float]) -> np.ndarray:
+    """Each component's term of the static blend: its weight times its z-score within the list.
 
     `component_scores` is (m, 4) for one student's list, or (n, m, 4) for n lists padded with NaN;
     z-scores are taken along the list axis, and a NaN (missing component or padding) adds zero.
@@ -40,8 +40,12 @@ def blend_scores(component_scores: np.ndarray, weights: dict[str, float]) -> np.
         mean = np.nanmean(s, axis=-2, keepdims=True)
         sd = np.nanstd(s, axis=-2, keepdims=True)
     z = np.nan_to_num((s - mean) / np.where(sd > 1e-9, sd, 1.0))
-    w = np.array([weights.get(name, 0.0) for name in COMPONENT_SCORES])
-    return (z @ w).astype(np.float32)
+    return z * np.array([weights.get(name, 0.0) for name in COMPONENT_SCORES])
+
+
+def blend_scores(component_scores: np.ndarray, weights: dict[str, float]) -> np.ndarray:
+    """Static blend: weighted sum of z-scored component scores within each candidate list."""
+    return blend_terms(component_scores, weights).sum(axis=-1).astype(np.float32)
 
 
 class RankerModel:
@@ -61,6 +65,11 @@ class RankerModel:
         # One thread: serving batches are a few hundred rows, where thread start-up costs more
         # than it saves (and evaluation runs many batches already).
         return self.model.predict(x, num_threads=1).astype(np.float32)
+
+    def contributions(self, x: np.ndarray) -> np.ndarray:
+        """(n, len(FEATURES) + 1): each feature's exact additive share of each row's score (TreeSHAP,
+        LightGBM's pred_contrib), the expected score last; a row sums to `predict` of that row."""
+        return self.model.predict(x, pred_contrib=True, num_threads=1)
 
     def feature_importance(self) -> dict[str, float]:
         gain = self.model.booster_.feature_importance(importance_type="gain")

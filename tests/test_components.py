@@ -64,6 +64,15 @@ def test_content_ranks_shared_skills_first(content_model):
     np.testing.assert_allclose(sub[0], scores[0, [2, 0]], rtol=1e-6)
 
 
+def test_content_skill_terms_are_parts_of_the_cosine(content_model):
+    text = profile_text(["python", "sql"])
+    terms = content_model.skill_terms(content_model.embed([text]), 0, ["sql", "python", "welding"])
+    assert [t[0] for t in terms][-1] == "welding" and terms[-1][1] == 0.0   # not in the internship: no term
+    assert terms[0][1] >= terms[1][1] > 0
+    # each term is a share of the score, so together they cannot exceed it
+    assert sum(v for _, v in terms) <= content_model.score([text], item_pos=np.array([0]))[0, 0] + 1e-6
+
+
 def test_content_brand_new_profile(content_model):
     fresh = profile_text(["Data Analysis"], field="Computer Science", preferred_sectors=["information technology"])
     s = content_model.score([fresh])[0]
@@ -313,6 +322,13 @@ def test_ranker_learns_planted_feature(tmp_path):
     loaded = RankerModel.from_bundle(load_bundle(model.save(tmp_path, {}, {}).path))
     np.testing.assert_array_equal(loaded.predict(xt), model.predict(xt))
     assert loaded.blend_weights == {"content_score": 1.0}
+
+    # Explanations rest on these: exact additive shares that sum to the score, and the planted
+    # feature carries the most weight.
+    contrib = model.contributions(xt[:50])
+    assert contrib.shape == (50, len(RANKER_FEATURES) + 1)
+    np.testing.assert_allclose(contrib.sum(axis=1), model.predict(xt[:50]), atol=1e-4)
+    assert np.abs(contrib[:, :-1]).mean(axis=0).argmax() == RANKER_FEATURES.index("collab_score")
 
 
 # --------------------------------------------------------------------------- static blend

@@ -504,7 +504,8 @@ def test_predict_success_and_explain_agree_with_recommend(system, students):
     for it in rec.items[:3]:
         ex = gw.stub.Explain(gateway_pb2.ExplainRequest(student_id=sid, internship_id=it.internship_id),
                              timeout=TIMEOUT)
-        assert list(ex.degraded) == [] and {m.component for m in ex.models} == {"content", "collaborative", "success"}
+        assert list(ex.degraded) == []
+        assert {m.component for m in ex.models} == {"content", "collaborative", "success", "ranker"}
         assert ex.item.internship_id == it.internship_id and ex.item.title == it.title
         s = ex.item.scores
         assert s.success_probability == pytest.approx(it.scores.success_probability, abs=1e-6)
@@ -513,11 +514,17 @@ def test_predict_success_and_explain_agree_with_recommend(system, students):
         if it.scores.HasField("collaborative"):
             assert s.collaborative == pytest.approx(it.scores.collaborative, abs=1e-5)
             assert s.popularity == pytest.approx(it.scores.popularity, abs=1e-6)
-        e = ex.item.explanation
-        assert e.success_band == it.explanation.success_band
-        assert e.location_fit == it.explanation.location_fit
-        assert list(e.matched_skills) == list(it.explanation.matched_skills)
-        assert 1 <= len(e.success_factors) <= 5
+        assert s.ranker == pytest.approx(it.scores.ranker, abs=1e-4)
+        # The same explanation as inside the list: same reasons, same order, same numbers.
+        e, listed = ex.item.explanation, it.explanation
+        assert list(e.reasons) == list(listed.reasons)
+        assert [c.name for c in e.contributions] == [c.name for c in listed.contributions]
+        assert [c.value for c in e.contributions] == pytest.approx([c.value for c in listed.contributions], abs=1e-4)
+        assert (e.success_band, e.location_fit, e.preferred_sector, e.collaborative_evidence) == (
+            listed.success_band, listed.location_fit, listed.preferred_sector, listed.collaborative_evidence)
+        assert list(e.matched_skills) == list(listed.matched_skills)
+        assert list(e.skills_to_learn) == list(listed.skills_to_learn)
+        assert [f.name for f in e.success_factors] == [f.name for f in listed.success_factors]
 
     # a cold-start profile works the same way for both
     cold = gw.recommend(profile=COLD_PROFILE, k=3)
@@ -631,7 +638,12 @@ def test_recommend_degrades_as_components_go_down(fresh_system, students):
     assert all(not it.scores.HasField("collaborative") and it.scores.HasField("content") for it in resp.items)
     ex = gw.stub.Explain(gateway_pb2.ExplainRequest(student_id=sid, internship_id=resp.items[0].internship_id),
                          timeout=TIMEOUT)
-    assert list(ex.degraded) == ["collaborative"] and ex.item.scores.HasField("content")
+    assert list(ex.degraded) == ["collaborative", "ranker"] and ex.item.scores.HasField("content")
+    assert ex.item.explanation.reasons and not ex.item.explanation.contributions  # nothing ranked it: no numbers
+    # With the ranker down the blend ranked the list, and its terms order the reasons.
+    for it in resp.items:
+        values = [c.value for c in it.explanation.contributions]
+        assert values and values == sorted(values, reverse=True)
 
     comps.stop("success")
     resp = gw.recommend(student_id=sid, k=5)
@@ -772,3 +784,47 @@ def test_shortlist_errors(system):
     _, violations = system.gateway.fails("Shortlist", gateway_pb2.ShortlistRequest(internship_id="I000001", size=501),
                                          grpc.StatusCode.INVALID_ARGUMENT)
     assert [f for f, _ in violations] == ["size"]
+
+
+# --------------------------------------------------------------------------- explanations
+
+
+def _check_faithful(e, profile_skills: set, internship_skills: set, probability: float, base_rate: float):
+    matched, learn = list(e.matched_skills), list(e.skills_to_learn)
+    assert set(matched) <= profile_skills & internship_skills          # in both profile and internship
+    assert set(learn) <= internship_skills - profile_skills            # required and absent
+    assert len(learn) == min(3, len(internship_skills - profile_skills))
+    weights = list(e.matched_skill_weights)
+    assert len(weights) == len(matched) and weights == sorted(weights, reverse=True) and min(weights, default=0) >= 0
+    values = [c.value for c in e.contributions]
+    assert values == sorted(values, reverse=True)                      # reasons ordered by contribution
+    assert len(e.reasons) == len(values) + (1 if e.promoted_by_fairness else 0)
+    assert e.promoted_by_fairness == ("fairly" in e.reasons[-1])
+    ratio = probability / base_rate                                    # the band agrees with the probability
+    want = "higher than average" if ratio >= 1.25 else ("lower than average" if ratio <= 0.8 else "about average")
+    assert e.success_band == want
+    assert f"{100 * probability:.0f}%" in " ".join(e.reasons)
+
+
+def test_explanations_are_faithful_for_recommended_and_any_internship(system, students):
+    gw = system.gateway
+    catalog = gw.gateway.catalog
+    checked, outside = 0, 0
+    for sid in [students["top"], *students["others"]]:
+        rec = gw.recommend(student_id=sid, k=10, fairness=gateway_pb2.FairnessOptions(enabled=True, strength=1.0))
+        base_rate = gw.stub.PredictSuccess(gateway_pb2.PredictSuccessRequest(
+            student_id=sid, internship_ids=[rec.items[0].internship_id]), timeout=TIMEOUT).base_rate
+        profile_skills = set(catalog.student(sid)["skills"])
+        for it in rec.items:
+            _check_faithful(it.explanation, profile_skills, set(catalog.internship_skills(it.internship_id)),
+                            it.scores.success_probability, base_rate)
+            checked += 1
+        # Explain answers for an internship that was not recommended, with the same guarantees.
+        shown = {it.internship_id for it in rec.items}
+        other = next(i for i in catalog.internships.ids.tolist() if i not in shown)
+        ex = gw.stub.Explain(gateway_pb2.ExplainRequest(student_id=sid, internship_id=other), timeout=TIMEOUT)
+        assert ex.item.explanation.contributions and not ex.item.explanation.promoted_by_fairness
+        _check_faithful(ex.item.explanation, profile_skills, set(catalog.internship_skills(other)),
+                        ex.item.scores.success_probability, base_rate)
+        outside += 1
+    assert checked == 50 and outside == 5

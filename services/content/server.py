@@ -36,16 +36,22 @@ class ContentRuntime:
         items = self.space.items.skills[positions]
         matched = self.space.skills.decode_many(items & student_bits)
         missing = self.space.skills.decode_many(items & ~student_bits)
-        # Strongest first: matched skills by their contribution to the match, missing ones by what
-        # they would add ("skills to learn" takes the first three).
-        order = self.model.order_skills
-        return [common_pb2.ScoredItem(internship_id=i, score=s, matched_skills=order(p, m), missing_skills=order(p, x))
-                for i, p, s, m, x in zip(self.index.ids[positions].tolist(), positions.tolist(), scores.tolist(),
-                                         matched, missing)]
+        vector = self.model.embed([_text(profile)])
+        out = []
+        for i, p, s, m, x in zip(self.index.ids[positions].tolist(), positions.tolist(), scores.tolist(),
+                                 matched, missing):
+            # Strongest first: matched skills by their own term in the match, missing ones by what
+            # they would add ("skills to learn" takes the first three).
+            terms = self.model.skill_terms(vector, p, m)
+            out.append(common_pb2.ScoredItem(internship_id=i, score=s, matched_skills=[t[0] for t in terms],
+                                             matched_weights=[t[1] for t in terms],
+                                             missing_skills=self.model.order_skills(p, x)))
+        return out
 
 
 def _text(profile) -> str:
-    return profile_text(list(profile.skills), profile.field, list(profile.preferred_sectors))
+    # Normalised like the skill vocabulary, so " SQL " meets the internship's "skill_sql" token.
+    return profile_text([s.strip().lower() for s in profile.skills], profile.field, list(profile.preferred_sectors))
 
 
 class ContentServicer(ModelAdmin, content_pb2_grpc.ContentServiceServicer):

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from models.features import FeatureSpace, pair_features
-from models.ranker import COMPONENT_SCORES, RankerModel, ranker_features
+from models.ranker import COMPONENT_SCORES, FEATURES, RankerModel, ranker_features
 from pmis.v1 import common_pb2, ranker_pb2, ranker_pb2_grpc
 from services.common.items import ItemIndex
 from services.common.profiles import profile_columns
@@ -60,13 +60,24 @@ class RankerServicer(ModelAdmin, ranker_pb2_grpc.RankerServiceServicer):
                         component[row, j] = getattr(c, field)
             student = rt.space.students(profile_columns(request.profile))
             pair = pair_features(student, np.zeros(int(known.sum()), dtype=np.int64), rt.space.items, positions[known])
-            scores[known] = rt.model.predict(ranker_features(component, pair))
+            features = ranker_features(component, pair)
+            scores[known] = rt.model.predict(features)
         # Internships this bundle has never seen rank last rather than failing the call.
         finite_min = float(np.nanmin(scores)) if known.any() else 0.0
         scores[~known] = finite_min - 1.0
-        return ranker_pb2.RankResponse(
+        response = ranker_pb2.RankResponse(
             items=[common_pb2.ScoredItem(internship_id=i, score=float(s)) for i, s in zip(ids, scores.tolist())],
             model=loaded.version_message())
+        if request.contributions:
+            contrib = np.zeros((len(ids), len(FEATURES) + 1))
+            if known.any():
+                contrib[known] = rt.model.contributions(features)
+            contrib[~known, -1] = scores[~known]  # unknown internships: no features, only the fallback score
+            for row in contrib.tolist():
+                response.contributions.add(
+                    by_feature=[common_pb2.Contribution(name=f, value=v) for f, v in zip(FEATURES, row)],
+                    bias=row[-1])
+        return response
 
 
 def make_servicer(cfg) -> RankerServicer:
