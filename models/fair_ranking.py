@@ -39,6 +39,8 @@ __all__ = [
     "max_counts",
     "prefix_constraints_met",
     "det_const_sort",
+    "det_greedy",
+    "prefix_ceilings_met",
     "fair_mtable",
     "fail_probability",
     "adjusted_alpha",
@@ -270,6 +272,83 @@ def det_const_sort(scores, groups, targets, k: int | None = None) -> np.ndarray:
             if best_left > max(int(rank[i]) for i in items[:k]):
                 break
     return np.asarray(items[:k], dtype=np.int64)
+
+
+def det_greedy(scores, groups, min_targets, max_targets=None, k: int | None = None) -> np.ndarray:
+    """DetGreedy (Geyik et al., KDD 2019, Algorithm 1) with both bounds at every prefix.
+
+    At every position t = 1..k:
+
+    1. groups *below their floor*, ``count_a < floor(min_a * t)``, with items left: take the best
+       next item among them;
+    2. otherwise groups *below their ceiling*, ``count_a < ceil(max_a * t)`` (``max_a`` = 1 when
+       unset, i.e. unbounded), with items left: take the best next item among them;
+    3. otherwise (every group with items left is at its ceiling) take the best remaining item.
+
+    Use it when maximum shares are configured (target proportions with floor *and* ceiling);
+    DetConstSort (:func:`det_const_sort`) stays the default for minimums only, because it
+    guarantees every floor whenever the pool allows, which greedy selection cannot when two
+    groups fall short at the same position.
+
+    Guarantees (property-tested): a permutation (k = n) that keeps plain order within each group;
+    the plain order is returned unchanged when it already meets every floor and ceiling; ceilings
+    hold at every prefix whenever an unbounded group still has items (step 3 never runs); with a
+    single floor-constrained group its floor holds at every prefix while its pool lasts.
+    """
+    scores = np.asarray(scores, dtype=float).ravel()
+    groups = np.asarray(groups, dtype=np.int64).ravel()
+    n = scores.size
+    if groups.size != n:
+        raise ValueError("scores and groups must have the same length")
+    k = n if k is None else int(min(max(k, 0), n))
+    if n == 0 or k == 0:
+        return np.zeros(0, dtype=np.int64)
+    lo = _as_targets(groups, min_targets)
+    n_groups = len(lo)
+    hi = np.ones(n_groups)
+    if max_targets is not None:
+        m = np.asarray(max_targets, dtype=float).ravel()
+        if np.any(m < 0) or np.any(m > 1):
+            raise ValueError("max_targets must be within [0, 1]")
+        hi[: min(len(m), n_groups)] = m[:n_groups]
+    if np.any(lo > hi + _EPS):
+        raise ValueError("a group's minimum share exceeds its maximum")
+
+    plain = plain_order(scores)
+    rank = np.empty(n, dtype=np.int64)
+    rank[plain] = np.arange(n)
+    by_group = plain[np.argsort(groups[plain], kind="stable")]
+    bounds = np.searchsorted(groups[by_group], np.arange(n_groups + 1))
+    head, end = bounds[:-1].copy(), bounds[1:]
+    count = np.zeros(n_groups, dtype=np.int64)
+    out = np.empty(k, dtype=np.int64)
+    for t in range(1, k + 1):
+        left = head < end
+        next_rank = np.where(left, rank[by_group[np.minimum(head, n - 1)]], n)
+        short = left & (count < np.floor(lo * t + _EPS))
+        room = left & (count < np.ceil(hi * t - _EPS))
+        pool = short if short.any() else (room if room.any() else left)
+        a = int(np.argmin(np.where(pool, next_rank, n + 1)))
+        out[t - 1] = by_group[head[a]]
+        head[a] += 1
+        count[a] += 1
+    return out
+
+
+def prefix_ceilings_met(order, groups, max_targets) -> bool:
+    """True iff ``count_a(t) <= ceil(max_a * t)`` for every prefix t and every bounded group a."""
+    order = np.asarray(order, dtype=np.int64)
+    groups = np.asarray(groups, dtype=np.int64)
+    if order.size == 0:
+        return True
+    m = np.asarray(max_targets, dtype=float).ravel()
+    n_groups = max(len(m), int(groups.max()) + 1)
+    hi = np.ones(n_groups)
+    hi[: len(m)] = m
+    onehot = np.zeros((order.size, n_groups), dtype=np.int64)
+    onehot[np.arange(order.size), groups[order]] = 1
+    t = np.arange(1, order.size + 1)[:, None]
+    return bool(np.all(np.cumsum(onehot, axis=0) <= np.ceil(hi[None, :] * t - _EPS)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -639,11 +718,14 @@ class GroupExposureController:
 # --------------------------------------------------------------------------------------------
 # gateway convenience
 # --------------------------------------------------------------------------------------------
-def rerank(scores, item_groups, targets, *, strength: float = 1.0, k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def rerank(scores, item_groups, targets, *, strength: float = 1.0, k: int | None = None,
+           max_targets=None) -> tuple[np.ndarray, np.ndarray]:
     """Fair re-rank used by the gateway.
 
     * ``strength == 0`` -> plain score order (first k), ``moved`` all False.
-    * otherwise -> ``det_const_sort(scores, item_groups, targets * strength, k)``.
+    * no ``max_targets`` -> ``det_const_sort(scores, item_groups, targets * strength, k)``.
+    * with ``max_targets`` -> ``det_greedy`` with floors ``targets * strength`` and ceilings
+      relaxed towards 1 as strength falls: ``max + (1 - strength) * (1 - max)``.
 
     ``moved[j]`` is True iff the item at output position j sits at a better (smaller) position
     than it has in the plain score order, i.e. it was promoted by the fairness constraints.
@@ -656,7 +738,12 @@ def rerank(scores, item_groups, targets, *, strength: float = 1.0, k: int | None
     plain = plain_order(scores)
     if strength == 0.0 or n == 0:
         return plain[:k], np.zeros(k, dtype=bool)
-    order = det_const_sort(scores, item_groups, np.asarray(targets, dtype=float) * strength, k)
+    floors = np.asarray(targets, dtype=float) * strength
+    if max_targets is None:
+        order = det_const_sort(scores, item_groups, floors, k)
+    else:
+        m = np.asarray(max_targets, dtype=float)
+        order = det_greedy(scores, item_groups, floors, m + (1.0 - strength) * (1.0 - m), k)
     plain_pos = np.empty(n, dtype=np.int64)
     plain_pos[plain] = np.arange(n)
     moved = plain_pos[order] > np.arange(order.size)

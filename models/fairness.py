@@ -8,6 +8,7 @@ Three mechanisms, each with its own knob, all scaled by the request's strength:
 
 * per-list minimums (`min_shares`): DetConstSort floors at every prefix (models/fair_ranking.py),
   so each student sees at least that share of a group near the top whenever the candidates allow;
+  with per-list maximums (`max_shares`, off by default) DetGreedy holds both floor and ceiling;
 * group exposure targets (`exposure_targets`): a GroupExposureController holds each group's share
   of position-weighted exposure, over all students served, at its target (two-sided);
 * capacity-aware exposure (`exposure_strength`): an ExposureLedger tracks each internship's
@@ -44,13 +45,14 @@ GROUPS = ["msme", "local"]  # priority order; index = group id; len(GROUPS) = th
 class FairnessConfig:
     min_shares: dict = field(default_factory=lambda: {"msme": 0.1, "local": 0.3})  # per-list floors
     exposure_targets: dict = field(default_factory=lambda: {"msme": 0.12})        # aggregate shares
+    max_shares: dict = field(default_factory=dict)  # per-list ceilings (DetGreedy instead of DetConstSort)
     exposure_strength: float = 0.55  # weight of the capacity boost, z-score units at strength 1
     temperature: float = 2.5         # ledger deficit scale: higher = gentler, longer-reaching boost
     half_life: float | None = 500    # requests; the ledger follows recent traffic
     controller_gain: float = 0.05
 
     def __post_init__(self):
-        for name in ("min_shares", "exposure_targets"):
+        for name in ("min_shares", "exposure_targets", "max_shares"):
             shares = getattr(self, name)
             unknown = set(shares) - set(GROUPS)
             if unknown:
@@ -59,6 +61,8 @@ class FairnessConfig:
                 raise ValueError(f"{name}: shares must be within [0, 1]")
         if sum(self.min_shares.values()) > 1:
             raise ValueError("min_shares must sum to at most 1")
+        if any(self.min_shares.get(g, 0.0) > m for g, m in self.max_shares.items()):
+            raise ValueError("a group's min_share exceeds its max_share")
         if self.exposure_strength < 0 or self.temperature <= 0:
             raise ValueError("exposure_strength must be >= 0 and temperature > 0")
 
@@ -69,6 +73,12 @@ class FairnessConfig:
     def floor_array(self) -> np.ndarray:
         """Per-list minimum share per group id (the fill group last, 0)."""
         return np.array([self.min_shares.get(g, 0.0) for g in GROUPS] + [0.0])
+
+    def ceiling_array(self) -> np.ndarray | None:
+        """Per-list maximum share per group id (1 = unbounded), or None when no ceiling is set."""
+        if not self.max_shares:
+            return None
+        return np.array([self.max_shares.get(g, 1.0) for g in GROUPS] + [1.0])
 
     def target_array(self) -> np.ndarray:
         """Aggregate exposure target per group id (nan where the group has none)."""
@@ -100,7 +110,7 @@ def zscore(v: np.ndarray, missing: float = np.nan) -> np.ndarray:
 class FairReranker:
     def __init__(self, slots: np.ndarray, cfg: FairnessConfig):
         self.cfg = cfg
-        self.floors = cfg.floor_array()
+        self.floors, self.ceilings = cfg.floor_array(), cfg.ceiling_array()
         self.ledger = ExposureLedger(np.nan_to_num(np.asarray(slots, dtype=np.float64), nan=1.0),
                                      half_life=cfg.half_life, temperature=cfg.temperature)
         self.controller = GroupExposureController(cfg.target_array(), gain=cfg.controller_gain)
@@ -122,7 +132,8 @@ class FairReranker:
             adjusted = (zscore(scores, missing=-1e9)
                         + self.cfg.exposure_strength * self.ledger.boost(positions, strength)
                         + strength * self.controller.offset(groups))
-            order, _ = constrained_rerank(adjusted, groups, self.floors, strength=strength, k=k)
+            order, _ = constrained_rerank(adjusted, groups, self.floors, strength=strength, k=k,
+                                          max_targets=self.ceilings)
             plain_rank = np.empty(len(scores), dtype=np.int64)
             plain_rank[plain_order(scores)] = np.arange(len(scores))
             moved = plain_rank[order] > np.arange(len(order))  # promoted against relevance alone
