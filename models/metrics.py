@@ -55,24 +55,44 @@ def ranking_metrics(topk: np.ndarray, relevant: sp.csr_matrix, n_rankable: int, 
 
 
 def group_breakdown(per_student: dict[str, np.ndarray], groups: dict[str, np.ndarray], k: int,
-                    min_size: int = 20) -> dict:
-    """Metric means per value of each student attribute, with the min/max ratio across values."""
+                    min_size: int = 20, permutations: int = 300, seed: int = 0) -> dict:
+    """Metric means per value of each student attribute, with the min/max ratio across values.
+
+    `ratio_null_p`: the share of random relabellings (students shuffled across the same group
+    sizes) whose min/max ratio is as low as the observed one. A large value says the gap is what
+    groups of these sizes show by chance; a small one (< 0.05) says the model serves a group worse.
+    """
+    rng = np.random.default_rng(seed)
     out = {}
     for attr, values in groups.items():
         values = np.asarray(values).astype(str)
         table = {}
-        for v in np.unique(values):
-            mask = values == v
-            if mask.sum() < min_size:  # too few students to say anything; reported as such
-                table[v] = {"students": int(mask.sum())}
-                continue
-            table[v] = {"students": int(mask.sum()), **{f"{m}@{k}": float(np.mean(a[mask])) for m, a in per_student.items()}}
-        ratios = {}
-        for m in per_student:
-            vals = [row[f"{m}@{k}"] for row in table.values() if f"{m}@{k}" in row]
-            ratios[f"{m}@{k}"] = float(min(vals) / max(vals)) if len(vals) > 1 and max(vals) > 0 else None
-        out[attr] = {"groups": table, "min_max_ratio": ratios}
+        names, codes = np.unique(values, return_inverse=True)
+        sizes = np.bincount(codes, minlength=len(names))
+        kept = sizes >= min_size  # too few students to say anything: reported, not compared
+        for j, v in enumerate(names.tolist()):
+            mask = codes == j
+            table[v] = {"students": int(sizes[j])}
+            if kept[j]:
+                table[v].update({f"{m}@{k}": float(np.mean(a[mask])) for m, a in per_student.items()})
+        ratios, null_p = {}, {}
+        for m, a in per_student.items():
+            a = np.asarray(a, dtype=np.float64)
+            ratio = _min_max_ratio(a, codes, sizes, kept)
+            ratios[f"{m}@{k}"] = ratio
+            if ratio is not None and permutations:
+                null = np.array([_min_max_ratio(a, rng.permutation(codes), sizes, kept) or 1.0
+                                 for _ in range(permutations)])
+                null_p[f"{m}@{k}"] = float((null <= ratio + 1e-12).mean())
+        out[attr] = {"groups": table, "min_max_ratio": ratios, "ratio_null_p": null_p}
     return out
+
+
+def _min_max_ratio(a: np.ndarray, codes: np.ndarray, sizes: np.ndarray, kept: np.ndarray) -> float | None:
+    if kept.sum() < 2:
+        return None
+    means = np.bincount(codes, weights=a, minlength=len(sizes))[kept] / sizes[kept]
+    return float(means.min() / means.max()) if means.max() > 0 else None
 
 
 def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> tuple[float, list[dict]]:

@@ -72,11 +72,15 @@ def fairness_tables(f: dict) -> list[list[list[str]]]:
         t, m = f["exposure_targets"].get(g), f["min_shares"].get(g)
         groups.append([g, "-" if t is None else f"{t:.2f}", "-" if m is None else f"{m:.2f}",
                        f"{f['before']['group_exposure_share'][g]:.3f}", f"{f['after']['group_exposure_share'][g]:.3f}"])
-    consumer = [["student attribute", "NDCG min/max before", "after"]]
+    consumer = [["student attribute", "NDCG min/max before", "after", "chance of a gap this large (after)",
+                 "smallest group"]]
     for attr, g in f["after"]["consumer_groups"].items():
         b = f["before"]["consumer_groups"][attr]["min_max_ratio"].get("ndcg@10")
         a = g["min_max_ratio"].get("ndcg@10")
-        consumer.append([attr, "n/a" if b is None else f"{b:.3f}", "n/a" if a is None else f"{a:.3f}"])
+        p = g.get("ratio_null_p", {}).get("ndcg@10")
+        smallest = min(g["groups"].items(), key=lambda kv: kv[1]["students"])
+        consumer.append([attr, "n/a" if b is None else f"{b:.3f}", "n/a" if a is None else f"{a:.3f}",
+                         "n/a" if p is None else f"{p:.2f}", f"{smallest[0]} ({smallest[1]['students']})"])
     return [rows, groups, consumer]
 
 

@@ -133,6 +133,19 @@ def test_group_breakdown_min_max_ratio():
     assert out["rural"]["groups"]["True"]["students"] == 38
     zero = group_breakdown({"recall": np.zeros(50)}, {"g": np.array(["a", "b"] * 25)}, k=5)
     assert zero["g"]["min_max_ratio"]["recall@5"] is None
+    assert g["ratio_null_p"]["recall@10"] < 0.01  # a real gap: no relabelling is that uneven
+
+
+def test_group_ratio_null_p_tells_noise_from_a_gap():
+    rng = np.random.default_rng(1)
+    metric = rng.binomial(1, 0.3, size=2000).astype(float)
+    labels = np.array(["big"] * 1975 + ["tiny"] * 25)
+    noise = group_breakdown({"ndcg": metric}, {"g": labels}, k=10)["g"]
+    assert noise["ratio_null_p"]["ndcg@10"] > 0.05   # whatever the tiny group's mean, it is chance
+    served_worse = metric.copy()
+    served_worse[:600] = 0  # the first 600 "big" students get nothing
+    gap = group_breakdown({"ndcg": served_worse}, {"g": np.array(["a"] * 1000 + ["b"] * 1000)}, k=10)["g"]
+    assert gap["min_max_ratio"]["ndcg@10"] < 0.5 and gap["ratio_null_p"]["ndcg@10"] < 0.01
 
 
 # --------------------------------------------------------------------------- calibration
