@@ -63,6 +63,7 @@ class GatewayConfig:
     grace: float = 5.0
     fairness: fairness.FairnessConfig = field(default_factory=fairness.FairnessConfig)
     shortlist_groups: dict = field(default_factory=lambda: dict(shortlists.DEFAULT_GROUPS))
+    catalog_refresh_seconds: float = 300.0  # re-read internships, counts and slots; 0 = never
 
 
 def _channel_options(component: str) -> list:
@@ -156,6 +157,34 @@ class Gateway(gateway_pb2_grpc.RecommendationGatewayServicer):
         self.cfg, self.catalog = cfg, catalog
         self.fanout = fanout or Fanout(cfg)
         self.fair = fairness.reranker_for(catalog.internships, cfg.fairness)
+        self.fair_table = catalog.internships  # the table the exposure ledger is indexed by
+
+    async def refresh_catalog(self) -> None:
+        """Re-read the catalog off the event loop, then move the exposure ledger to the new positions.
+
+        Requests that started on the old table finish on it (each holds its own reference); their
+        exposure is translated to the new positions in `ledger_positions`.
+        """
+        old = self.catalog.internships
+        await asyncio.to_thread(self.catalog.refresh)
+        new = self.catalog.internships
+        self.fair.follow_catalog(old.ids, new.ids, new.slots)
+        self.fair_table = new
+        log.info("catalog refreshed", extra={"fields": {"internships": len(new.ids), "before": len(old.ids)}})
+
+    async def refresh_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.catalog_refresh_seconds)
+            try:
+                await self.refresh_catalog()
+            except Exception:  # a failed refresh keeps serving the last good table
+                log.exception("catalog refresh failed")
+
+    def ledger_positions(self, table, positions: np.ndarray) -> np.ndarray:
+        current = self.fair_table
+        if table is current:
+            return positions
+        return np.array([current.position.get(str(table.ids[p]), -1) for p in positions.tolist()], dtype=np.int64)
 
     # ------------------------------------------------------------------ shared steps
     def now(self) -> int:
@@ -323,7 +352,8 @@ class Gateway(gateway_pb2_grpc.RecommendationGatewayServicer):
         # 5. fair re-rank (per request; exposure is recorded either way), 6. explanations, 7. answer
         enabled = request.HasField("fairness") and request.fairness.enabled
         order, moved = self.fair.rerank(
-            final, positions, fairness.candidate_groups(table, positions, student.profile),  # the controller counts every list
+            final, self.ledger_positions(table, positions),
+            fairness.candidate_groups(table, positions, student.profile),  # the controller counts every list
             enabled=enabled, strength=request.fairness.strength, k=k)
         want_explain = request.explain if request.HasField("explain") else True
         contributions: dict[int, dict[str, float]] = {}  # candidate row -> feature -> share of its score
@@ -575,6 +605,9 @@ def parse_config(argv=None) -> GatewayConfig:
     p.add_argument("--grace", type=float, default=float(env("GRACE_SECONDS", d.grace)))
     p.add_argument("--shortlist-groups", default=env("SHORTLIST_GROUPS", json.dumps(shortlists.DEFAULT_GROUPS)),
                    help=f"JSON minimum shares of reserved groups; groups: {', '.join(shortlists.MEMBERSHIP)}")
+    p.add_argument("--catalog-refresh-seconds", type=float,
+                   default=float(env("CATALOG_REFRESH_SECONDS", d.catalog_refresh_seconds)),
+                   help="re-read internships, application counts and slots this often; 0 = never")
     p.add_argument("--fairness", default=env("FAIRNESS"),
                    help='JSON, e.g. {"min_shares": {"msme": 0.1, "local": 0.3}, "exposure_targets": {"msme": 0.12}, '
                         '"exposure_strength": 0.55, "temperature": 2.5, "half_life": 500} (env PMIS_FAIRNESS)')
@@ -583,7 +616,7 @@ def parse_config(argv=None) -> GatewayConfig:
                          {c: getattr(a, f"{c}_target") for c in COMPONENTS},
                          {c: getattr(a, f"{c}_budget_ms") for c in COMPONENTS}, a.default_deadline_ms, a.candidates,
                          json.loads(a.blend_weights), a.as_of, a.grace, fairness.FairnessConfig.from_json(a.fairness),
-                         json.loads(a.shortlist_groups))
+                         json.loads(a.shortlist_groups), a.catalog_refresh_seconds)
 
 
 async def serve(cfg: GatewayConfig, ready: asyncio.Event | None = None) -> None:
@@ -602,6 +635,7 @@ async def serve(cfg: GatewayConfig, ready: asyncio.Event | None = None) -> None:
     for name in ("", SERVICE):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("gateway serving", extra={"fields": {"port": cfg.port, "internships": len(catalog.internships.ids)}})
+    refresher = asyncio.create_task(gateway.refresh_periodically()) if cfg.catalog_refresh_seconds > 0 else None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -609,6 +643,8 @@ async def serve(cfg: GatewayConfig, ready: asyncio.Event | None = None) -> None:
     if ready is not None:
         ready.set()
     await stop.wait()
+    if refresher is not None:
+        refresher.cancel()
     await health.enter_graceful_shutdown()
     await server.stop(cfg.grace)
     await gateway.fanout.close()

@@ -599,6 +599,20 @@ class ExposureLedger:
                 self._exp = self._exp[: slots.size].copy()
             self._set_slots(slots)
 
+    def reindex(self, take, slots) -> None:
+        """Follow a catalogue refresh that moved items: ``take[new_position]`` is the item's old
+        position (-1 for a new internship, which starts with no exposure)."""
+        take = np.asarray(take, dtype=np.int64).ravel()
+        slots = np.asarray(slots, dtype=float).ravel()
+        if take.size != slots.size:
+            raise ValueError("take and slots must have one entry per item")
+        with self._lock:
+            exp = np.where(take >= 0, self._exp[np.clip(take, 0, max(self._exp.size - 1, 0))], 0.0) \
+                if self._exp.size else np.zeros(take.size)
+            self._exp = exp
+            self._total = float(exp.sum())
+            self._set_slots(slots)
+
     # -- read side ----------------------------------------------------------------------------
     @property
     def n_items(self) -> int:

@@ -115,6 +115,12 @@ class FairReranker:
                                      half_life=cfg.half_life, temperature=cfg.temperature)
         self.controller = GroupExposureController(cfg.target_array(), gain=cfg.controller_gain)
 
+    def follow_catalog(self, old_ids: np.ndarray, new_ids: np.ndarray, new_slots: np.ndarray) -> None:
+        """Keep each internship's exposure when a catalogue refresh changes positions or slots."""
+        old_position = {i: p for p, i in enumerate(np.asarray(old_ids).tolist())}
+        take = np.array([old_position.get(i, -1) for i in np.asarray(new_ids).tolist()], dtype=np.int64)
+        self.ledger.reindex(take, np.nan_to_num(np.asarray(new_slots, dtype=np.float64), nan=1.0))
+
     def rerank(self, scores: np.ndarray, positions: np.ndarray, groups: np.ndarray | None, *,
                enabled: bool, strength: float, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(order of the top k as indices into scores, moved mask).
@@ -129,14 +135,17 @@ class FairReranker:
             moved = np.zeros(len(order), dtype=bool)
         else:
             strength = float(np.clip(strength if strength > 0 else 1.0, 0.0, 1.0))
-            adjusted = (zscore(scores, missing=-1e9)
-                        + self.cfg.exposure_strength * self.ledger.boost(positions, strength)
+            boost = np.zeros(len(scores))
+            known = np.asarray(positions) >= 0  # -1: an internship a catalogue refresh just removed
+            boost[known] = self.ledger.boost(np.asarray(positions)[known], strength)
+            adjusted = (zscore(scores, missing=-1e9) + self.cfg.exposure_strength * boost
                         + strength * self.controller.offset(groups))
             order, _ = constrained_rerank(adjusted, groups, self.floors, strength=strength, k=k,
                                           max_targets=self.ceilings)
             plain_rank = np.empty(len(scores), dtype=np.int64)
             plain_rank[plain_order(scores)] = np.arange(len(scores))
             moved = plain_rank[order] > np.arange(len(order))  # promoted against relevance alone
-        self.ledger.record(np.asarray(positions)[order])
+        shown = np.asarray(positions)[order]
+        self.ledger.record(shown[shown >= 0])
         self.controller.record(np.asarray(groups)[order])
         return order, moved

@@ -132,7 +132,7 @@ def test_reload_while_requests_run_fails_nothing(cluster, small_system):
         stub = content_pb2_grpc.ContentServiceStub(ch)
         for v in (ref.version, 1, ref.version, 1):
             time.sleep(0.4)
-            resp = stub.Reload(common_pb2.ReloadRequest(version=v), timeout=30)
+            resp = stub.Reload(common_pb2.ReloadRequest(version=v), timeout=30, metadata=cluster.admin_metadata)
             versions.append((resp.previous.version, resp.current.version))
             assert stub.ModelInfo(common_pb2.ModelInfoRequest(), timeout=5).version == v
     time.sleep(0.4)
@@ -211,3 +211,11 @@ def test_grpcurl_shortlist_and_fair_recommend(cluster, small_system):
     fair = grpcurl(target, "pmis.v1.RecommendationGateway/Recommend",
                    data={"student_id": known_student(small_system), "k": 10, "fairness": {"enabled": True}})
     assert fair.returncode == 0 and len(json.loads(fair.stdout)["items"]) == 10
+    # Explain any internship: reasons with the numbers that order them (proto field names in JSON)
+    item = json.loads(fair.stdout)["items"][0]["internship_id"]
+    out = grpcurl(target, "pmis.v1.RecommendationGateway/Explain",
+                  data={"student_id": known_student(small_system), "internship_id": item})
+    assert out.returncode == 0, out.stderr
+    e = json.loads(out.stdout)["item"]["explanation"]
+    values = [c["value"] for c in e["contributions"]]
+    assert e["reasons"] and values == sorted(values, reverse=True) and len(values) == len(e["reasons"])

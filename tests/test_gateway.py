@@ -828,3 +828,38 @@ def test_explanations_are_faithful_for_recommended_and_any_internship(system, st
                         ex.item.scores.success_probability, base_rate)
         outside += 1
     assert checked == 50 and outside == 5
+
+
+def test_catalog_refresh_adds_internships_and_keeps_exposure_by_id(system, students, tmp_path):
+    catalog = tmp_path / "catalog.db"
+    shutil.copyfile(system.catalog, catalog)
+    runner = GatewayRunner(system.components.targets, catalog)
+    try:
+        gw = runner.gateway
+        for sid in students["others"]:
+            runner.recommend(student_id=sid, k=10, fairness=gateway_pb2.FairnessOptions(enabled=True))
+        old = gw.catalog.internships
+        exposure_by_id = dict(zip(old.ids.tolist(), gw.fair.ledger.exposure.tolist()))
+        assert sum(exposure_by_id.values()) > 0
+        # A new internship whose id sorts first: every existing internship moves one position.
+        with closing(sqlite3.connect(catalog)) as c:
+            cols = [r[1] for r in c.execute("PRAGMA table_info(internships)")]
+            row = dict(zip(cols, c.execute("SELECT * FROM internships WHERE internship_id = ?",
+                                           (str(old.ids[0]),)).fetchone()))
+            row.update(internship_id="I000000", slots=7)
+            c.execute(f"INSERT INTO internships ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                      [row[k] for k in cols])
+            c.commit()
+        runner.run(gw.refresh_catalog())
+        new = gw.catalog.internships
+        assert len(new.ids) == len(old.ids) + 1 and new.position["I000000"] == 0 and new.slots[0] == 7
+        moved = dict(zip(new.ids.tolist(), gw.fair.ledger.exposure.tolist()))
+        assert moved["I000000"] == 0
+        assert all(moved[i] == pytest.approx(e) for i, e in exposure_by_id.items())
+        # the new internship is served and explained like any other
+        ex = runner.stub.Explain(gateway_pb2.ExplainRequest(student_id=students["top"], internship_id="I000000"),
+                                 timeout=TIMEOUT)
+        assert ex.item.internship_id == "I000000"
+        assert len(runner.recommend(student_id=students["top"], k=10).items) == 10
+    finally:
+        runner.close()
