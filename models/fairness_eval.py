@@ -12,6 +12,8 @@ student group, with min/max ratios across groups.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -30,56 +32,84 @@ def _ndcg_recall(hits: np.ndarray, n_relevant: int, k: int) -> tuple[float, floa
     return float((hits * discounts[:len(hits)]).sum() / ideal), float(hits.sum() / max(n_relevant, 1))
 
 
-def evaluate_fairness(c: Components, rows: np.ndarray, relevant: sp.csr_matrix, *, k: int, n_candidates: int,
-                      blend_weights: dict, ranker: RankerModel, item_msme: np.ndarray,
-                      student_attrs: dict[str, np.ndarray], groups: dict[str, np.ndarray],
-                      cfg: FairnessConfig | None = None, strength: float = 1.0) -> dict:
-    cfg = cfg or FairnessConfig()
+@dataclass
+class ScoredList:
+    """One student's filtered candidates as the gateway would re-rank them."""
+    row: int
+    candidates: np.ndarray   # catalogue positions
+    scores: np.ndarray       # the ranker's scores
+    groups: np.ndarray       # item group ids
+    relevant: np.ndarray     # bool per candidate
+    n_relevant: int
+    success_p: np.ndarray    # per candidate (nan without a success predictor)
+
+
+def scored_lists(c: Components, rows: np.ndarray, relevant: sp.csr_matrix, *, n_candidates: int,
+                 blend_weights: dict, ranker: RankerModel, item_msme: np.ndarray,
+                 student_attrs: dict[str, np.ndarray]) -> list[ScoredList]:
     items, students = c.space.items, c.students
-    slots = np.nan_to_num(items.slots, nan=1.0)
-    rankers = {"before": FairReranker(slots, cfg), "after": FairReranker(slots, cfg)}
-    exposure = {m: np.zeros(len(items), dtype=np.float64) for m in rankers}
-    group_exposure = {m: np.zeros(len(GROUP_NAMES)) for m in rankers}
-    per_student = {m: {"ndcg": [], "recall": [], "success_p": []} for m in rankers}
-    moved_total, weights = 0, position_weights(k)
+    out = []
     for start in range(0, len(rows), chunk_size(len(items))):
         block = candidate_block(c, rows[start:start + chunk_size(len(items))], n_candidates)
         scores = pipeline_scores(block, blend_weights, ranker)["ranker"]
         for i, row in enumerate(block.rows.tolist()):
             valid = block.valid[i]
             cand = block.items[i][valid]
-            s = scores[i][valid]
             g = item_groups(item_district=items.district[cand], item_lat=items.latitude[cand],
                             item_lon=items.longitude[cand], item_remote=items.remote[cand],
                             item_msme=item_msme[cand], student_district=student_attrs["district"][row],
                             student_lat=students.latitude[row], student_lon=students.longitude[row])
-            rel = np.asarray(relevant[row, cand].todense()).ravel() > 0
-            n_rel = int(relevant[row].nnz)
-            for mode, reranker in rankers.items():
-                order, moved = reranker.rerank(s, cand, g, enabled=mode == "after", strength=strength, k=k)
-                w = weights[:len(order)]
-                np.add.at(exposure[mode], cand[order], w)
-                np.add.at(group_exposure[mode], g[order], w)
-                ndcg, recall = _ndcg_recall(rel[order].astype(float), n_rel, k)
-                per_student[mode]["ndcg"].append(ndcg)
-                per_student[mode]["recall"].append(recall)
-                per_student[mode]["success_p"].append(float(np.nanmean(block.scores[i, valid, 3][order]))
-                                                      if c.success is not None else np.nan)
-                if mode == "after":
-                    moved_total += int(moved.sum())
+            out.append(ScoredList(row, cand, scores[i][valid], g, np.asarray(relevant[row, cand].todense()).ravel() > 0,
+                                  int(relevant[row].nnz), block.scores[i, valid, 3]))
+    return out
+
+
+def serve_lists(lists: list[ScoredList], slots: np.ndarray, cfg: FairnessConfig, *, enabled: bool,
+                strength: float, k: int) -> dict:
+    """Re-rank every list in order through one FairReranker (one gateway replica's view)."""
+    reranker = FairReranker(slots, cfg)
+    exposure, group_exposure = np.zeros(len(slots)), np.zeros(len(GROUP_NAMES))
+    ndcg, recall, success_p, moved_total = [], [], [], 0
+    weights = position_weights(k)
+    for x in lists:
+        order, moved = reranker.rerank(x.scores, x.candidates, x.groups, enabled=enabled, strength=strength, k=k)
+        w = weights[:len(order)]
+        np.add.at(exposure, x.candidates[order], w)
+        np.add.at(group_exposure, x.groups[order], w)
+        n, r = _ndcg_recall(x.relevant[order].astype(float), x.n_relevant, k)
+        ndcg.append(n)
+        recall.append(r)
+        success_p.append(float(np.nanmean(x.success_p[order])) if np.isfinite(x.success_p[order]).any() else np.nan)
+        moved_total += int(moved.sum())
+    return {"exposure": exposure, "group_exposure": group_exposure, "ndcg": np.asarray(ndcg),
+            "recall": np.asarray(recall), "success_p": np.asarray(success_p, dtype=np.float64),
+            "moved": moved_total}
+
+
+def evaluate_fairness(c: Components, rows: np.ndarray, relevant: sp.csr_matrix, *, k: int, n_candidates: int,
+                      blend_weights: dict, ranker: RankerModel, item_msme: np.ndarray,
+                      student_attrs: dict[str, np.ndarray], groups: dict[str, np.ndarray],
+                      cfg: FairnessConfig | None = None, strength: float = 1.0, sweep_students: int = 5000) -> dict:
+    cfg = cfg or FairnessConfig()
+    slots = np.nan_to_num(c.space.items.slots, nan=1.0)
+    lists = scored_lists(c, rows, relevant, n_candidates=n_candidates, blend_weights=blend_weights, ranker=ranker,
+                         item_msme=item_msme, student_attrs=student_attrs)
+    served = {"before": serve_lists(lists, slots, cfg, enabled=False, strength=strength, k=k),
+              "after": serve_lists(lists, slots, cfg, enabled=True, strength=strength, k=k)}
     open_items = c.open_items
     slot_share = slots[open_items] / slots[open_items].sum()
-    out = {"min_shares": dict(cfg.min_shares), "exposure_targets": dict(cfg.exposure_targets), "strength": strength,
-           "exposure_strength": cfg.exposure_strength, "temperature": cfg.temperature, "students": int(len(rows)),
-           "promoted_items_per_list": moved_total / max(len(rows), 1)}
-    for mode in rankers:
-        share = group_exposure[mode] / max(group_exposure[mode].sum(), 1e-12)
-        ex = exposure[mode][open_items]
+    out = {"min_shares": dict(cfg.min_shares), "exposure_targets": dict(cfg.exposure_targets),
+           "max_shares": dict(cfg.max_shares), "strength": strength, "exposure_strength": cfg.exposure_strength,
+           "temperature": cfg.temperature, "half_life": cfg.half_life, "students": int(len(rows)),
+           "promoted_items_per_list": served["after"]["moved"] / max(len(rows), 1)}
+    row_of = np.array([x.row for x in lists], dtype=np.int64)
+    for mode, sv in served.items():
+        share = sv["group_exposure"] / max(sv["group_exposure"].sum(), 1e-12)
+        ex = sv["exposure"][open_items]
         ratio = (ex / max(ex.sum(), 1e-12)) / slot_share
-        ps = {m: np.asarray(v, dtype=np.float64) for m, v in per_student[mode].items()}
         out[mode] = {
-            "ndcg@10": float(np.mean(ps["ndcg"])), "recall@10": float(np.mean(ps["recall"])),
-            "mean_success_p@10": float(np.nanmean(ps["success_p"])) if c.success is not None else None,
+            "ndcg@10": float(np.mean(sv["ndcg"])), "recall@10": float(np.mean(sv["recall"])),
+            "mean_success_p@10": float(np.nanmean(sv["success_p"])) if c.success is not None else None,
             "group_exposure_share": dict(zip(GROUP_NAMES, share.round(4).tolist())),
             # Raw exposure is what the done-when asks about; per slot is what capacity-aware
             # control drives towards 0 (a perfectly capacity-proportional exposure still has the
@@ -89,8 +119,8 @@ def evaluate_fairness(c: Components, rows: np.ndarray, relevant: sp.csr_matrix, 
             "exposure_over_slot_share": {"p10": float(np.percentile(ratio, 10)), "p50": float(np.percentile(ratio, 50)),
                                          "p90": float(np.percentile(ratio, 90)),
                                          "within_0.5x_2x": float(((ratio >= 0.5) & (ratio <= 2)).mean())},
-            "consumer_groups": group_breakdown({"ndcg": ps["ndcg"], "recall": ps["recall"]},
-                                               {a: v[rows] for a, v in groups.items()}, k),
+            "consumer_groups": group_breakdown({"ndcg": sv["ndcg"], "recall": sv["recall"]},
+                                               {a: v[row_of] for a, v in groups.items()}, k),
         }
     b, a = out["before"], out["after"]
     out["summary"] = {
@@ -104,7 +134,27 @@ def evaluate_fairness(c: Components, rows: np.ndarray, relevant: sp.csr_matrix, 
         "group_share_vs_minimum": {grp: {"minimum": m, "after": a["group_exposure_share"][grp]}
                                    for grp, m in cfg.min_shares.items()},
     }
+    out["sweep"] = fairness_sweep(lists[:sweep_students], slots, open_items, cfg, k=k)
     return out
+
+
+def fairness_sweep(lists: list[ScoredList], slots: np.ndarray, open_items: np.ndarray, cfg: FairnessConfig, *,
+                   k: int) -> list[dict]:
+    """NDCG cost and exposure spread of neighbouring settings, on the same lists (a chosen setting
+    is only as good as its neighbours say)."""
+    base = serve_lists(lists, slots, cfg, enabled=False, strength=1.0, k=k)
+    base_ndcg, base_gini = float(np.mean(base["ndcg"])), gini(base["exposure"][open_items])
+    settings = [("configured", {})] + [(f"exposure_strength={e}", {"exposure_strength": e}) for e in (0.0, 0.3, 0.8)] \
+        + [("msme target 0.2", {"exposure_targets": {"msme": 0.2}}), ("no msme target", {"exposure_targets": {}})]
+    rows = []
+    for name, change in settings:
+        variant = replace(cfg, **change)
+        sv = serve_lists(lists, slots, variant, enabled=True, strength=1.0, k=k)
+        share = sv["group_exposure"] / max(sv["group_exposure"].sum(), 1e-12)
+        rows.append({"setting": name, "ndcg_relative_loss": 1 - float(np.mean(sv["ndcg"])) / max(base_ndcg, 1e-12),
+                     "gini_relative_reduction": 1 - gini(sv["exposure"][open_items]) / max(base_gini, 1e-12),
+                     "msme_share": float(share[0]), "local_share": float(share[1])})
+    return rows
 
 
 def evaluate_shortlists(c: Components, out_s: np.ndarray, out_i: np.ndarray, out_y: np.ndarray,

@@ -81,7 +81,12 @@ def fairness_tables(f: dict) -> list[list[list[str]]]:
         smallest = min(g["groups"].items(), key=lambda kv: kv[1]["students"])
         consumer.append([attr, "n/a" if b is None else f"{b:.3f}", "n/a" if a is None else f"{a:.3f}",
                          "n/a" if p is None else f"{p:.2f}", f"{smallest[0]} ({smallest[1]['students']})"])
-    return [rows, groups, consumer]
+    tables = [rows, groups, consumer]
+    if f.get("sweep"):
+        tables.append([["setting (strength 1)", "NDCG@10 loss", "Gini cut", "MSME share", "local share"]] + [
+            [r["setting"], f"{100 * r['ndcg_relative_loss']:.1f} %", f"{100 * r['gini_relative_reduction']:.1f} %",
+             f"{r['msme_share']:.3f}", f"{r['local_share']:.3f}"] for r in f["sweep"]])
+    return tables
 
 
 def console_summary(report: dict, k: int = 10) -> str:
