@@ -13,10 +13,11 @@ from models.fairness import FairnessConfig, FairReranker, item_groups, zscore
 __all__ = ["FairnessConfig", "FairReranker", "candidate_groups", "reranker_for", "zscore"]
 
 
-def candidate_groups(table, positions: np.ndarray, profile) -> np.ndarray:
+def candidate_groups(table, positions: np.ndarray, profile, cfg: FairnessConfig) -> np.ndarray:
     p = np.asarray(positions, dtype=np.int64)
-    return item_groups(item_district=table.district[p], item_lat=table.latitude[p], item_lon=table.longitude[p],
-                       item_remote=table.remote[p], item_msme=table.msme[p], student_district=profile.district,
+    return item_groups(cfg.groups, item_district=table.district[p], item_lat=table.latitude[p],
+                       item_lon=table.longitude[p], item_remote=table.remote[p], item_msme=table.msme[p],
+                       item_sector=table.sector[p], student_district=profile.district,
                        student_lat=profile.latitude if profile.HasField("latitude") else np.nan,
                        student_lon=profile.longitude if profile.HasField("longitude") else np.nan)
 

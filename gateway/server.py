@@ -68,8 +68,11 @@ class GatewayConfig:
 
 def _channel_options(component: str) -> list:
     # round_robin + dns:/// targets spread calls over every replica; reads are retried once on
-    # UNAVAILABLE (a replica that just went away); nothing mutating is retried.
-    service_config = {"loadBalancingConfig": [{"round_robin": {}}], "methodConfig": [{
+    # UNAVAILABLE (a replica that just went away); nothing mutating is retried. healthCheckConfig:
+    # client-side grpc.health.v1 watch, so a replica that is still loading its bundle or draining
+    # after SIGTERM (NOT_SERVING) gets no calls, even before DNS or the address list drops it.
+    service_config = {"loadBalancingConfig": [{"round_robin": {}}],
+                      "healthCheckConfig": {"serviceName": SERVICE_NAMES[component]}, "methodConfig": [{
         "name": [{"service": SERVICE_NAMES[component], "method": m} for m in ("Retrieve", "Score", "Predict", "Rank")],
         "retryPolicy": {"maxAttempts": 2, "initialBackoff": "0.01s", "maxBackoff": "0.05s",
                         "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}}]}
@@ -353,7 +356,7 @@ class Gateway(gateway_pb2_grpc.RecommendationGatewayServicer):
         enabled = request.HasField("fairness") and request.fairness.enabled
         order, moved = self.fair.rerank(
             final, self.ledger_positions(table, positions),
-            fairness.candidate_groups(table, positions, student.profile),  # the controller counts every list
+            fairness.candidate_groups(table, positions, student.profile, self.cfg.fairness),  # counted either way
             enabled=enabled, strength=request.fairness.strength, k=k)
         want_explain = request.explain if request.HasField("explain") else True
         contributions: dict[int, dict[str, float]] = {}  # candidate row -> feature -> share of its score

@@ -1,8 +1,10 @@
 """Fair re-ranking of one student's list: one code path for the gateway and the offline evaluation.
 
-Item groups come from configuration on internship attributes, one group per item by priority:
-`msme` (a Micro/Small/Medium company), then `local` (the student's own or a neighbouring
-district, within NEIGHBOUR_KM, or remote); everything else fills.
+Item groups come from configuration on internship attributes (`groups`), one group per item: the
+first definition it matches, in order; everything else fills ("other"). A definition combines
+predicates with AND: `msme` (a Micro/Small/Medium company), `local` (the student's own or a
+neighbouring district, within NEIGHBOUR_KM, or remote), `sectors` and `districts` (the
+internship's, from a list, e.g. under-served ones). The default: `msme`, then `local`.
 
 Three mechanisms, each with its own knob, all scaled by the request's strength:
 
@@ -38,11 +40,14 @@ from models.data.domain import NEIGHBOUR_KM, haversine_km
 from models.fair_ranking import ExposureLedger, GroupExposureController, plain_order
 from models.fair_ranking import rerank as constrained_rerank
 
-GROUPS = ["msme", "local"]  # priority order; index = group id; len(GROUPS) = the fill group "other"
+DEFAULT_GROUPS = [{"name": "msme", "msme": True}, {"name": "local", "local": True}]
+PREDICATES = {"msme", "local", "sectors", "districts"}
 
 
 @dataclass
 class FairnessConfig:
+    # Item groups in priority order; index = group id, len(groups) = the fill group "other".
+    groups: list = field(default_factory=lambda: [dict(g) for g in DEFAULT_GROUPS])
     min_shares: dict = field(default_factory=lambda: {"msme": 0.1, "local": 0.3})  # per-list floors
     exposure_targets: dict = field(default_factory=lambda: {"msme": 0.12})        # aggregate shares
     max_shares: dict = field(default_factory=dict)  # per-list ceilings (DetGreedy instead of DetConstSort)
@@ -52,11 +57,18 @@ class FairnessConfig:
     controller_gain: float = 0.05
 
     def __post_init__(self):
+        names = self.group_names
+        if len(set(names)) != len(names) or "other" in names or not all(names):
+            raise ValueError("groups need distinct, non-empty names other than 'other'")
+        for g in self.groups:
+            unknown = set(g) - PREDICATES - {"name"}
+            if unknown or not (set(g) & PREDICATES):
+                raise ValueError(f"group {g.get('name')!r}: use one or more of {sorted(PREDICATES)}")
         for name in ("min_shares", "exposure_targets", "max_shares"):
             shares = getattr(self, name)
-            unknown = set(shares) - set(GROUPS)
+            unknown = set(shares) - set(names)
             if unknown:
-                raise ValueError(f"{name}: unknown groups {sorted(unknown)}; known: {GROUPS}")
+                raise ValueError(f"{name}: unknown groups {sorted(unknown)}; known: {names}")
             if any(not 0 <= v <= 1 for v in shares.values()):
                 raise ValueError(f"{name}: shares must be within [0, 1]")
         if sum(self.min_shares.values()) > 1:
@@ -70,30 +82,49 @@ class FairnessConfig:
     def from_json(cls, text: str | None) -> "FairnessConfig":
         return cls(**json.loads(text)) if text else cls()
 
+    @property
+    def group_names(self) -> list[str]:
+        return [g.get("name", "") for g in self.groups]
+
     def floor_array(self) -> np.ndarray:
         """Per-list minimum share per group id (the fill group last, 0)."""
-        return np.array([self.min_shares.get(g, 0.0) for g in GROUPS] + [0.0])
+        return np.array([self.min_shares.get(g, 0.0) for g in self.group_names] + [0.0])
 
     def ceiling_array(self) -> np.ndarray | None:
         """Per-list maximum share per group id (1 = unbounded), or None when no ceiling is set."""
         if not self.max_shares:
             return None
-        return np.array([self.max_shares.get(g, 1.0) for g in GROUPS] + [1.0])
+        return np.array([self.max_shares.get(g, 1.0) for g in self.group_names] + [1.0])
 
     def target_array(self) -> np.ndarray:
         """Aggregate exposure target per group id (nan where the group has none)."""
-        return np.array([self.exposure_targets.get(g, np.nan) for g in GROUPS] + [np.nan])
+        return np.array([self.exposure_targets.get(g, np.nan) for g in self.group_names] + [np.nan])
 
 
-def item_groups(*, item_district, item_lat, item_lon, item_remote, item_msme,
+def item_groups(groups: list[dict], *, item_district, item_lat, item_lon, item_remote, item_msme, item_sector,
                 student_district: str, student_lat: float, student_lon: float) -> np.ndarray:
-    """Group id per candidate (0 msme, 1 local, 2 other) from the candidates' attribute arrays."""
-    km = np.nan_to_num(haversine_km(student_lat, student_lon, item_lat, item_lon), nan=np.inf)
-    district = (student_district or "").strip().lower()
-    same = (np.char.lower(np.asarray(item_district, dtype=str)) == district) if district else \
-        np.zeros(len(km), dtype=bool)
-    local = same | (km <= NEIGHBOUR_KM) | np.asarray(item_remote, dtype=bool)
-    return np.where(np.asarray(item_msme, dtype=bool), 0, np.where(local, 1, 2)).astype(np.int64)
+    """Group id per candidate: the first definition in `groups` it matches, len(groups) = "other"."""
+    n = len(item_msme)
+    lower = lambda v: np.char.lower(np.asarray(v, dtype=str))  # noqa: E731
+    local = None
+    out = np.full(n, len(groups), dtype=np.int64)
+    for gid in range(len(groups) - 1, -1, -1):  # the first match wins: assign from last to first
+        g, hit = groups[gid], np.ones(n, dtype=bool)
+        if g.get("msme"):
+            hit &= np.asarray(item_msme, dtype=bool)
+        if g.get("local"):
+            if local is None:
+                km = np.nan_to_num(haversine_km(student_lat, student_lon, item_lat, item_lon), nan=np.inf)
+                district = (student_district or "").strip().lower()
+                same = (lower(item_district) == district) if district else np.zeros(n, dtype=bool)
+                local = same | (km <= NEIGHBOUR_KM) | np.asarray(item_remote, dtype=bool)
+            hit &= local
+        if g.get("sectors"):
+            hit &= np.isin(lower(item_sector), [x.lower() for x in g["sectors"]])
+        if g.get("districts"):
+            hit &= np.isin(lower(item_district), [x.lower() for x in g["districts"]])
+        out[hit] = gid
+    return out
 
 
 def zscore(v: np.ndarray, missing: float = np.nan) -> np.ndarray:
@@ -129,7 +160,7 @@ class FairReranker:
         the other lists have to balance.
         """
         if groups is None:
-            groups = np.full(len(scores), len(GROUPS), dtype=np.int64)
+            groups = np.full(len(scores), len(self.cfg.groups), dtype=np.int64)
         if not enabled:
             order = plain_order(scores)[:k]
             moved = np.zeros(len(order), dtype=bool)

@@ -19,12 +19,9 @@ import scipy.sparse as sp
 
 from models.evaluate import Components, candidate_block, chunk_size, pipeline_scores
 from models.fair_ranking import gini, position_weights
-from models.fairness import GROUPS, FairnessConfig, FairReranker, item_groups
+from models.fairness import FairnessConfig, FairReranker, item_groups
 from models.metrics import group_breakdown
 from models.ranker import RankerModel
-
-GROUP_NAMES = GROUPS + ["other"]
-
 
 def _ndcg_recall(hits: np.ndarray, n_relevant: int, k: int) -> tuple[float, float]:
     discounts = 1.0 / np.log2(np.arange(2, k + 2))
@@ -46,8 +43,9 @@ class ScoredList:
 
 def scored_lists(c: Components, rows: np.ndarray, relevant: sp.csr_matrix, *, n_candidates: int,
                  blend_weights: dict, ranker: RankerModel, item_msme: np.ndarray,
-                 student_attrs: dict[str, np.ndarray]) -> list[ScoredList]:
+                 student_attrs: dict[str, np.ndarray], cfg: FairnessConfig) -> list[ScoredList]:
     items, students = c.space.items, c.students
+    sector_names = np.append(c.space.sectors.tokens, "")[items.sector]  # -1 (unknown) -> ""
     out = []
     for start in range(0, len(rows), chunk_size(len(items))):
         block = candidate_block(c, rows[start:start + chunk_size(len(items))], n_candidates)
@@ -55,9 +53,10 @@ def scored_lists(c: Components, rows: np.ndarray, relevant: sp.csr_matrix, *, n_
         for i, row in enumerate(block.rows.tolist()):
             valid = block.valid[i]
             cand = block.items[i][valid]
-            g = item_groups(item_district=items.district[cand], item_lat=items.latitude[cand],
+            g = item_groups(cfg.groups, item_district=items.district[cand], item_lat=items.latitude[cand],
                             item_lon=items.longitude[cand], item_remote=items.remote[cand],
-                            item_msme=item_msme[cand], student_district=student_attrs["district"][row],
+                            item_msme=item_msme[cand], item_sector=sector_names[cand],
+                            student_district=student_attrs["district"][row],
                             student_lat=students.latitude[row], student_lon=students.longitude[row])
             out.append(ScoredList(row, cand, scores[i][valid], g, np.asarray(relevant[row, cand].todense()).ravel() > 0,
                                   int(relevant[row].nnz), block.scores[i, valid, 3]))
@@ -68,7 +67,7 @@ def serve_lists(lists: list[ScoredList], slots: np.ndarray, cfg: FairnessConfig,
                 strength: float, k: int) -> dict:
     """Re-rank every list in order through one FairReranker (one gateway replica's view)."""
     reranker = FairReranker(slots, cfg)
-    exposure, group_exposure = np.zeros(len(slots)), np.zeros(len(GROUP_NAMES))
+    exposure, group_exposure = np.zeros(len(slots)), np.zeros(len(cfg.groups) + 1)
     ndcg, recall, success_p, moved_total = [], [], [], 0
     weights = position_weights(k)
     for x in lists:
@@ -93,7 +92,7 @@ def evaluate_fairness(c: Components, rows: np.ndarray, relevant: sp.csr_matrix, 
     cfg = cfg or FairnessConfig()
     slots = np.nan_to_num(c.space.items.slots, nan=1.0)
     lists = scored_lists(c, rows, relevant, n_candidates=n_candidates, blend_weights=blend_weights, ranker=ranker,
-                         item_msme=item_msme, student_attrs=student_attrs)
+                         item_msme=item_msme, student_attrs=student_attrs, cfg=cfg)
     served = {"before": serve_lists(lists, slots, cfg, enabled=False, strength=strength, k=k),
               "after": serve_lists(lists, slots, cfg, enabled=True, strength=strength, k=k)}
     open_items = c.open_items
@@ -110,7 +109,7 @@ def evaluate_fairness(c: Components, rows: np.ndarray, relevant: sp.csr_matrix, 
         out[mode] = {
             "ndcg@10": float(np.mean(sv["ndcg"])), "recall@10": float(np.mean(sv["recall"])),
             "mean_success_p@10": float(np.nanmean(sv["success_p"])) if c.success is not None else None,
-            "group_exposure_share": dict(zip(GROUP_NAMES, share.round(4).tolist())),
+            "group_exposure_share": dict(zip(cfg.group_names + ["other"], share.round(4).tolist())),
             # Raw exposure is what the done-when asks about; per slot is what capacity-aware
             # control drives towards 0 (a perfectly capacity-proportional exposure still has the
             # Gini of the slots themselves, 0.42 on the default data).
@@ -153,7 +152,7 @@ def fairness_sweep(lists: list[ScoredList], slots: np.ndarray, open_items: np.nd
         share = sv["group_exposure"] / max(sv["group_exposure"].sum(), 1e-12)
         rows.append({"setting": name, "ndcg_relative_loss": 1 - float(np.mean(sv["ndcg"])) / max(base_ndcg, 1e-12),
                      "gini_relative_reduction": 1 - gini(sv["exposure"][open_items]) / max(base_gini, 1e-12),
-                     "msme_share": float(share[0]), "local_share": float(share[1])})
+                     **{f"{g}_share": float(v) for g, v in zip(cfg.group_names, share)}})
     return rows
 
 

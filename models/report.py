@@ -83,9 +83,10 @@ def fairness_tables(f: dict) -> list[list[list[str]]]:
                          "n/a" if p is None else f"{p:.2f}", f"{smallest[0]} ({smallest[1]['students']})"])
     tables = [rows, groups, consumer]
     if f.get("sweep"):
-        tables.append([["setting (strength 1)", "NDCG@10 loss", "Gini cut", "MSME share", "local share"]] + [
+        shares = [k for k in f["sweep"][0] if k.endswith("_share")]
+        tables.append([["setting (strength 1)", "NDCG@10 loss", "Gini cut", *[k.replace("_", " ") for k in shares]]] + [
             [r["setting"], f"{100 * r['ndcg_relative_loss']:.1f} %", f"{100 * r['gini_relative_reduction']:.1f} %",
-             f"{r['msme_share']:.3f}", f"{r['local_share']:.3f}"] for r in f["sweep"]])
+             *[f"{r[k]:.3f}" for k in shares]] for r in f["sweep"]])
     return tables
 
 

@@ -678,3 +678,35 @@ def test_fairness_config_is_validated():
     with pytest.raises(ValueError, match="sum"):
         FairnessConfig(min_shares={"msme": 0.6, "local": 0.6})
     assert FairnessConfig.from_json('{"exposure_targets": {"msme": 0.2}}').target_array()[0] == 0.2
+
+
+def test_item_groups_from_configuration_first_match_wins():
+    from models.fairness import item_groups
+
+    groups = [{"name": "msme", "msme": True}, {"name": "local", "local": True},
+              {"name": "agri", "sectors": ["Agriculture"]}, {"name": "aspirational", "districts": ["nuh"]}]
+    g = item_groups(groups, item_district=np.array(["Pune", "Pune", "Nuh", "Nuh", "Delhi"]),
+                    item_lat=np.full(5, np.nan), item_lon=np.full(5, np.nan), item_remote=np.zeros(5, bool),
+                    item_msme=np.array([True, False, False, False, False]),
+                    item_sector=np.array(["IT", "IT", "agriculture", "IT", "IT"]),
+                    student_district="pune", student_lat=np.nan, student_lon=np.nan)
+    assert g.tolist() == [0, 1, 2, 3, 4]  # msme beats local; 4 = other
+    both = item_groups([{"name": "local_msme", "msme": True, "local": True}], item_district=np.array(["Pune", "Delhi"]),
+                       item_lat=np.full(2, np.nan), item_lon=np.full(2, np.nan), item_remote=np.zeros(2, bool),
+                       item_msme=np.array([True, True]), item_sector=np.array(["IT", "IT"]),
+                       student_district="Pune", student_lat=np.nan, student_lon=np.nan)
+    assert both.tolist() == [0, 1]  # predicates combine with AND
+
+
+def test_fairness_config_groups_are_validated():
+    from models.fairness import FairnessConfig
+
+    cfg = FairnessConfig(groups=[{"name": "agri", "sectors": ["agriculture"]}], min_shares={"agri": 0.2},
+                         exposure_targets={})
+    assert cfg.floor_array().tolist() == [0.2, 0.0] and cfg.group_names == ["agri"]
+    with pytest.raises(ValueError, match="one or more"):
+        FairnessConfig(groups=[{"name": "x", "colour": "red"}], min_shares={}, exposure_targets={})
+    with pytest.raises(ValueError, match="distinct"):
+        FairnessConfig(groups=[{"name": "other", "msme": True}], min_shares={}, exposure_targets={})
+    with pytest.raises(ValueError, match="unknown groups"):
+        FairnessConfig(groups=[{"name": "agri", "sectors": ["a"]}])  # default shares name msme and local

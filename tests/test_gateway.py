@@ -697,7 +697,8 @@ def _groups_of(gw: Gateway, items, profile) -> np.ndarray:
     from gateway.fairness import candidate_groups
 
     table = gw.catalog.internships
-    return candidate_groups(table, np.array([table.position[it.internship_id] for it in items]), profile)
+    return candidate_groups(table, np.array([table.position[it.internship_id] for it in items]), profile,
+                            gw.cfg.fairness)
 
 
 def test_fairness_off_keeps_relevance_order_and_moves_nothing(system, students):
