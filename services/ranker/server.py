@@ -31,7 +31,9 @@ class RankerRuntime:
     def from_bundle(cls, bundle) -> "RankerRuntime":
         space = FeatureSpace.from_arrays(bundle.arrays)
         runtime = cls(RankerModel.from_bundle(bundle), space, ItemIndex(space.items.ids))
-        runtime.model.predict(np.zeros((1, len(runtime.model.model.feature_name_)), dtype=np.float32))
+        warm = np.zeros((1, len(runtime.model.model.feature_name_)), dtype=np.float32)
+        runtime.model.predict(warm)
+        runtime.model.contributions(warm)  # builds the path attribution now, not on a client's call
         return runtime
 
 
