@@ -76,8 +76,10 @@ def _channel_options(component: str) -> list:
         "name": [{"service": SERVICE_NAMES[component], "method": m} for m in ("Retrieve", "Score", "Predict", "Rank")],
         "retryPolicy": {"maxAttempts": 2, "initialBackoff": "0.01s", "maxBackoff": "0.05s",
                         "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}}]}
+    # Reconnect to a replica that came back on the same address (a restarted container keeps its
+    # pod IP) within 2 s, not gRPC's default back-off of up to 120 s.
     return [("grpc.service_config", json.dumps(service_config)), ("grpc.enable_retries", 1),
-            ("grpc.so_reuseport", 0)]
+            ("grpc.so_reuseport", 0), ("grpc.max_reconnect_backoff_ms", 2000)]
 
 
 class Fanout:

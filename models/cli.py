@@ -144,6 +144,50 @@ def cmd_models(args) -> int:
     return 0
 
 
+def cmd_retrain(args) -> int:
+    """Retrain through the job table (the trainer service lists the job); with --if-needed only
+    when a retraining trigger fires (models/triggers.py). Every check is logged with its reasons."""
+    from models.jobs import JobStore, normalise_config, run_job
+    from models.triggers import check_and_record
+
+    data, bundles = Path(args.data), Path(args.bundles)
+    store = JobStore(bundles / "registry.db")
+    decision = None
+    if args.if_needed or args.dry_run:
+        decision = check_and_record(store, data, "cli", min_new_interactions=args.min_new_interactions,
+                                    min_new_outcomes=args.min_new_outcomes, max_age_hours=args.max_age_hours)
+        verdict = "retraining" if decision["should_train"] else "no retraining needed"
+        print(f"{verdict} (check {decision['check_id']}): " + "; ".join(decision["reasons"]))
+        if not decision["should_train"] or args.dry_run:
+            return 0
+    raw = {"components": args.components or [], "data_source": str(data),
+           "success": {"algorithms": args.algorithms or [], "search_budget": args.search_budget},
+           "cv_folds": args.cv_folds, "auto_activation": {"enabled": not args.no_auto_activate, "margin": args.margin},
+           "seed": args.seed, "max_eval_students": args.max_eval_students}
+    config, violations = normalise_config(raw, data, [data])
+    if violations:
+        for field_, problem in violations:
+            print(f"error: {field_}: {problem}", file=sys.stderr)
+        return 2
+    reason = "; ".join(decision["reasons"]) if decision else "started by hand (pmis retrain)"
+    job = store.create(config, source="trigger" if decision else "cli", reason=reason)
+    if decision:
+        store.link_trigger(decision["check_id"], job["job_id"])
+    print(f"job {job['job_id']}")
+
+    def echo(p) -> None:
+        if not args.quiet and p.kind != "metrics":
+            print(f"  [{p.percent:5.1f}%] {p.message}", flush=True)
+
+    status = run_job(store.db_path, job["job_id"], bundles, Path(args.runs), echo=echo)
+    job = store.get(job["job_id"])
+    print(f"job {job['job_id']} {status}: {job['message']}")
+    for d in job["activation"]:
+        print(f"  {d['component']} v{d['version']}: {'activated' if d['activate'] else 'not activated'} "
+              f"- {d['reason']}")
+    return 0 if status == "SUCCEEDED" else 1
+
+
 def cmd_up(args) -> int:
     from services.launcher import Ports, up
 
@@ -219,10 +263,31 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--output", help="also write the result as JSON here")
     e.set_defaults(func=cmd_evaluate)
 
+    rt = sub.add_parser("retrain", help="retrain as a recorded job; --if-needed: only when a trigger fires")
+    common(rt, bundles=True, runs=True)
+    rt.add_argument("--if-needed", action="store_true",
+                    help="check the triggers first and train only if one fires (what the CronJob runs)")
+    rt.add_argument("--dry-run", action="store_true", help="check and log the triggers, never train")
+    rt.add_argument("--min-new-interactions", type=int,
+                    default=int(os.environ.get("PMIS_RETRAIN_MIN_INTERACTIONS", 1000)))
+    rt.add_argument("--min-new-outcomes", type=int, default=int(os.environ.get("PMIS_RETRAIN_MIN_OUTCOMES", 200)))
+    rt.add_argument("--max-age-hours", type=float, default=float(os.environ.get("PMIS_RETRAIN_MAX_AGE_HOURS", 168)))
+    rt.add_argument("--components", nargs="+", choices=["content", "collaborative", "success", "ranker"])
+    rt.add_argument("--algorithms", nargs="+", help="success-predictor candidates (default: all)")
+    rt.add_argument("--no-auto-activate", action="store_true",
+                    help="register only; by default a new version becomes champion when it beats the champion "
+                         "by --margin on the same evaluation window (or when there is none)")
+    rt.add_argument("--margin", type=float, default=0.0)
+    rt.add_argument("--seed", type=int, default=0)
+    rt.add_argument("--cv-folds", type=int, default=3)
+    rt.add_argument("--search-budget", type=int, default=4)
+    rt.add_argument("--max-eval-students", type=int, default=20_000)
+    rt.set_defaults(func=cmd_retrain)
+
     u = sub.add_parser("up", help="prepare data and bundles if missing, start all servers, answer real requests")
     common(u, bundles=True, runs=True)
-    u.add_argument("--port", type=int, default=50050, help="gateway port; components use the next four")
-    u.add_argument("--metrics-port", type=int, default=9100, help="gateway metrics port; components use the next four")
+    u.add_argument("--port", type=int, default=50050, help="gateway port; components use the next four, the trainer the one after")
+    u.add_argument("--metrics-port", type=int, default=9100, help="gateway metrics port; components and trainer use the next five")
     u.add_argument("--no-demo", action="store_true", help="do not send the demo requests")
     u.add_argument("--exit-after-demo", action="store_true", help="stop everything after the demo requests")
     u.set_defaults(func=cmd_up)

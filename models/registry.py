@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -101,10 +101,20 @@ def _manifest_of(path: Path) -> dict[str, Any]:
 class Registry:
     """Versions per component, aliases pointing at versions, and the aliases' history."""
 
-    def __init__(self, db_path: Path) -> None:
+    def __init__(self, db_path: Path, *, read_only: bool = False) -> None:
         self.db_path = Path(db_path).resolve()
-        self.db_path.parent.mkdir(parents=True, exist_ok=True)
         self._base = self.db_path.parent
+        # read_only: a reader (the component servers) that never creates, migrates or writes, and
+        # works from a read-only volume (the registry as Kubernetes mounts it into serving pods).
+        self.read_only = read_only
+        if read_only:
+            with self._transaction() as con:
+                found = con.execute("PRAGMA user_version").fetchone()[0]
+            if found > SCHEMA_VERSION:
+                raise RegistryError(f"{self.db_path}: schema version {found} is newer than this code "
+                                    f"understands ({SCHEMA_VERSION}); upgrade the code")
+            return
+        self.db_path.parent.mkdir(parents=True, exist_ok=True)
         with self._transaction() as con:
             # Persistent per database file; readers then never block the (single) writer.
             con.execute("PRAGMA journal_mode = WAL")
@@ -125,7 +135,10 @@ class Registry:
     @contextmanager
     def _transaction(self, immediate: bool = False) -> Iterator[sqlite3.Connection]:
         """A fresh connection in autocommit mode; ``immediate`` wraps a write transaction."""
-        con = sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None)
+        if immediate and self.read_only:
+            raise RegistryError(f"{self.db_path} is opened read-only")
+        con = self._connect_read_only() if self.read_only else \
+            sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None)
         try:
             con.row_factory = sqlite3.Row
             con.execute("PRAGMA foreign_keys = ON")
@@ -143,6 +156,23 @@ class Registry:
                 yield con
         finally:
             con.close()
+
+    def _connect_read_only(self) -> sqlite3.Connection:
+        # mode=ro reads everything committed, WAL included, but SQLite must be able to create (or
+        # find) the -shm/-wal files beside the database: on a read-only volume, after the writer's
+        # last connection closed (which checkpoints and removes them), it cannot open at all.
+        # Then read the file as immutable: everything up to the writer's last checkpoint, which
+        # with this class's short-lived connections is every finished write.
+        uri = self.db_path.as_uri()
+        if not self.db_path.exists():
+            raise RegistryError(f"no registry at {self.db_path}")
+        con = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=30.0, isolation_level=None)
+        try:
+            con.execute("SELECT 1 FROM sqlite_master LIMIT 1")  # opening is lazy: force it here
+            return con
+        except sqlite3.OperationalError:
+            con.close()
+        return sqlite3.connect(f"{uri}?immutable=1", uri=True, isolation_level=None)
 
     # ------------------------------------------------------------------ paths
 
@@ -197,39 +227,69 @@ class Registry:
         Without ``metrics``, the metrics recorded in the bundle's manifest are used.
         """
         manifest = _manifest_of(Path(ref.path))
+        with self._transaction(immediate=True) as con:
+            self._insert(con, ref, manifest, metrics)
+
+    def register_many(
+        self,
+        items: list[tuple[BundleRef, Mapping[str, Any] | None]],
+        *,
+        alias: str | None = None,
+        reason: str = "",
+        guard: Callable[[sqlite3.Connection, list[BundleRef]], None] | None = None,
+    ) -> None:
+        """Register several bundles, and optionally point ``alias`` at each, in ONE transaction.
+
+        All or nothing: a process killed half-way leaves none of them registered. ``guard``
+        runs first inside the same write transaction and may raise to abort it (the training
+        job service uses it to refuse registration once a job has been cancelled, and to record
+        the registration atomically with its job row, which lives in the same database).
+        """
+        prepared = [(ref, _manifest_of(Path(ref.path)), metrics) for ref, metrics in items]
+        with self._transaction(immediate=True) as con:
+            if guard is not None:
+                guard(con, [ref for ref, _, _ in prepared])
+            for ref, manifest, metrics in prepared:
+                self._insert(con, ref, manifest, metrics)
+                if alias:
+                    previous = self._current(con, ref.component, alias)
+                    if previous != ref.version:
+                        self._move_alias(con, ref.component, alias, ref.version, previous, "set", reason)
+
+    def _insert(self, con: sqlite3.Connection, ref: BundleRef, manifest: Mapping[str, Any],
+                metrics: Mapping[str, Any] | None) -> None:
         if metrics is None:
             metrics = manifest.get("metadata", {}).get("metrics", {})
         metrics_json = json.dumps(metrics, sort_keys=True, default=_json_default)
         now = _utc_now_iso()
-        with self._transaction(immediate=True) as con:
-            existing = con.execute(
-                "SELECT content_hash FROM versions WHERE component = ? AND version = ?",
-                (ref.component, ref.version),
-            ).fetchone()
-            if existing is not None:
-                if existing["content_hash"] == ref.content_hash:
-                    return
-                raise RegistryError(
-                    f"{ref.component} version {ref.version} is already registered with "
-                    f"different content ({existing['content_hash'][:12]} != "
-                    f"{ref.content_hash[:12]}); versions are immutable"
-                )
-            con.execute(
-                "INSERT INTO versions (component, version, path, content_hash, run_id,"
-                " data_version, created_at, registered_at, metrics)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    ref.component,
-                    ref.version,
-                    self._store_path(Path(ref.path)),
-                    ref.content_hash,
-                    ref.run_id,
-                    ref.data_version,
-                    manifest.get("created_at") or now,
-                    now,
-                    metrics_json,
-                ),
+        existing = con.execute(
+            "SELECT content_hash FROM versions WHERE component = ? AND version = ?",
+            (ref.component, ref.version),
+        ).fetchone()
+        if existing is not None:
+            if existing["content_hash"] == ref.content_hash:
+                return
+            raise RegistryError(
+                f"{ref.component} version {ref.version} is already registered with "
+                f"different content ({existing['content_hash'][:12]} != "
+                f"{ref.content_hash[:12]}); versions are immutable"
             )
+        con.execute(
+            "INSERT INTO versions (component, version, path, content_hash, run_id,"
+            " data_version, created_at, registered_at, metrics)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                ref.component,
+                ref.version,
+                self._store_path(Path(ref.path)),
+                ref.content_hash,
+                ref.run_id,
+                ref.data_version,
+                manifest.get("created_at") or now,
+                now,
+                metrics_json,
+            ),
+        )
 
     def versions(self, component: str) -> list[dict[str, Any]]:
         """All registered versions of ``component``, newest first."""

@@ -68,12 +68,22 @@ def candidates(seed: int) -> dict[str, tuple[Pipeline, dict]]:
     }
 
 
+ALGORITHMS = ("logistic_regression", "hist_gradient_boosting", "random_forest")  # the keys of candidates()
+
+
 def search(x: np.ndarray, y: np.ndarray, *, folds: int = 3, budget: int = 4, seed: int = 0,
-           progress=None) -> tuple[str, dict, dict]:
-    """Cross-validated search over every candidate; returns (best name, best params, all results)."""
+           progress=None, algorithms=None) -> tuple[str, dict, dict]:
+    """Cross-validated search over the candidates (all, or the named `algorithms`); returns
+    (best name, best params, all results)."""
     cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     results = {}
-    for name, (pipe, space) in candidates(seed).items():
+    pool = candidates(seed)
+    unknown = set(algorithms or ()) - set(pool)
+    if unknown:
+        raise ValueError(f"unknown success algorithms {sorted(unknown)}; choose from {list(pool)}")
+    for name, (pipe, space) in pool.items():
+        if algorithms and name not in algorithms:
+            continue
         n_options = int(np.prod([len(v) for v in space.values()]))
         rs = RandomizedSearchCV(pipe, space, n_iter=min(budget, n_options), scoring="neg_log_loss", cv=cv,
                                 random_state=seed, n_jobs=1)

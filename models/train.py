@@ -21,6 +21,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -31,6 +32,7 @@ from models import metrics as M
 from models.collaborative import MAX_EASE_ITEMS, CollaborativeModel, interaction_matrix
 from models.content import ContentModel, profile_text
 from models.data.contract import Dataset, load_dataset
+from models.diagnostics import curves, permutation_importance, window_fingerprint
 from models.evaluate import Components, chunk_size, evaluate_window, ranker_training_data
 from models.fairness_eval import evaluate_fairness, evaluate_shortlists
 from models.features import FeatureSpace, pair_features
@@ -43,6 +45,33 @@ from models.success import SuccessModel, search
 log = logging.getLogger("pmis.train")
 GRADES = {"view": 0, "save": 1, "apply": 2}
 GROUP_ATTRIBUTES = ["gender", "social_category", "rural", "college_tier", "disability"]
+COMPONENTS = ("content", "collaborative", "success", "ranker")
+# Share of a run's time each stage takes (measured on the small and default datasets); progress
+# percentages are the cumulative weights of finished (or skipped) stages.
+STAGE_WEIGHTS = {
+    "load and validate": 2,
+    "content": 1,
+    "collaborative: selection on the validation window": 4,
+    "success predictor: search, calibration, evaluation": 14,
+    "ranker: trained on the validation window": 36,
+    "test window: components refitted up to c2, every model evaluated": 14,
+    "final refit on all data and bundles": 29,
+}
+
+
+@dataclass
+class Progress:
+    """One progress report of a run, passed to ``TrainConfig.on_progress``.
+
+    kind: "stage_started" | "stage_finished" | "stage_skipped" | "message" | "metrics".
+    The callback runs in the training thread at every stage boundary and whenever metrics or
+    bundles appear; raising from it stops the run there (cancellation between stages).
+    """
+    kind: str
+    stage: str
+    percent: float
+    message: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -61,6 +90,14 @@ class TrainConfig:
     max_success_rows: int = 200_000  # rows used for the success predictor's model search
     activate: bool = True
     progress: bool = True
+    components: tuple[str, ...] = COMPONENTS  # which bundles to refit, write and register
+    success_algorithms: tuple[str, ...] | None = None  # None: every candidate of models.success
+    train_until: int | None = None  # explicit cutoffs (epoch seconds) instead of the fractions
+    valid_until: int | None = None
+    on_progress: Callable[[Progress], None] | None = None
+    # Runs inside the registry transaction that registers the new versions (all or none); may raise
+    # to abort it. Called as guard(connection, bundle_refs).
+    register_guard: Callable[[Any, list], None] | None = None
     als_grid: list[dict] = field(default_factory=lambda: [
         {"factors": f, "regularization": r, "alpha": a, "iterations": 15}
         for f in (32, 64) for r in (0.05,) for a in (1.0, 5.0)])
@@ -120,6 +157,7 @@ class Trainer:
         self.run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
         self.timings: dict[str, float] = {}
         self.report: dict = {"run_id": self.run_id}
+        self._done = 0  # summed STAGE_WEIGHTS of finished stages
 
     # ------------------------------------------------------------------ helpers
     def _stage(self, name: str):
@@ -130,10 +168,26 @@ class Trainer:
                 self.t = time.perf_counter()
                 if trainer.cfg.progress:
                     tqdm.write(f"[{name}]")
+                trainer._emit("stage_started", name, f"started: {name}")
 
-            def __exit__(self, *exc):
+            def __exit__(self, exc_type, *exc):
                 trainer.timings[name] = round(time.perf_counter() - self.t, 2)
+                if exc_type is None:
+                    trainer._done += STAGE_WEIGHTS.get(name, 0)
+                    trainer._emit("stage_finished", name, f"finished: {name} in {trainer.timings[name]:.1f}s")
         return _Timer()
+
+    def _emit(self, kind: str, stage: str, message: str = "", metrics: dict | None = None) -> None:
+        if self.cfg.on_progress is None:
+            return
+        percent = round(100.0 * self._done / sum(STAGE_WEIGHTS.values()), 1)
+        clean = {k: float(v) for k, v in (metrics or {}).items()
+                 if isinstance(v, (int, float, np.number)) and not isinstance(v, bool) and np.isfinite(v)}
+        self.cfg.on_progress(Progress(kind, stage, percent, message, clean))
+
+    def _skip_stage(self, name: str, why: str) -> None:
+        self._done += STAGE_WEIGHTS.get(name, 0)
+        self._emit("stage_skipped", name, f"skipped: {name}: {why}")
 
     def _bar(self, total: int, desc: str):
         return tqdm(total=total, desc=desc, disable=not self.cfg.progress, leave=False, unit="students")
@@ -202,19 +256,29 @@ class Trainer:
             ds = load_dataset(cfg.data_dir)
             for note in ds.report.notes:
                 tqdm.write(f"  note: {note}")
+                self._emit("message", "load and validate", f"note: {note}")
             self.ds, self.idx = ds, index_dataset(ds)
             self.base_space = FeatureSpace.build(ds.students, ds.internships)
             self.students = self.base_space.students(ds.students)
             self.profile_texts = [profile_text(s, f, p) for s, f, p in zip(
                 ds.students["skills"], ds.students["field"], ds.students["preferred_sectors"])]
             self.groups = {a: ds.students[a].astype(str).to_numpy() for a in GROUP_ATTRIBUTES if a in ds.students}
-        c1, c2 = cutoffs(self.idx.ts, cfg.valid_fraction, cfg.test_fraction)
+        if cfg.train_until is not None and cfg.valid_until is not None:
+            c1, c2 = int(cfg.train_until), int(cfg.valid_until)
+        else:
+            c1, c2 = cutoffs(self.idx.ts, cfg.valid_fraction, cfg.test_fraction)
         iso = lambda t: datetime.fromtimestamp(t, timezone.utc).isoformat()  # noqa: E731
         self.report["split"] = {"train_until": iso(c1), "valid_until": iso(c2),
                                 "interactions": {"train": int((self.idx.ts < c1).sum()),
                                                  "valid": int(((self.idx.ts >= c1) & (self.idx.ts < c2)).sum()),
                                                  "test": int((self.idx.ts >= c2).sum())}}
-        self.report["data"] = {"data_version": ds.data_version, "rows": ds.report.rows, "notes": ds.report.notes}
+        empty = [w for w, n in self.report["split"]["interactions"].items() if n == 0]
+        if empty or c1 >= c2:
+            raise ValueError(f"the time split (train until {iso(c1)}, valid until {iso(c2)}) leaves the "
+                             f"{' and '.join(empty) or 'validation'} window empty; data spans "
+                             f"{iso(int(self.idx.ts.min()))} .. {iso(int(self.idx.ts.max()))}")
+        self.report["data"] = {"data_version": ds.data_version, "rows": ds.report.rows, "notes": ds.report.notes,
+                               "interactions_until": int(self.idx.ts.max())}
 
         with self._stage("content"):
             self.content = ContentModel.fit(ds.internships)
@@ -223,14 +287,23 @@ class Trainer:
             valid_rows, valid_graded = self._window(c1, c2)
             collab_kind, collab_params, collab_table = self._select_collab(c1, valid_rows, valid_graded)
             self.report["collaborative_selection"] = collab_table
+            best = max(collab_table, key=lambda r: r[f"ndcg@{cfg.k}"])
+            self._emit("metrics", "collaborative: selection on the validation window",
+                       f"chose {collab_kind} {collab_params}",
+                       {f"collaborative.validation.ndcg@{cfg.k}": best[f"ndcg@{cfg.k}"]})
 
         success_algo = success_params = None
         if ds.has_outcomes:
             with self._stage("success predictor: search, calibration, evaluation"):
                 success_algo, success_params, success_a = self._success_stage(c1)
+                s = self.report["success"]
+                self._emit("metrics", "success predictor: search, calibration, evaluation",
+                           f"chose {success_algo}", {f"success.{m}": s[m] for m in
+                                                     ("roc_auc", "pr_auc", "log_loss", "brier", "ece")})
         else:
             success_a = None
             self.report["success"] = {"skipped": "no outcomes table in the dataset"}
+            self._skip_stage("success predictor: search, calibration, evaluation", "no outcomes table in the dataset")
 
         with self._stage("ranker: trained on the validation window"):
             comp_a = self._components(c1, self._fit_collab(collab_kind, collab_params, c1), success_a)
@@ -256,6 +329,15 @@ class Trainer:
                                    groups=self.groups, progress=bar.update)
             bar.close()
             self.report["ranking"] = test
+            self.report["evaluation_window"] = window = {
+                "data_version": ds.data_version, "train_until": c1, "valid_until": c2, "k": cfg.k,
+                "candidates": cfg.candidates, "test_students": int(len(test_rows)),
+                "sample_seed": cfg.seed if len(test_rows) >= cfg.max_eval_students else None}
+            window["fingerprint"] = window_fingerprint(window)
+            self._emit("metrics", "test window: components refitted up to c2, every model evaluated",
+                       f"evaluated {len(test_rows)} students on the test window",
+                       {f"{name}.{m}": v for name, block in test.items() if isinstance(block, dict)
+                        for m, v in block.items() if m in (f"ndcg@{cfg.k}", f"recall@{cfg.k}", f"map@{cfg.k}")})
             self.report["fairness"] = evaluate_fairness(
                 comp_b, test_rows, (test_graded > 0).astype(np.float32).tocsr(), k=cfg.k, n_candidates=cfg.candidates,
                 blend_weights=blend_weights, ranker=ranker, item_msme=self._item_msme(ds),
@@ -327,9 +409,14 @@ class Trainer:
         space = self._space(None)  # competition as known when the company decides
         x, y = self._success_rows(c1, space)
         xs, ys = self._subsample(x, y, cfg.max_success_rows)
+        def searched(name, result):
+            if cfg.progress:
+                tqdm.write(f"  {name}: cv log-loss {result['cv_log_loss']:.4f}")
+            self._emit("metrics", "success predictor: search, calibration, evaluation", f"searched {name}",
+                       {f"success.search.{name}.cv_log_loss": result["cv_log_loss"]})
+
         best, params, results = search(xs, ys, folds=cfg.cv_folds, budget=cfg.search_budget, seed=cfg.seed,
-                                       progress=lambda n, r: tqdm.write(f"  {n}: cv log-loss {r['cv_log_loss']:.4f}")
-                                       if cfg.progress else None)
+                                       progress=searched, algorithms=cfg.success_algorithms)
         xf, yf = self._subsample(x, y, 4 * cfg.max_success_rows)
         model = SuccessModel.fit(xf, yf, best, params, folds=cfg.cv_folds, seed=cfg.seed)
         idx = self.idx
@@ -337,6 +424,9 @@ class Trainer:
         x_eval = pair_features(self.students, idx.out_s[later], space.items, idx.out_i[later])
         p = model.predict(x_eval)
         report = M.classification_report(idx.out_y[later], p)
+        report["curves"] = curves(idx.out_y[later], p)
+        report["feature_importance"] = permutation_importance(model.predict, x_eval, idx.out_y[later],
+                                                              SUCCESS_FEATURES, seed=cfg.seed)
         report.update({"algorithm": best, "params": {k: str(v) for k, v in params.items()}, "search": {
             k: {"cv_log_loss": v["cv_log_loss"], "params": {a: str(b) for a, b in v["params"].items()}}
             for k, v in results.items()}, "evaluated_on": "applications made on or after the first cutoff",
@@ -368,30 +458,53 @@ class Trainer:
                        ranker_params, blend_weights) -> dict:
         cfg = self.cfg
         space = self._space(None)
-        base_meta = {"run_id": self.run_id, "data_version": ds.data_version}
+        # The evaluation window (what the metrics were measured on) and the data the bundle saw
+        # (for retraining triggers) travel in every manifest.
+        base_meta = {"run_id": self.run_id, "data_version": ds.data_version,
+                     "evaluation_window": self.report["evaluation_window"],
+                     "data_summary": {"rows": ds.report.rows,
+                                      "interactions_until": self.report["data"]["interactions_until"]}}
         ranking = self.report["ranking"]
         strip = lambda m: {k: v for k, v in m.items() if k != "groups"}  # noqa: E731
-        refs = {"content": self.content.save(cfg.bundles_dir, {**base_meta, "metrics": strip(ranking["content"])},
-                                             space.arrays())}
-        collab = self._fit_collab(collab_kind, collab_params, None)
-        refs["collaborative"] = collab.save(cfg.bundles_dir, {**base_meta, "metrics": strip(ranking["collaborative"]),
-                                                              "params": {"kind": collab_kind, **collab_params}})
-        if ds.has_outcomes:
+        stage = "final refit on all data and bundles"
+        refs = {}
+
+        def written(component):
+            self._emit("message", stage, f"bundle written: {component} v{refs[component].version} "
+                                         f"(registered when every bundle of the run is written)")
+
+        if "content" in cfg.components:
+            refs["content"] = self.content.save(cfg.bundles_dir, {**base_meta, "metrics": strip(ranking["content"])},
+                                                space.arrays())
+            written("content")
+        if "collaborative" in cfg.components:
+            collab = self._fit_collab(collab_kind, collab_params, None)
+            refs["collaborative"] = collab.save(cfg.bundles_dir, {**base_meta,
+                                                                  "metrics": strip(ranking["collaborative"]),
+                                                                  "params": {"kind": collab_kind, **collab_params}})
+            written("collaborative")
+        if ds.has_outcomes and "success" in cfg.components:
             x, y = self._success_rows(None, space)
             x, y = self._subsample(x, y, 4 * cfg.max_success_rows)
             success = SuccessModel.fit(x, y, success_algo, success_params, folds=cfg.cv_folds, seed=cfg.seed)
-            s_metrics = {k: v for k, v in self.report["success"].items() if k not in ("reliability", "search")}
-            refs["success"] = success.save(cfg.bundles_dir, {**base_meta, "metrics": s_metrics,
-                                                            "feature_schema": SUCCESS_FEATURES}, space.arrays())
-        ranker = RankerModel.fit(rx, ry, rg, ranker_params, blend_weights, seed=cfg.seed)
-        refs["ranker"] = ranker.save(cfg.bundles_dir, {**base_meta, "metrics": strip(ranking["ranker"]),
-                                                      "feature_importance": ranker.feature_importance()},
-                                     space.arrays())
+            s_metrics = {k: v for k, v in self.report["success"].items()
+                         if k not in ("reliability", "search", "curves", "feature_importance")}
+            refs["success"] = success.save(cfg.bundles_dir, {
+                **base_meta, "metrics": s_metrics, "feature_schema": SUCCESS_FEATURES,
+                "feature_importance": self.report["success"].get("feature_importance", {})}, space.arrays())
+            written("success")
+        if "ranker" in cfg.components:
+            ranker = RankerModel.fit(rx, ry, rg, ranker_params, blend_weights, seed=cfg.seed)
+            refs["ranker"] = ranker.save(cfg.bundles_dir, {**base_meta, "metrics": strip(ranking["ranker"]),
+                                                          "feature_importance": ranker.feature_importance()},
+                                         space.arrays())
+            written("ranker")
+        # One transaction for all of them: a run stopped here registers every version or none.
         registry = Registry(Path(cfg.bundles_dir) / "registry.db")
-        for component, ref in refs.items():
-            registry.register(ref, metrics=self._manifest_metrics(component))
-            if cfg.activate:
-                registry.set_alias(component, ref.version, "champion", reason=f"trained by run {self.run_id}")
+        registry.register_many([(ref, self._manifest_metrics(c)) for c, ref in refs.items()],
+                               alias="champion" if cfg.activate else None,
+                               reason=f"trained by run {self.run_id}", guard=cfg.register_guard)
+        self._emit("message", stage, "registered " + ", ".join(f"{c} v{r.version}" for c, r in refs.items()))
         return refs
 
     def _manifest_metrics(self, component: str) -> dict:

@@ -1,9 +1,10 @@
-"""`pmis up`: prepare what is missing, start the four component servers and the gateway on loopback,
-wait until every health check says SERVING, answer a real request, and stop them all cleanly."""
+"""`pmis up`: prepare what is missing, start the four component servers, the gateway and the trainer on
+loopback, wait until every health check says SERVING, answer a real request, and stop them all cleanly."""
 
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -18,10 +19,10 @@ COMPONENT_MODULES = {"content": "services.content.server", "collaborative": "ser
                      "success": "services.success.server", "ranker": "services.ranker.server"}
 SERVICE_NAMES = {"content": "pmis.v1.ContentService", "collaborative": "pmis.v1.CollaborativeService",
                  "success": "pmis.v1.SuccessService", "ranker": "pmis.v1.RankerService",
-                 "gateway": "pmis.v1.RecommendationGateway"}
+                 "gateway": "pmis.v1.RecommendationGateway", "trainer": "pmis.v1.TrainerService"}
 
 
-SERVERS = [*COMPONENT_MODULES, "gateway"]
+SERVERS = [*COMPONENT_MODULES, "gateway", "trainer"]
 
 
 @dataclass
@@ -31,8 +32,9 @@ class Ports:
 
     @classmethod
     def consecutive(cls, gateway: int = 50050, metrics: int = 9100) -> "Ports":
-        """Gateway on `gateway`, content/collaborative/success/ranker on the next four (same for metrics)."""
-        order = ["gateway", *COMPONENT_MODULES]
+        """Gateway on `gateway`, content/collaborative/success/ranker on the next four, the trainer on
+        the one after (50055 / 9105 by default); the same for metrics."""
+        order = ["gateway", *COMPONENT_MODULES, "trainer"]
         return cls({n: gateway + i for i, n in enumerate(order)}, {n: metrics + i for i, n in enumerate(order)})
 
     @classmethod
@@ -72,14 +74,26 @@ def wait_serving(target: str, service: str, timeout: float, proc: subprocess.Pop
 
 
 class Cluster:
-    """The five server processes of one loopback deployment."""
+    """The six server processes of one loopback deployment.
+
+    Admin RPCs (Reload, the trainer's StartTraining/CancelJob/Activate/Rollback) need a bearer
+    token: the cluster's servers share `admin_token` (PMIS_ADMIN_TOKEN from the environment, or a
+    fresh random one); `admin_metadata` is what a client sends.
+    """
 
     def __init__(self, home: Path, bundles: Path, catalog: Path, ports: Ports, log_dir: Path | None = None,
-                 extra_env: dict | None = None):
+                 extra_env: dict | None = None, runs: Path | None = None):
         self.home, self.bundles, self.catalog, self.ports = home, bundles, catalog, ports
+        self.runs = runs or home / "runs"
         self.log_dir = log_dir or home / "logs"
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", "OPENBLAS_NUM_THREADS": "1", **(extra_env or {})}
+        self.admin_token = self.env.get("PMIS_ADMIN_TOKEN") or secrets.token_urlsafe(24)
+        self.env["PMIS_ADMIN_TOKEN"] = self.admin_token
         self.procs: dict[str, subprocess.Popen] = {}
+
+    @property
+    def admin_metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.admin_token}"),)
 
     def command(self, name: str) -> list[str]:
         p = self.ports
@@ -89,6 +103,10 @@ class Cluster:
             for c in COMPONENT_MODULES:
                 cmd += [f"--{c}-target", f"127.0.0.1:{p.of(c)}"]
             return cmd
+        if name == "trainer":
+            return [sys.executable, "-m", "services.trainer.server", "--port", str(p.of(name)), "--metrics-port",
+                    str(p.metrics[name]), "--bundles", str(self.bundles), "--runs", str(self.runs),
+                    "--data", str(Path(self.catalog).parent)]
         return [sys.executable, "-m", COMPONENT_MODULES[name], "--port", str(p.of(name)), "--metrics-port",
                 str(p.metrics[name]), "--bundles", str(self.bundles)]
 
@@ -118,7 +136,7 @@ class Cluster:
         return proc.returncode
 
     def stop_all(self) -> None:
-        for name in ["gateway", *COMPONENT_MODULES]:
+        for name in ["gateway", "trainer", *COMPONENT_MODULES]:
             if name in self.procs:
                 self.stop(name)
 
@@ -151,17 +169,27 @@ def up(home: Path, data: Path, bundles: Path, runs: Path, ports: Ports, demo: bo
     from services.client import demo_requests
 
     ensure_ready(home, data, bundles, runs)
-    cluster = Cluster(home, bundles, data / "catalog.db", ports)
+    cluster = Cluster(home, bundles, data / "catalog.db", ports, runs=runs)
+    token_file = home / "admin-token"
+    if "PMIS_ADMIN_TOKEN" not in os.environ:  # a fresh token for this session, readable only by its owner
+        token_file.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(cluster.admin_token + "\n")
     try:
         started = time.perf_counter()
         cluster.start_all()
         target = ports.target("gateway")
-        print(f"\nAll five servers SERVING in {time.perf_counter() - started:.1f}s "
+        admin = (f"$(cat {token_file})" if "PMIS_ADMIN_TOKEN" not in os.environ else "$PMIS_ADMIN_TOKEN")
+        print(f"\nAll six servers SERVING in {time.perf_counter() - started:.1f}s "
               f"(logs in {cluster.log_dir}). Try:\n"
               f"  grpcurl -plaintext {target} list\n"
               f"  grpcurl -plaintext -d '{{\"student_id\": \"S0000001\", \"k\": 5}}' {target} "
               f"pmis.v1.RecommendationGateway/Recommend\n"
-              f"  pmis recommend --student S0000001\n", flush=True)
+              f"  pmis recommend --student S0000001\n"
+              f"  grpcurl -plaintext {ports.target('trainer')} pmis.v1.TrainerService/Status\n"
+              f"  grpcurl -plaintext -H \"authorization: Bearer {admin}\" -d '{{\"config\": {{}}}}' "
+              f"{ports.target('trainer')} pmis.v1.TrainerService/StartTraining\n", flush=True)
         if demo:
             demo_requests(target)
         if exit_after:

@@ -34,10 +34,19 @@ COMPONENTS = {
     "ranker": (ranker_server, ranker_pb2, "RankerService"),
 }
 TIMEOUT = 30.0
+ADMIN_TOKEN = "servicer-tests-admin-token"
+# Reload is an admin RPC (services/common/auth.py): every call of the harness carries the token
+# (read-only RPCs ignore it); the token-less and wrong-token cases are in tests/test_trainer.py.
+ADMIN_METADATA = (("authorization", f"Bearer {ADMIN_TOKEN}"),)
 APPLY, VIEW = common_pb2.EVENT_TYPE_APPLY, common_pb2.EVENT_TYPE_VIEW
 
 
 # --------------------------------------------------------------------------- plumbing
+
+
+@pytest.fixture(autouse=True)
+def _admin_token(monkeypatch):
+    monkeypatch.setenv("PMIS_ADMIN_TOKEN", ADMIN_TOKEN)
 
 
 @pytest.fixture(autouse=True)
@@ -72,7 +81,7 @@ class Harness:
         self.server = grpc_testing.server_from_dictionary({self.service: servicer}, grpc_testing.strict_real_time())
 
     def call(self, method: str, request):
-        rpc = self.server.invoke_unary_unary(self.service.methods_by_name[method], (), request, TIMEOUT)
+        rpc = self.server.invoke_unary_unary(self.service.methods_by_name[method], ADMIN_METADATA, request, TIMEOUT)
         return rpc.termination()  # (response, trailing_metadata, code, details)
 
     def ok(self, method: str, request):

@@ -33,6 +33,7 @@ from models.bundle import Bundle, BundleError, load_bundle
 from models.registry import Registry, RegistryError
 from pmis.v1 import common_pb2
 from services.common import telemetry
+from services.common.auth import admin_only
 from services.common.errors import RpcError, failed_precondition, invalid_argument, unavailable
 
 log = logging.getLogger("pmis.server")
@@ -56,6 +57,7 @@ class ServerConfig:
     drain: float
     workers: int
     max_connection_age_ms: int
+    watch: float = 0.0  # seconds between registry polls for a moved alias; 0 = no watching
 
 
 def parse_config(component: str, default_port: int, default_metrics_port: int, argv=None) -> ServerConfig:
@@ -75,10 +77,13 @@ def parse_config(component: str, default_port: int, default_metrics_port: int, a
     p.add_argument("--workers", type=int, default=int(env("WORKERS", 8)))
     p.add_argument("--max-connection-age-ms", type=int, default=int(env("MAX_CONNECTION_AGE_MS", 60_000)),
                    help="clients re-resolve at least this often (new replicas get traffic)")
+    p.add_argument("--watch", type=float, default=float(env("WATCH_SECONDS", 2)),
+                   help="poll the registry this often and reload when the served alias moves (activation, "
+                        "rollback); 0 = off (env PMIS_WATCH_SECONDS)")
     a = p.parse_args(argv)
     return ServerConfig(component, a.host, a.port, a.metrics_port, a.bundles, a.alias,
                         None if a.version is None else int(a.version), a.bundle_path, a.grace, a.drain, a.workers,
-                        a.max_connection_age_ms)
+                        a.max_connection_age_ms, a.watch)
 
 
 @dataclass
@@ -101,6 +106,8 @@ class ModelSlot:
         self.component, self.build, self.cfg = component, build, cfg
         self._current: Loaded | None = None
         self._reload_lock = threading.Lock()  # one load at a time; serving never waits on it
+        self._alias_seen: int | None = None   # the alias's version at the last load/poll by alias
+        self._registry: Registry | None = None
 
     def resolve(self, *, version: int | None = None, alias: str | None = None, path: Path | None = None) -> Path:
         if path is not None:
@@ -108,7 +115,7 @@ class ModelSlot:
         registry_path = Path(self.cfg.bundles) / "registry.db"
         if not registry_path.exists():
             raise failed_precondition(f"no registry at {registry_path}; train first (`pmis train`)")
-        registry = Registry(registry_path)
+        registry = self._registry = self._registry or Registry(registry_path, read_only=True)
         try:
             row = registry.get(self.component, version) if version is not None else registry.resolve(self.component, alias)
         except RegistryError as e:
@@ -132,11 +139,48 @@ class ModelSlot:
             model = self.build(bundle)
             loaded = Loaded(model, bundle, datetime.now(timezone.utc))
             previous, self._current = self._current, loaded  # the swap: one reference assignment
+            if target.get("alias") == self.cfg.alias:
+                self._alias_seen = bundle.ref.version
             telemetry.bundle_loaded(self.component, bundle.ref)
             log.info("bundle loaded", extra={"fields": {"component": self.component, "version": bundle.ref.version,
                                                         "content_hash": bundle.ref.content_hash[:12],
                                                         "build_ms": round(1000 * (time.perf_counter() - started), 1)}})
             return previous, loaded
+
+    @property
+    def watching(self) -> bool:
+        """Only a slot that serves an alias follows it (a pinned version or folder stays put)."""
+        return self.cfg.path is None and self.cfg.version is None and self.cfg.watch > 0
+
+    def check_alias(self) -> bool:
+        """One registry poll: reload if the served alias has moved since the last load or poll.
+
+        It follows *moves* of the alias (Activate, Rollback, `pmis models activate`), so a
+        manual `Reload` to another version stays in place until the alias moves again. A
+        version that fails to load is logged once and not retried until the alias moves again;
+        the current model keeps serving. Returns True when a new version was swapped in.
+        """
+        registry_path = Path(self.cfg.bundles) / "registry.db"
+        if not registry_path.exists():
+            return False
+        try:
+            self._registry = self._registry or Registry(registry_path, read_only=True)
+            version = int(self._registry.resolve(self.component, self.cfg.alias)["version"])
+        except Exception as e:  # noqa: BLE001 - a busy or missing registry is retried next poll
+            log.warning("registry poll failed: %s", e, extra={"fields": {"component": self.component}})
+            return False
+        if version == self._alias_seen:
+            return False
+        previous_seen, self._alias_seen = self._alias_seen, version
+        try:
+            self.load(alias=self.cfg.alias)
+        except RpcError as e:
+            log.error("alias %s moved to v%s but that bundle was refused; still serving the previous one: %s",
+                      self.cfg.alias, version, e.message, extra={"fields": {"component": self.component}})
+            return False
+        log.info("alias moved: reloaded", extra={"fields": {"component": self.component, "alias": self.cfg.alias,
+                                                            "from": previous_seen, "to": version}})
+        return True
 
     def get(self) -> Loaded:
         current = self._current
@@ -172,6 +216,7 @@ class ModelAdmin:
         return self.slot.get().version_message()
 
     @rpc
+    @admin_only
     def Reload(self, request, context):
         which = request.WhichOneof("target")
         if which is None:
@@ -222,6 +267,16 @@ class ComponentServer:
             self.stop()
             return
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        slot = self.servicer.slot
+        if slot.watching:
+            threading.Thread(target=self._watch_registry, daemon=True, name="registry-watch").start()
+
+    def _watch_registry(self) -> None:
+        while not self.stopped.wait(self.cfg.watch):
+            try:
+                self.servicer.slot.check_alias()
+            except Exception:  # noqa: BLE001 - the watch must outlive any one bad poll
+                log.exception("registry watch failed", extra={"fields": {"component": self.cfg.component}})
 
     def stop(self) -> None:
         """NOT_SERVING first, then drain, then let in-flight calls finish within the grace period."""

@@ -1,0 +1,839 @@
+"""The model lifecycle: job table, configuration checks, auth, cancel, restart, triggers, registry watch.
+
+Real pieces throughout: a tiny generated dataset with a trained champion (shared through the
+session's base temp folder with tests/test_trainer_e2e.py), the trainer server in-process on a
+loopback port with real worker processes, and — for restarts — the trainer as a subprocess that
+is killed the way a crashed pod is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from contextlib import closing
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from types import SimpleNamespace
+
+import grpc
+import pandas as pd
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from models import diagnostics
+from models.bundle import write_bundle
+from models.jobs import RESTART_MESSAGE, JobStopped, JobStore, normalise_config
+from models.registry import Registry, RegistryError
+from pmis.v1 import common_pb2, content_pb2_grpc, trainer_pb2, trainer_pb2_grpc
+from services.common.errors import field_violations
+from tests.conftest import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+TOKEN = "trainer-tests-admin-token"
+AUTH = (("authorization", f"Bearer {TOKEN}"),)
+WRONG = (("authorization", "Bearer not-the-token"),)
+T = trainer_pb2
+FAST = {"success": {"algorithms": ["logistic_regression"], "search_budget": 1}}  # small search budgets
+
+
+# --------------------------------------------------------------------------- shared set-up
+
+
+@pytest.fixture(scope="session")
+def tiny_system(tmp_path_factory) -> SimpleNamespace:
+    """600 students x 120 internships and a trained champion of every component (about 15 s).
+
+    Built once per session in the base temp folder, so test_trainer_e2e.py reuses it.
+    """
+    base = tmp_path_factory.getbasetemp() / "trainer-tiny"
+    system = SimpleNamespace(root=base, data=base / "data", bundles=base / "bundles", runs=base / "runs")
+    if not (base / "ready").exists():
+        from models.data.generate import generate
+        from models.train import TrainConfig, train
+
+        shutil.rmtree(base, ignore_errors=True)
+        generate(system.data, students=600, internships=120, seed=11, progress=False, catalog=False)
+        train(TrainConfig(data_dir=system.data, bundles_dir=system.bundles, runs_dir=system.runs, search_budget=1,
+                          success_algorithms=("logistic_regression",), progress=False,
+                          als_grid=[{"factors": 16, "regularization": 0.05, "alpha": 1.0, "iterations": 10}],
+                          ease_grid=[{"lambda": 200.0}]))
+        (base / "ready").write_text("ok")
+    return system
+
+
+def copy_system(tiny: SimpleNamespace, dest: Path) -> SimpleNamespace:
+    """Private bundles/registry/runs (jobs, activations and rollbacks stay in this copy); shared data."""
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(tiny.bundles, dest / "bundles", ignore=shutil.ignore_patterns("registry.db*"))
+    with closing(sqlite3.connect(tiny.bundles / "registry.db")) as src, \
+            closing(sqlite3.connect(dest / "bundles" / "registry.db")) as dst:
+        src.backup(dst)
+    shutil.copytree(tiny.runs, dest / "runs")
+    return SimpleNamespace(root=dest, data=tiny.data, bundles=dest / "bundles", runs=dest / "runs")
+
+
+def wait_serving(port: int, service: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+        stub = health_pb2_grpc.HealthStub(ch)
+        while time.monotonic() < deadline:
+            try:
+                if stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=1).status == \
+                        health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.1)
+    raise TimeoutError(f"{service} on {port} not SERVING")
+
+
+@pytest.fixture(scope="module")
+def admin_env():
+    mp = pytest.MonkeyPatch()
+    mp.setenv("PMIS_ADMIN_TOKEN", TOKEN)
+    mp.delenv("PMIS_ADMIN_TOKEN_FILE", raising=False)
+    yield
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def trainer(tiny_system, tmp_path_factory, admin_env):
+    """The trainer server in this process, on a copy of the tiny system."""
+    from services.trainer import server as trainer_server
+
+    system = copy_system(tiny_system, tmp_path_factory.mktemp("trainer"))
+    cfg = trainer_server.parse_config([
+        "--port", "0", "--metrics-port", "0", "--bundles", str(system.bundles), "--runs", str(system.runs),
+        "--data", str(system.data), "--data-roots", f"{tiny_system.root}{os.pathsep}{system.root}",
+        "--kill-after", "3", "--poll", "0.1", "--grace", "1"])
+    server = trainer_server.build(cfg).start()
+    wait_serving(server.port, "pmis.v1.TrainerService")
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+    yield SimpleNamespace(server=server, stub=trainer_pb2_grpc.TrainerServiceStub(channel), system=system, cfg=cfg,
+                          store=server.servicer.store)
+    channel.close()
+    server.stop()
+
+
+def code_of(call) -> grpc.StatusCode:
+    try:
+        call()
+    except grpc.RpcError as e:
+        return e.code()
+    return grpc.StatusCode.OK
+
+
+def violations_of(call) -> set[str]:
+    with pytest.raises(grpc.RpcError) as info:
+        call()
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
+    fields = {f for f, _ in field_violations(info.value)}
+    assert fields, f"INVALID_ARGUMENT without BadRequest field violations: {info.value.details()}"
+    return fields
+
+
+def watch_until(stub, job_id: str, predicate, timeout: float = 120.0) -> list:
+    """Updates of the job's WatchJob stream until `predicate(update)` holds (or the stream ends)."""
+    seen = []
+    call = stub.WatchJob(T.WatchJobRequest(job_id=job_id), timeout=timeout)
+    for update in call:
+        seen.append(update)
+        if predicate(update):
+            call.cancel()
+            break
+    return seen
+
+
+def content_version(system, run_id: str) -> int:
+    """Write (and register) one more content bundle: a version to activate, compare, watch."""
+    from models.content import ContentModel
+    from models.data.contract import load_dataset
+    from models.features import FeatureSpace
+
+    ds = load_dataset(system.data)
+    ref = ContentModel.fit(ds.internships).save(system.bundles, {"run_id": run_id, "data_version": ds.data_version},
+                                                FeatureSpace.build(ds.students, ds.internships).arrays())
+    Registry(system.bundles / "registry.db").register(ref)
+    return ref.version
+
+
+def config(**kw) -> T.TrainingConfig:
+    return T.TrainingConfig(**{**FAST, **kw})
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+@pytest.mark.parametrize("raw,fields", [
+    ({"components": ["content", "bogus", "content"]}, {"components[1]", "components[2]"}),
+    ({"cv_folds": 2}, {"cv_folds"}),
+    ({"cv_folds": 11}, {"cv_folds"}),
+    ({"success": {"algorithms": ["svm", "random_forest", "random_forest"], "search_budget": 51}},
+     {"success.algorithms[0]", "success.algorithms[2]", "success.search_budget"}),
+    ({"split": {"valid_fraction": 0.5, "test_fraction": 0.3}}, {"split.valid_fraction", "split"}),
+    ({"split": {"valid_fraction": 0.01}}, {"split.valid_fraction"}),
+    ({"split": {"train_until": 2000}}, {"split.valid_until"}),
+    ({"split": {"train_until": 2000, "valid_until": 1000}}, {"split.valid_until"}),
+    ({"split": {"train_until": 1000, "valid_until": 2000, "test_fraction": 0.2}}, {"split"}),
+    ({"auto_activation": {"enabled": True, "margin": 1.5}}, {"auto_activation.margin"}),
+    ({"auto_activation": {"enabled": True, "margin": float("nan")}}, {"auto_activation.margin"}),
+    ({"max_eval_students": 5, "description": "x" * 201}, {"max_eval_students", "description"}),
+    ({"data_source": "/"}, {"data_source"}),                      # outside the data roots
+    ({"data_source": "{root}/nope"}, {"data_source"}),            # does not exist
+    ({"data_source": "{root}/bundles"}, {"data_source"}),         # no students table
+])
+def test_config_violations_name_the_fields(tiny_system, raw, fields):
+    if "data_source" in raw:
+        raw = {"data_source": raw["data_source"].format(root=tiny_system.root)}
+    _, violations = normalise_config(raw, tiny_system.data, [tiny_system.root])
+    assert {f for f, _ in violations} == fields
+    assert all(d for _, d in violations)
+
+
+def test_config_defaults_and_normalisation(tiny_system):
+    config_, violations = normalise_config({"components": ["ranker", "content"]}, tiny_system.data, [tiny_system.root])
+    assert violations == []
+    assert config_["components"] == ["content", "ranker"]  # canonical order
+    assert config_["data_source"] == str(tiny_system.data.resolve())
+    assert (config_["cv_folds"], config_["search_budget"], config_["valid_fraction"], config_["test_fraction"]) == \
+        (3, 4, 0.15, 0.15)
+    assert config_["auto_activate"] is False and config_["success_algorithms"] == []
+    cut, violations = normalise_config({"split": {"train_until": 10, "valid_until": 20}}, tiny_system.data,
+                                       [tiny_system.root])
+    assert violations == [] and (cut["train_until"], cut["valid_until"]) == (10, 20)
+
+
+def test_start_training_rejects_bad_configs_with_field_violations(trainer):
+    stub = trainer.stub
+    bad = T.TrainingConfig(components=["content", "everything"], cv_folds=12,
+                           success=T.SuccessSearch(algorithms=["xgboost"]),
+                           split=T.TimeSplit(valid_fraction=0.5),
+                           auto_activation=T.AutoActivation(enabled=True, margin=-0.1), data_source="/etc")
+    jobs_before = sum(trainer.store.counts().values())
+    fields = violations_of(lambda: stub.StartTraining(T.StartTrainingRequest(config=bad), metadata=AUTH, timeout=10))
+    assert fields == {"config.components[1]", "config.cv_folds", "config.success.algorithms[0]",
+                      "config.split.valid_fraction", "config.split", "config.auto_activation.margin",
+                      "config.data_source"}
+    assert sum(trainer.store.counts().values()) == jobs_before  # nothing was queued
+
+
+# --------------------------------------------------------------------------- auth
+
+
+@pytest.fixture(scope="module")
+def content_server(trainer):
+    """A content component server in this process, on the trainer's registry, watching it."""
+    from services.common.server import ComponentServer, ServerConfig
+    from services.content import server as content_server_module
+
+    cfg = ServerConfig(component="content", host="127.0.0.1", port=0, metrics_port=0, bundles=trainer.system.bundles,
+                       alias="champion", version=None, path=None, grace=0.5, drain=0.0, workers=4,
+                       max_connection_age_ms=60_000, watch=0.2)
+    server = ComponentServer(cfg, content_server_module.SERVICE, content_server_module.make_servicer(cfg),
+                             content_pb2_grpc.add_ContentServiceServicer_to_server).start()
+    wait_serving(server.port, content_server_module.SERVICE)
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+    yield content_pb2_grpc.ContentServiceStub(channel)
+    channel.close()
+    server.stop()
+
+
+def test_every_mutating_rpc_needs_the_admin_token(trainer, content_server):
+    stub = trainer.stub
+    champion = Registry(trainer.system.bundles / "registry.db").resolve("content")["version"]
+    calls = {
+        "StartTraining": lambda md: stub.StartTraining(T.StartTrainingRequest(config=config()), metadata=md, timeout=10),
+        "CancelJob": lambda md: stub.CancelJob(T.CancelJobRequest(job_id="job-none"), metadata=md, timeout=10),
+        "Activate": lambda md: stub.Activate(T.ActivateRequest(component="content", version=champion), metadata=md,
+                                             timeout=30),
+        "Rollback": lambda md: stub.Rollback(T.RollbackRequest(component="content"), metadata=md, timeout=10),
+        "CheckTriggers(start)": lambda md: stub.CheckTriggers(T.CheckTriggersRequest(start_if_needed=True),
+                                                              metadata=md, timeout=30),
+        "content Reload": lambda md: content_server.Reload(common_pb2.ReloadRequest(alias="champion"), metadata=md,
+                                                           timeout=30),
+    }
+    for name, call in calls.items():
+        assert code_of(lambda: call(())) == grpc.StatusCode.UNAUTHENTICATED, name
+        assert code_of(lambda: call((("authorization", "Basic dXNlcjpwYXNz"),))) == \
+            grpc.StatusCode.UNAUTHENTICATED, name
+        assert code_of(lambda: call(WRONG)) == grpc.StatusCode.PERMISSION_DENIED, name
+    # The right token gets through to the RPC itself (which then answers on its merits).
+    job = calls["StartTraining"](AUTH)
+    assert job.status == T.JOB_STATUS_QUEUED and job.job_id.startswith("job-")
+    cancelled = stub.CancelJob(T.CancelJobRequest(job_id=job.job_id), metadata=AUTH, timeout=30)
+    assert cancelled.status == T.JOB_STATUS_CANCELLED
+    assert code_of(lambda: calls["CancelJob"](AUTH)) == grpc.StatusCode.NOT_FOUND
+    assert calls["Activate"](AUTH).current.version == champion
+    assert code_of(lambda: calls["Rollback"](AUTH)) == grpc.StatusCode.FAILED_PRECONDITION  # nothing earlier
+    assert calls["content Reload"](AUTH).current.component == "content"
+    decision = calls["CheckTriggers(start)"](AUTH)  # same data, fresh champion: nothing to do
+    assert decision.should_train is False and decision.job_id == ""
+
+
+def test_admin_rpcs_refused_when_no_token_is_configured(trainer, content_server, monkeypatch):
+    monkeypatch.delenv("PMIS_ADMIN_TOKEN")
+    with pytest.raises(grpc.RpcError) as info:
+        trainer.stub.Rollback(T.RollbackRequest(component="content"), metadata=AUTH, timeout=10)
+    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED and "disabled" in info.value.details()
+    with pytest.raises(grpc.RpcError) as info:
+        content_server.Reload(common_pb2.ReloadRequest(alias="champion"), metadata=AUTH, timeout=10)
+    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED and "PMIS_ADMIN_TOKEN" in info.value.details()
+    # a mounted secret file works as well as the variable
+    token_file = trainer.system.root / "token"
+    token_file.write_text(TOKEN + "\n")
+    monkeypatch.setenv("PMIS_ADMIN_TOKEN_FILE", str(token_file))
+    assert content_server.Reload(common_pb2.ReloadRequest(alias="champion"), metadata=AUTH, timeout=30).current.version
+
+
+def test_read_only_rpcs_need_no_token(trainer, content_server):
+    stub = trainer.stub
+    assert stub.Status(T.StatusRequest(), timeout=10).max_concurrent_jobs == 1
+    stub.ListJobs(T.ListJobsRequest(), timeout=10)
+    assert stub.ListModels(T.ListModelsRequest(component="success"), timeout=10).models
+    assert stub.GetModel(T.GetModelRequest(component="ranker"), timeout=10).summary.champion
+    assert stub.DataQuality(T.DataQualityRequest(), timeout=60).ok
+    assert stub.CheckTriggers(T.CheckTriggersRequest(), timeout=60).check_id > 0
+    assert content_server.ModelInfo(common_pb2.ModelInfoRequest(), timeout=10).component == "content"
+
+
+# --------------------------------------------------------------------------- models
+
+
+def test_list_get_compare_activate_rollback(trainer, content_server):
+    stub, system = trainer.stub, trainer.system
+    champion = stub.GetModel(T.GetModelRequest(component="content"), timeout=10).summary.version
+    extra = content_version(system, "compare-test")
+    listed = stub.ListModels(T.ListModelsRequest(component="content", page_size=1), timeout=10)
+    assert [m.version for m in listed.models] == [extra] and listed.next_page_token
+    rest = stub.ListModels(T.ListModelsRequest(component="content", page_size=1, page_token=listed.next_page_token),
+                           timeout=10)
+    assert rest.models[0].version < extra
+    active = stub.ListModels(T.ListModelsRequest(component="content", active_only=True), timeout=10)
+    assert [m.version for m in active.models] == [champion] and active.models[0].champion
+    assert violations_of(lambda: stub.ListModels(T.ListModelsRequest(component="content", page_token="garbage"),
+                                                 timeout=10)) == {"page_token"}
+    assert violations_of(lambda: stub.ListModels(T.ListModelsRequest(component="gateway"), timeout=10)) == {"component"}
+
+    # plots of the champion's run, as paths and bytes; feature importance of the ranker
+    detail = stub.GetModel(T.GetModelRequest(component="success", include_plot_bytes=True), timeout=10)
+    plots = {p.name: p for p in detail.plots}
+    assert {"reliability.png", "roc.png", "pr.png", "feature_importance_success.png"} <= set(plots)
+    for p in plots.values():
+        assert Path(p.path).is_file() and p.png.startswith(b"\x89PNG") and p.description
+    assert detail.feature_importance and detail.manifest["component"] == "success"
+    assert detail.summary.window.fingerprint and detail.summary.window.test_students > 0
+    ranker = stub.GetModel(T.GetModelRequest(component="ranker"), timeout=10)
+    assert {"feature_importance_ranker.png", "fairness_groups.png"} <= {p.name for p in ranker.plots}
+    assert all(p.png == b"" for p in ranker.plots) and len(ranker.feature_importance) > 5
+    assert code_of(lambda: stub.GetModel(T.GetModelRequest(component="content", version=999), timeout=10)) == \
+        grpc.StatusCode.NOT_FOUND
+
+    # the hand-made version records no evaluation window: not comparable, and said so
+    cmp = stub.CompareModels(T.CompareModelsRequest(component="content", versions=[extra], include_champion=True),
+                             timeout=10)
+    assert [m.version for m in cmp.models] == [extra, champion]
+    assert cmp.same_window is False and any("not recorded" in d for d in cmp.window_differences)
+    ndcg = next(m for m in cmp.metrics if m.metric == "ndcg@10")
+    assert set(ndcg.values) == {champion} and ndcg.direction == 1  # only the champion has test-window metrics
+    assert code_of(lambda: stub.CompareModels(T.CompareModelsRequest(
+        component="content", versions=[extra, champion], require_same_window=True), timeout=10)) == \
+        grpc.StatusCode.FAILED_PRECONDITION
+    assert violations_of(lambda: stub.CompareModels(T.CompareModelsRequest(component="content", versions=[extra]),
+                                                    timeout=10)) == {"versions"}
+
+    # activation moves the alias; the watching content server follows it; rollback moves it back
+    change = stub.Activate(T.ActivateRequest(component="content", version=extra, reason="test"), metadata=AUTH,
+                           timeout=30)
+    assert (change.previous.version, change.current.version) == (champion, extra) and "PMIS_WATCH_SECONDS" in change.pickup
+    assert _eventually(lambda: content_server.ModelInfo(common_pb2.ModelInfoRequest(), timeout=5).version == extra)
+    back = stub.Rollback(T.RollbackRequest(component="content"), metadata=AUTH, timeout=30)
+    assert (back.previous.version, back.current.version) == (extra, champion)
+    assert _eventually(lambda: content_server.ModelInfo(common_pb2.ModelInfoRequest(), timeout=5).version == champion)
+    history = stub.GetModel(T.GetModelRequest(component="content"), timeout=10).champion_history
+    assert [h.action for h in history][-2:] == ["set", "rollback"]
+
+    # a version whose files were tampered with is never activated
+    bad = content_version(system, "tampered")
+    row = Registry(system.bundles / "registry.db").get("content", bad)
+    victim = Path(row["path"]) / "item_stipend.npy"
+    with open(victim, "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Activate(T.ActivateRequest(component="content", version=bad), metadata=AUTH, timeout=30)
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION and victim.name in info.value.details()
+    assert Registry(system.bundles / "registry.db").resolve("content")["version"] == champion
+    assert code_of(lambda: stub.Activate(T.ActivateRequest(component="content", version=999), metadata=AUTH,
+                                         timeout=10)) == grpc.StatusCode.NOT_FOUND
+
+
+def _eventually(check, timeout: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_model_slot_follows_moves_of_its_alias_only(trainer):
+    """The registry watch reloads when the alias moves, not when someone pinned another version."""
+    from services.common.server import ModelSlot, ServerConfig
+    from services.content.server import ContentRuntime
+
+    system = trainer.system
+    registry = Registry(system.bundles / "registry.db")
+    champion = registry.resolve("content")["version"]
+    other = content_version(system, "watch-test")
+    cfg = ServerConfig("content", "127.0.0.1", 0, 0, system.bundles, "champion", None, None, 0.5, 0.0, 1, 60_000,
+                       watch=1.0)
+    slot = ModelSlot("content", ContentRuntime.from_bundle, cfg)
+    slot.load()
+    assert slot.check_alias() is False and slot.get().bundle.ref.version == champion
+    slot.load(version=other)  # a manual Reload to another version ...
+    assert slot.check_alias() is False and slot.get().bundle.ref.version == other  # ... stays put
+    slot.load(alias="champion")
+    registry.set_alias("content", other, reason="watch test")
+    try:
+        assert slot.check_alias() is True and slot.get().bundle.ref.version == other
+        assert slot.check_alias() is False
+    finally:
+        registry.rollback("content", reason="watch test done")
+    assert slot.check_alias() is True and slot.get().bundle.ref.version == champion
+    pinned = ModelSlot("content", ContentRuntime.from_bundle, ServerConfig(
+        "content", "127.0.0.1", 0, 0, system.bundles, "champion", champion, None, 0.5, 0.0, 1, 60_000, watch=1.0))
+    assert pinned.watching is False
+
+
+# --------------------------------------------------------------------------- data and triggers
+
+
+def test_data_quality_reports_file_row_column(trainer):
+    stub, system = trainer.stub, trainer.system
+    ok = stub.DataQuality(T.DataQualityRequest(data_source=str(system.data)), timeout=60)
+    assert ok.ok and ok.rows["students"] == 600 and ok.data_version and not ok.errors
+    broken = system.root / "broken"
+    shutil.copytree(system.data, broken)
+    inter = pd.read_parquet(broken / "interactions.parquet")
+    inter.loc[4, "student_id"] = "S9999999"
+    inter.to_parquet(broken / "interactions.parquet", index=False)
+    report = stub.DataQuality(T.DataQualityRequest(data_source=str(broken)), timeout=60)
+    assert not report.ok and report.data_version == ""
+    problem = next(e for e in report.errors if e.column == "student_id")
+    assert problem.file == "interactions.parquet" and problem.row == 5 and "S9999999" in problem.message
+    assert violations_of(lambda: stub.DataQuality(T.DataQualityRequest(data_source="/usr"), timeout=10)) == \
+        {"data_source"}
+
+
+def _grow(data: Path, dest: Path, interactions: int, outcomes: int) -> Path:
+    """A copy of `data` with later interactions (and outcomes for applications among them)."""
+    shutil.copytree(data, dest)
+    inter = pd.read_parquet(dest / "interactions.parquet")
+    extra = inter.sample(interactions, random_state=0).copy()
+    latest = pd.to_datetime(inter["timestamp"]).max()
+    extra["timestamp"] = latest + pd.to_timedelta(range(1, interactions + 1), unit="min")
+    extra["event"] = "apply"
+    extra = extra.drop_duplicates(["student_id", "internship_id"])
+    pd.concat([inter, extra]).to_parquet(dest / "interactions.parquet", index=False)
+    out = pd.read_parquet(dest / "outcomes.parquet")
+    new = extra[["student_id", "internship_id"]].merge(out[["student_id", "internship_id"]], how="left",
+                                                      indicator=True)
+    new = new[new["_merge"] == "left_only"].drop(columns="_merge").head(outcomes)
+    template = out.iloc[[0] * len(new)].reset_index(drop=True)
+    template[["student_id", "internship_id"]] = new.reset_index(drop=True)
+    pd.concat([out, template]).to_parquet(dest / "outcomes.parquet", index=False)
+    return dest
+
+
+def test_retraining_triggers_count_new_rows_and_age(trainer, tmp_path):
+    from models.triggers import check
+
+    system = trainer.system
+    registry = Registry(system.bundles / "registry.db")
+    same = check(system.data, registry, min_new_interactions=10, min_new_outcomes=10, max_age_hours=24)
+    assert same["should_train"] is False and same["new_interactions"] == 0
+    assert "no new data" in same["reasons"][0]
+    old = check(system.data, registry, min_new_interactions=10, min_new_outcomes=10, max_age_hours=24,
+                now=datetime.now(timezone.utc) + timedelta(hours=30))
+    assert old["should_train"] and any("old" in r for r in old["reasons"])
+
+    grown = _grow(system.data, tmp_path / "grown", interactions=120, outcomes=40)
+    added = len(pd.read_parquet(grown / "interactions.parquet")) - len(pd.read_parquet(system.data / "interactions.parquet"))
+    more = check(grown, registry, min_new_interactions=added, min_new_outcomes=1000, max_age_hours=24)
+    assert more["should_train"] and more["new_interactions"] == added and more["new_outcomes"] == 40
+    assert more["current_data_version"] != more["champion_data_version"]
+    assert f"{added} new interactions" in more["reasons"][0]
+    fewer = check(grown, registry, min_new_interactions=added + 1, min_new_outcomes=41, max_age_hours=24)
+    assert fewer["should_train"] is False and f"only {added} new interactions" in fewer["reasons"][0]
+    by_outcomes = check(grown, registry, min_new_interactions=10_000, min_new_outcomes=40, max_age_hours=24)
+    assert by_outcomes["should_train"] and "40 new outcomes" in by_outcomes["reasons"][0]
+    empty = Registry(tmp_path / "empty" / "registry.db")
+    assert check(system.data, empty)["reasons"] == ["no champion is active for any component"]
+
+
+def test_pmis_retrain_if_needed_logs_its_decision(trainer, tmp_path, capsys):
+    from models.cli import main
+
+    system = trainer.system
+    args = ["retrain", "--if-needed", "--data", str(system.data), "--bundles", str(system.bundles), "--runs",
+            str(system.runs), "--min-new-interactions", "50"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("no retraining needed") and "no new data" in out
+    grown = _grow(system.data, tmp_path / "grown", interactions=80, outcomes=5)
+    assert main(["retrain", "--dry-run", "--data", str(grown), "--bundles", str(system.bundles), "--runs",
+                 str(system.runs), "--min-new-interactions", "50"]) == 0
+    assert capsys.readouterr().out.startswith("retraining (check")
+    log = JobStore(system.bundles / "registry.db").triggers(2)
+    assert [t["should_train"] for t in log] == [True, False] and all(t["source"] == "cli" for t in log)
+    assert log[0]["details"]["new_interactions"] >= 50 and log[0]["job_id"] is None  # dry run: no job
+
+
+def test_check_triggers_rpc_starts_one_job_when_needed(trainer):
+    stub = trainer.stub
+    first = stub.CheckTriggers(T.CheckTriggersRequest(max_age_hours=1e-6, start_if_needed=True, config=config()),
+                               metadata=AUTH, timeout=60)
+    assert first.should_train and first.job_id and first.source == "rpc"
+    second = stub.CheckTriggers(T.CheckTriggersRequest(max_age_hours=1e-6, start_if_needed=True, config=config()),
+                                metadata=AUTH, timeout=60)
+    assert second.should_train and second.job_id == "" and any(first.job_id in r for r in second.reasons)
+    job = stub.GetJob(T.GetJobRequest(job_id=first.job_id), timeout=10)
+    assert job.source == "trigger" and "old" in job.reason
+    stub.CancelJob(T.CancelJobRequest(job_id=first.job_id), metadata=AUTH, timeout=30)
+    log = trainer.store.triggers(2)
+    assert log[1]["job_id"] == first.job_id and log[0]["job_id"] is None
+    status = stub.Status(T.StatusRequest(), timeout=10)
+    assert status.last_trigger_check.check_id == second.check_id
+    assert violations_of(lambda: stub.CheckTriggers(T.CheckTriggersRequest(min_new_outcomes=-1), timeout=10)) == \
+        {"min_new_outcomes"}
+
+
+# --------------------------------------------------------------------------- jobs
+
+
+def test_job_table_recovery_after_restart(tmp_path):
+    """What a new trainer does with the table a dead one left behind."""
+    store = JobStore(tmp_path / "registry.db")
+    cfg = {"components": ["content"]}
+    running, queued, done, committed = (store.create(cfg)["job_id"] for _ in range(4))
+    for job_id in (running, done, committed):
+        assert store.start(job_id, pid=123, host="old-pod")
+    store.progress(running, "stage_started", "ranker: trained on the validation window", 21.0, "started: ranker")
+    store.finish(done, "SUCCEEDED", "registered content v1")
+    with closing(sqlite3.connect(store.db_path)) as con:
+        store.guard(committed)(con, [])
+        con.commit()
+    again = JobStore(tmp_path / "registry.db")  # the new trainer
+    assert sorted(again.recover()) == sorted([running, committed])
+    r = again.get(running)
+    assert r["status"] == "FAILED" and r["finished_at"]
+    assert r["message"] == f"{RESTART_MESSAGE} during 'ranker: trained on the validation window' at 21%"
+    assert "after the job had registered" in again.get(committed)["message"]
+    assert again.get(queued)["status"] == "QUEUED"  # never started: the new trainer runs it
+    assert again.get(done)["status"] == "SUCCEEDED"
+    assert again.events(running)[-1]["status"] == "FAILED"
+    assert again.recover() == []
+    jobs, _ = again.list()
+    assert {j["job_id"] for j in jobs} == {running, queued, done, committed}
+
+
+def test_registration_is_all_or_nothing_and_refused_after_cancel(tmp_path):
+    root = tmp_path / "bundles"
+    store = JobStore(root / "registry.db")
+    registry = store.registry
+    job = store.create({"components": ["content", "ranker"]})["job_id"]
+    store.start(job, os.getpid(), "here")
+    store.set_run(job, "run-cancelled")
+    refs = [write_bundle(root, c, documents={"x": 1}, metadata={"run_id": "run-cancelled"}) for c in ("content", "ranker")]
+    (root / "content" / ".tmp-halfwritten").mkdir()
+    assert store.stop(job, "CANCELLED", "cancelled by request")[0]
+    with pytest.raises(JobStopped):
+        registry.register_many([(r, {}) for r in refs], alias="champion", guard=store.guard(job))
+    assert registry.components() == []  # not one of them
+    removed = store.cleanup(store.get(job), root, tmp_since=time.time() - 60)
+    assert len(removed) == 3 and not any((root / c / "1").exists() for c in ("content", "ranker"))
+    assert not (root / "content" / ".tmp-halfwritten").exists()
+
+    # a clash on the second version rolls back the first one too
+    ok = store.create({"components": ["content", "ranker"]})["job_id"]
+    store.start(ok, os.getpid(), "here")
+    first = write_bundle(root, "content", documents={"x": 2}, metadata={"run_id": "r2"})
+    registry.register(write_bundle(root, "ranker", documents={"x": 3}, metadata={"run_id": "other"}))
+    clash = write_bundle(root, "ranker", documents={"x": 4}, metadata={"run_id": "r2"})
+    from dataclasses import replace
+    with pytest.raises(RegistryError):
+        registry.register_many([(first, {}), (replace(clash, version=1), {})], guard=store.guard(ok))
+    assert registry.versions("content") == [] and store.get(ok)["committed"] is False
+
+    # once registered, a cancel is refused: the versions are complete and recorded on the job
+    registry.register_many([(first, {}), (clash, {})], alias="champion", guard=store.guard(ok))
+    assert store.get(ok)["committed"] and store.get(ok)["versions"] == {"content": first.version,
+                                                                        "ranker": clash.version}
+    changed, row = store.stop(ok, "CANCELLED", "too late")
+    assert not changed and row["status"] == "RUNNING"
+
+
+def test_cancel_during_bundle_writing_leaves_no_version(trainer):
+    """Cancel the moment the first bundle of the run is on disk: nothing registered, nothing left."""
+    stub, system = trainer.stub, trainer.system
+    registry = Registry(system.bundles / "registry.db")
+    before = {c: [v["version"] for v in registry.versions(c)] for c in registry.components()}
+    job = stub.StartTraining(T.StartTrainingRequest(config=config(description="cancel me")), metadata=AUTH, timeout=10)
+    started = time.perf_counter()
+    seen = watch_until(stub, job.job_id, lambda u: u.message.startswith("bundle written: content"))
+    assert seen[-1].message.startswith("bundle written"), [u.message for u in seen][-5:]
+    t0 = time.perf_counter()
+    cancelled = stub.CancelJob(T.CancelJobRequest(job_id=job.job_id), metadata=AUTH, timeout=30)
+    latency = time.perf_counter() - t0
+    print(f"\njob ran {t0 - started:.1f}s to its first bundle; CancelJob returned in {latency:.2f}s")
+    assert cancelled.status == T.JOB_STATUS_CANCELLED and cancelled.message == "cancelled by request"
+    assert latency < 10
+    assert not cancelled.versions
+    run_id = cancelled.run_id
+    assert run_id
+    after = {c: [v["version"] for v in registry.versions(c)] for c in registry.components()}
+    assert after == before
+    on_disk = [p for p in system.bundles.glob("*/*") if p.is_dir()
+               and (p.name.startswith(".tmp-") or json.loads((p / "manifest.json").read_text())["run_id"] == run_id)]
+    assert on_disk == []
+    assert not (system.runs / run_id).exists()
+    # the stream of a finished job replays to its end: the last update says CANCELLED
+    updates = list(stub.WatchJob(T.WatchJobRequest(job_id=job.job_id), timeout=30))
+    assert updates[-1].status == T.JOB_STATUS_CANCELLED
+    events = trainer.store.events(job.job_id)
+    assert any(e["message"].startswith("worker stopped in") for e in events)
+    assert code_of(lambda: stub.CancelJob(T.CancelJobRequest(job_id=job.job_id), metadata=AUTH, timeout=10)) == \
+        grpc.StatusCode.FAILED_PRECONDITION
+    # ListJobs: filter by status, page by page
+    mine = stub.ListJobs(T.ListJobsRequest(statuses=[T.JOB_STATUS_CANCELLED], page_size=1), timeout=10)
+    assert mine.jobs[0].job_id == job.job_id and mine.next_page_token
+    rest = stub.ListJobs(T.ListJobsRequest(statuses=[T.JOB_STATUS_CANCELLED], page_size=100,
+                                           page_token=mine.next_page_token), timeout=10)
+    assert job.job_id not in {j.job_id for j in rest.jobs}
+    assert all(j.status == T.JOB_STATUS_CANCELLED for j in rest.jobs)
+    assert violations_of(lambda: stub.ListJobs(T.ListJobsRequest(statuses=[T.JOB_STATUS_UNSPECIFIED]), timeout=10)) \
+        == {"statuses[0]"}
+
+
+def test_decide_activation_rules():
+    window = {"data_version": "d1", "train_until": 1, "valid_until": 2, "k": 10, "candidates": 100,
+              "test_students": 50, "sample_seed": None}
+    champion = {"version": 3, "metrics": {"ndcg@10": 0.30, "roc_auc": 0.80}}
+    decide = diagnostics.decide_activation
+    yes = decide("ranker", 4, {"ndcg@10": 0.32}, window, champion, dict(window), margin=0.01)
+    assert yes["activate"] and "vs champion v3" in yes["reason"] and "gain +0.0200" in yes["reason"]
+    no = decide("ranker", 4, {"ndcg@10": 0.305}, window, champion, dict(window), margin=0.01)
+    assert not no["activate"] and "< margin" in no["reason"]
+    other = decide("success", 4, {"roc_auc": 0.95}, window, champion, {**window, "data_version": "d0"}, margin=0.0)
+    assert not other["activate"] and "different window" in other["reason"] and "data_version" in other["reason"]
+    assert decide("content", 1, {"ndcg@10": 0.1}, window, None, None, margin=0.5)["activate"]
+    assert diagnostics.direction("log_loss") == -1 and diagnostics.direction("students") == 0
+    assert diagnostics.direction("ndcg@10") == 1
+
+
+# --------------------------------------------------------------------------- restarts (real processes)
+
+
+def _start_trainer(system, tiny, port: int, log_path: Path) -> subprocess.Popen:
+    env = {**os.environ, "PMIS_ADMIN_TOKEN": TOKEN, "PYTHONUNBUFFERED": "1", "OPENBLAS_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "services.trainer.server", "--port", str(port), "--metrics-port",
+                             "0", "--bundles", str(system.bundles), "--runs", str(system.runs), "--data",
+                             str(system.data), "--data-roots", str(tiny.root), "--poll", "0.1", "--kill-after", "3",
+                             "--max-jobs", "2"],
+                            cwd=ROOT, env=env, stdout=open(log_path, "ab"), stderr=subprocess.STDOUT)
+    wait_serving(port, "pmis.v1.TrainerService", 60)
+    return proc
+
+
+def _running_jobs(stub, n: int) -> list[str]:
+    """Start n jobs and wait until each is RUNNING inside its worker (a stage has started)."""
+    ids = [stub.StartTraining(T.StartTrainingRequest(config=config()), metadata=AUTH, timeout=10).job_id
+           for _ in range(n)]
+    for job_id in ids:
+        watch_until(stub, job_id, lambda u: u.kind == "stage_started", timeout=90)
+    return ids
+
+
+def _gone(pid: int, timeout: float = 15.0) -> bool:
+    """The process has exited (a zombie awaiting its new parent's reaping counts as exited)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            return True
+        if state in ("Z", "X"):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_trainer_restart_and_shutdown_mark_jobs_honestly(tiny_system, tmp_path):
+    system = copy_system(tiny_system, tmp_path / "sys")
+    store = JobStore(system.bundles / "registry.db")
+    port = free_port()
+    log_path = tmp_path / "trainer.log"
+    procs = [_start_trainer(system, tiny_system, port, log_path)]
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            stub = trainer_pb2_grpc.TrainerServiceStub(ch)
+            crashed, orphaned = _running_jobs(stub, 2)
+            pids = {j: store.get(j)["pid"] for j in (crashed, orphaned)}
+            # The trainer dies hard. One worker dies with it (as in a pod restart); the other is orphaned.
+            os.kill(pids[crashed], signal.SIGKILL)
+            procs[0].kill()
+            procs[0].wait(10)
+        # the orphan notices its trainer is gone, stops itself and says why
+        assert _gone(pids[orphaned]), "the orphaned worker kept running"
+        row = store.get(orphaned)
+        assert row["status"] == "FAILED" and "trainer that ran the job exited" in row["message"], row["message"]
+        assert store.get(crashed)["status"] == "RUNNING"  # nobody left to say otherwise ...
+        procs.append(_start_trainer(system, tiny_system, port, log_path))
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            stub = trainer_pb2_grpc.TrainerServiceStub(ch)
+            job = stub.GetJob(T.GetJobRequest(job_id=crashed), timeout=10)  # ... until the new trainer starts
+            assert job.status == T.JOB_STATUS_FAILED and job.message.startswith(RESTART_MESSAGE + " during '")
+            assert job.finished_at.seconds > 0 and not job.versions
+            listed = {j.job_id: j.status for j in stub.ListJobs(T.ListJobsRequest(), timeout=10).jobs}
+            assert listed[crashed] == listed[orphaned] == T.JOB_STATUS_FAILED
+            # SIGTERM with a job running: the job is stopped and marked, the trainer exits cleanly
+            (last,) = _running_jobs(stub, 1)
+            pid = store.get(last)["pid"]
+        procs[-1].send_signal(signal.SIGTERM)
+        assert procs[-1].wait(30) == 0
+        assert _gone(pid)
+        row = store.get(last)
+        assert row["status"] == "FAILED" and row["message"] == "interrupted: trainer shut down"
+        registry = Registry(system.bundles / "registry.db")
+        run_ids = {store.get(j)["run_id"] for j in (crashed, orphaned, last)} - {None}
+        assert all(v["run_id"] not in run_ids for c in registry.components() for v in registry.versions(c))
+        leftovers = [p for p in system.bundles.glob("*/*") if p.name.startswith(".tmp-") or (
+            (p / "manifest.json").exists() and json.loads((p / "manifest.json").read_text())["run_id"] in run_ids)]
+        assert leftovers == []
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def test_runner_launches_each_queued_job_once(tiny_system, tmp_path, admin_env):
+    """A launched job stays QUEUED until its worker has started up; it must not be launched again."""
+    from services.trainer import server as trainer_server
+
+    system = copy_system(tiny_system, tmp_path / "sys")
+    cfg = trainer_server.parse_config(["--bundles", str(system.bundles), "--runs", str(system.runs), "--data",
+                                       str(system.data), "--max-jobs", "3", "--kill-after", "2"])
+    store = JobStore(cfg.db)
+    config_, _ = normalise_config({}, system.data, [system.root])
+    job = store.create(config_)["job_id"]
+    runner = trainer_server.JobRunner(cfg, store)  # not started: we drive it by hand
+    for _ in range(3):
+        runner._launch()
+    assert runner.running() == [job]
+    (proc, _), = runner.procs.values()
+    assert runner.cancel(job)["status"] == "CANCELLED"
+    assert not proc.is_alive() and runner.running() == []
+
+
+def test_auto_activate_moves_the_champion_only_on_the_same_window(tmp_path):
+    from models.jobs import auto_activate
+
+    root = tmp_path / "bundles"
+    registry = Registry(root / "registry.db")
+    window = {"data_version": "d1", "train_until": 1, "valid_until": 2, "k": 10, "candidates": 100,
+              "test_students": 50, "sample_seed": None}
+
+    def version(ndcg: float, w: dict) -> int:
+        ref = write_bundle(root, "ranker", documents={"n": ndcg}, metadata={
+            "run_id": f"r{ndcg}", "evaluation_window": w, "metrics": {"ndcg@10": ndcg}})
+        registry.register(ref)
+        return ref.version
+
+    first = version(0.30, window)
+    (d,) = auto_activate(registry, "job-a", {"ranker": first}, 0.01, window)
+    assert d["activate"] and d["reason"] == "no champion yet" and registry.resolve("ranker")["version"] == first
+    better = version(0.35, window)
+    (d,) = auto_activate(registry, "job-b", {"ranker": better}, 0.01, window)
+    assert d["activate"] and registry.resolve("ranker")["version"] == better
+    assert "auto-activated by job job-b" in registry.history("ranker")[-1]["reason"]
+    marginal = version(0.355, window)
+    (d,) = auto_activate(registry, "job-c", {"ranker": marginal}, 0.01, window)
+    assert not d["activate"] and d["champion_version"] == better and registry.resolve("ranker")["version"] == better
+    newer_data = {**window, "data_version": "d2"}
+    elsewhere = version(0.9, newer_data)
+    (d,) = auto_activate(registry, "job-d", {"ranker": elsewhere}, 0.0, newer_data)
+    assert not d["activate"] and "different window" in d["reason"] and registry.resolve("ranker")["version"] == better
+
+
+def test_pmis_retrain_runs_a_recorded_job_and_auto_activates(trainer, capsys):
+    """The CronJob's path end to end: a job in the same table, auto-activation decided on the same window."""
+    from models.cli import main
+
+    system = trainer.system
+    registry = Registry(system.bundles / "registry.db")
+    champion = registry.resolve("content")["version"]
+    code = main(["retrain", "--data", str(system.data), "--bundles", str(system.bundles), "--runs", str(system.runs),
+                 "--components", "content", "--algorithms", "logistic_regression", "--search-budget", "1",
+                 "--margin", "0", "--quiet"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    job_id = out.split()[1]
+    job = trainer.stub.GetJob(T.GetJobRequest(job_id=job_id), timeout=10)  # the trainer lists the CLI's job
+    assert job.status == T.JOB_STATUS_SUCCEEDED and job.source == "cli" and set(job.versions) == {"content"}
+    (decision,) = job.activation
+    assert decision.component == "content" and decision.metric == "ndcg@10"
+    assert decision.champion_version == champion and decision.HasField("champion_value")
+    # the same data and split: the same window, so the decision is made on the numbers
+    print(f"\nretrain: content ndcg@10 {decision.new_value:.5f} vs champion {decision.champion_value:.5f}: {decision.reason}")
+    # same data, same split, a deterministic model: the same number, which meets a zero margin
+    assert decision.new_value == pytest.approx(decision.champion_value) and decision.activated
+    assert registry.resolve("content")["version"] == job.versions["content"] != champion
+    assert f"content v{job.versions['content']}: activated - " in out
+    assert Path(job.run_dir, "report.json").exists()
+
+
+def test_runner_fails_jobs_whose_foreign_process_died(tmp_path, admin_env):
+    """A `pmis retrain` killed with -9 leaves its job RUNNING; the trainer on that host notices."""
+    import socket
+
+    from services.trainer import server as trainer_server
+
+    cfg = trainer_server.parse_config(["--bundles", str(tmp_path / "bundles"), "--data", str(tmp_path)])
+    store = JobStore(cfg.db)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    job = store.create({"components": ["content"]}, source="cli")["job_id"]
+    store.start(job, dead.pid, socket.gethostname())
+    alive = store.create({"components": ["content"]}, source="cli")["job_id"]
+    store.start(alive, os.getpid(), socket.gethostname())
+    elsewhere = store.create({"components": ["content"]}, source="cli")["job_id"]
+    store.start(elsewhere, dead.pid, "another-host")
+    trainer_server.JobRunner(cfg, store)._reap_foreign()
+    assert store.get(job)["status"] == "FAILED" and f"process {dead.pid} exited" in store.get(job)["message"]
+    assert store.get(alive)["status"] == store.get(elsewhere)["status"] == "RUNNING"
+
+
+def test_job_with_cutoffs_outside_the_data_fails_with_the_reason(tiny_system, tmp_path):
+    """Explicit cutoffs reach the trainer; a split that leaves a window empty stops the job early, saying so."""
+    from models.jobs import run_job
+
+    system = copy_system(tiny_system, tmp_path / "sys")
+    store = JobStore(system.bundles / "registry.db")
+    times = pd.to_datetime(pd.read_parquet(system.data / "interactions.parquet")["timestamp"])
+    end = int(times.max().timestamp())
+    config_, violations = normalise_config({"split": {"train_until": end + 3600, "valid_until": end + 7200}},
+                                           system.data, [tiny_system.root])
+    assert violations == []
+    job = store.create(config_)["job_id"]
+    progress = []
+    assert run_job(store.db_path, job, system.bundles, system.runs, echo=progress.append) == "FAILED"
+    row = store.get(job)
+    assert "leaves the valid and test window empty" in row["message"] and row["finished_at"]
+    assert [p.kind for p in progress] == ["stage_started", "stage_finished"]  # load and validate, then stop
+    assert not row["committed"] and row["versions"] == {}
