@@ -1,8 +1,8 @@
 """Explanations built from the same numbers that ranked the item (no second model).
 
 Every reason is tied to the features that scored the item: the ranker's exact additive feature
-contributions (models.ranker.PathAttribution) are summed per reason, and the reasons are ordered
-by that sum, so the
+contributions (TreeSHAP, or path attribution; both sum to the score exactly) are summed per
+reason, and the reasons are ordered by that sum, so the
 first reason is the one that did most to put the item where it is. When the ranker was down, the
 static blend's terms (weight x z-score per component) play the same part.
 """

@@ -139,9 +139,19 @@ class RankerModel:
         # than it saves (and evaluation runs many batches already).
         return self.model.predict(x, num_threads=1).astype(np.float32)
 
-    def contributions(self, x: np.ndarray) -> np.ndarray:
-        """(n, len(FEATURES) + 1): each feature's exact additive share of each row's score along its
-        decision paths (PathAttribution), the bias last; a row sums to `predict` of that row."""
+    def contributions(self, x: np.ndarray, method: str = "shap") -> np.ndarray:
+        """(n, len(FEATURES) + 1): each feature's exact additive share of each row's score, the bias
+        last; a row sums to `predict` of that row.
+
+        `shap`: TreeSHAP (LightGBM's pred_contrib), the consistent allocation; ~2 ms per row at
+        300 trees. `path`: PathAttribution along each row's decision paths; ~0.15 ms per row. On
+        the default data's served top-10s the two name the same top reason for 75 % of items
+        (mean Spearman of the reason order 0.83).
+        """
+        if method == "shap":
+            return self.model.predict(x, pred_contrib=True, num_threads=1)
+        if method != "path":
+            raise ValueError(f"unknown contribution method {method!r}: use 'shap' or 'path'")
         if self._attribution is None:
             self._attribution = PathAttribution(self.model.booster_, len(FEATURES))
         return self._attribution(x)

@@ -327,12 +327,13 @@ def test_ranker_learns_planted_feature(tmp_path):
     # included), the planted feature carries the most weight, as TreeSHAP also says.
     xm = xt[:50].copy()
     xm[::7, RANKER_FEATURES.index("success_p")] = np.nan  # a component that was down
-    contrib = model.contributions(xm)
-    assert contrib.shape == (50, len(RANKER_FEATURES) + 1)
-    np.testing.assert_allclose(contrib.sum(axis=1), model.predict(xm), atol=1e-4)
-    assert np.abs(contrib[:, :-1]).mean(axis=0).argmax() == RANKER_FEATURES.index("collab_score")
-    shap = model.model.predict(xm, pred_contrib=True)
-    assert np.abs(shap[:, :-1]).mean(axis=0).argmax() == RANKER_FEATURES.index("collab_score")
+    for method in ("shap", "path"):
+        contrib = model.contributions(xm, method)
+        assert contrib.shape == (50, len(RANKER_FEATURES) + 1)
+        np.testing.assert_allclose(contrib.sum(axis=1), model.predict(xm), atol=1e-4)
+        assert np.abs(contrib[:, :-1]).mean(axis=0).argmax() == RANKER_FEATURES.index("collab_score")
+    with pytest.raises(ValueError, match="unknown"):
+        model.contributions(xm, "lime")
 
 
 # --------------------------------------------------------------------------- static blend

@@ -467,6 +467,27 @@ def test_ranker_rank(loaded, catalog_rows):
     assert [it.score for it in changed.items] != [it.score for it in resp.items]
 
 
+@pytest.mark.parametrize("method", ["shap", "path"])
+def test_ranker_contributions_sum_to_each_score(loaded, catalog_rows, method):
+    from services.ranker.server import RankerRuntime
+
+    h = loaded["ranker"]
+    h.servicer.slot.get().model.contributions = method  # what PMIS_CONTRIBUTIONS selects at start-up
+    try:
+        candidates = [ranker_pb2.Candidate(internship_id=i, content_score=0.1 * j, success_probability=0.2)
+                      for j, i in enumerate(catalog_rows["internships"][:8])]
+        candidates.append(ranker_pb2.Candidate(internship_id="I999999"))  # unknown: bias only
+        resp = h.ok("Rank", ranker_pb2.RankRequest(profile=profile(), candidates=candidates, contributions=True))
+        assert len(resp.contributions) == len(resp.items)
+        for it, ic in zip(resp.items, resp.contributions):
+            assert ic.bias + sum(c.value for c in ic.by_feature) == pytest.approx(it.score, abs=1e-4)
+        assert [c.name for c in resp.contributions[0].by_feature][:2] == ["content_score", "collab_score"]
+        plain = h.ok("Rank", ranker_pb2.RankRequest(profile=profile(), candidates=candidates))
+        assert not plain.contributions  # only when asked: it costs per item
+    finally:
+        h.servicer.slot.get().model.contributions = RankerRuntime.contributions
+
+
 def test_ranker_only_unknown_and_empty_profile(loaded):
     h = loaded["ranker"]
     resp = h.ok("Rank", ranker_pb2.RankRequest(candidates=[ranker_pb2.Candidate(internship_id="I999998"),

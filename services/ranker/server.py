@@ -12,7 +12,7 @@ from models.ranker import COMPONENT_SCORES, FEATURES, RankerModel, ranker_featur
 from pmis.v1 import common_pb2, ranker_pb2, ranker_pb2_grpc
 from services.common.items import ItemIndex
 from services.common.profiles import profile_columns
-from services.common.server import ModelAdmin, ModelSlot, rpc, run_component
+from services.common.server import ModelAdmin, ModelSlot, env, rpc, run_component
 from services.common.validation import Violations
 
 SERVICE = ranker_pb2.DESCRIPTOR.services_by_name["RankerService"].full_name
@@ -26,14 +26,15 @@ class RankerRuntime:
     model: RankerModel
     space: FeatureSpace
     index: ItemIndex
+    contributions: str = "shap"  # "shap" (TreeSHAP) or "path" (13x cheaper); see RankerModel.contributions
 
     @classmethod
-    def from_bundle(cls, bundle) -> "RankerRuntime":
+    def from_bundle(cls, bundle, contributions: str = "shap") -> "RankerRuntime":
         space = FeatureSpace.from_arrays(bundle.arrays)
-        runtime = cls(RankerModel.from_bundle(bundle), space, ItemIndex(space.items.ids))
+        runtime = cls(RankerModel.from_bundle(bundle), space, ItemIndex(space.items.ids), contributions)
         warm = np.zeros((1, len(runtime.model.model.feature_name_)), dtype=np.float32)
         runtime.model.predict(warm)
-        runtime.model.contributions(warm)  # builds the path attribution now, not on a client's call
+        runtime.model.contributions(warm, contributions)  # any set-up now, not on a client's call
         return runtime
 
 
@@ -73,7 +74,7 @@ class RankerServicer(ModelAdmin, ranker_pb2_grpc.RankerServiceServicer):
         if request.contributions:
             contrib = np.zeros((len(ids), len(FEATURES) + 1))
             if known.any():
-                contrib[known] = rt.model.contributions(features)
+                contrib[known] = rt.model.contributions(features, rt.contributions)
             contrib[~known, -1] = scores[~known]  # unknown internships: no features, only the fallback score
             for row in contrib.tolist():
                 response.contributions.add(
@@ -83,7 +84,10 @@ class RankerServicer(ModelAdmin, ranker_pb2_grpc.RankerServiceServicer):
 
 
 def make_servicer(cfg) -> RankerServicer:
-    return RankerServicer(ModelSlot("ranker", RankerRuntime.from_bundle, cfg))
+    method = env("CONTRIBUTIONS", "shap")  # PMIS_CONTRIBUTIONS: how explanations split a score
+    if method not in ("shap", "path"):
+        raise SystemExit(f"PMIS_CONTRIBUTIONS must be 'shap' or 'path', not {method!r}")
+    return RankerServicer(ModelSlot("ranker", lambda bundle: RankerRuntime.from_bundle(bundle, method), cfg))
 
 
 def main(argv=None) -> int:
