@@ -64,6 +64,7 @@ class GatewayConfig:
     fairness: fairness.FairnessConfig = field(default_factory=fairness.FairnessConfig)
     shortlist_groups: dict = field(default_factory=lambda: dict(shortlists.DEFAULT_GROUPS))
     catalog_refresh_seconds: float = 300.0  # re-read internships, counts and slots; 0 = never
+    max_connection_age_ms: int = 60_000     # clients reconnect (and re-balance over gateway pods) this often
 
 
 def _channel_options(component: str) -> list:
@@ -613,6 +614,9 @@ def parse_config(argv=None) -> GatewayConfig:
     p.add_argument("--catalog-refresh-seconds", type=float,
                    default=float(env("CATALOG_REFRESH_SECONDS", d.catalog_refresh_seconds)),
                    help="re-read internships, application counts and slots this often; 0 = never")
+    p.add_argument("--max-connection-age-ms", type=int,
+                   default=int(env("MAX_CONNECTION_AGE_MS", d.max_connection_age_ms)),
+                   help="clients reconnect at least this often, spreading over gateway replicas")
     p.add_argument("--fairness", default=env("FAIRNESS"),
                    help='JSON, e.g. {"min_shares": {"msme": 0.1, "local": 0.3}, "exposure_targets": {"msme": 0.12}, '
                         '"exposure_strength": 0.55, "temperature": 2.5, "half_life": 500} (env PMIS_FAIRNESS)')
@@ -621,13 +625,17 @@ def parse_config(argv=None) -> GatewayConfig:
                          {c: getattr(a, f"{c}_target") for c in COMPONENTS},
                          {c: getattr(a, f"{c}_budget_ms") for c in COMPONENTS}, a.default_deadline_ms, a.candidates,
                          json.loads(a.blend_weights), a.as_of, a.grace, fairness.FairnessConfig.from_json(a.fairness),
-                         json.loads(a.shortlist_groups), a.catalog_refresh_seconds)
+                         json.loads(a.shortlist_groups), a.catalog_refresh_seconds, a.max_connection_age_ms)
 
 
 async def serve(cfg: GatewayConfig, ready: asyncio.Event | None = None) -> None:
     catalog = await asyncio.to_thread(SqliteCatalog, cfg.catalog)
     gateway = Gateway(cfg, catalog)
-    server = grpc.aio.server(interceptors=[AioMetricsInterceptor()], options=[("grpc.so_reuseport", 0)])
+    # A client's long-lived channel would otherwise stay on one gateway pod forever: a maximum
+    # connection age makes it reconnect, and land on any pod, at least this often.
+    server = grpc.aio.server(interceptors=[AioMetricsInterceptor()], options=[
+        ("grpc.so_reuseport", 0), ("grpc.max_connection_age_ms", cfg.max_connection_age_ms),
+        ("grpc.max_connection_age_grace_ms", int(cfg.grace * 1000) + 1000)])
     gateway_pb2_grpc.add_RecommendationGatewayServicer_to_server(gateway, server)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)

@@ -864,3 +864,16 @@ def test_catalog_refresh_adds_internships_and_keeps_exposure_by_id(system, stude
         assert len(runner.recommend(student_id=students["top"], k=10).items) == 10
     finally:
         runner.close()
+
+
+def test_gateway_config_from_environment_and_flags(monkeypatch):
+    from gateway.server import parse_config
+
+    monkeypatch.setenv("PMIS_MAX_CONNECTION_AGE_MS", "5000")
+    monkeypatch.setenv("PMIS_FAIRNESS", '{"exposure_targets": {"msme": 0.15}}')
+    cfg = parse_config(["--catalog-refresh-seconds", "0", "--content-target", "dns:///content.pmis:50051"])
+    assert cfg.max_connection_age_ms == 5000 and cfg.catalog_refresh_seconds == 0
+    assert cfg.targets["content"] == "dns:///content.pmis:50051"
+    assert cfg.fairness.exposure_targets == {"msme": 0.15} and cfg.fairness.min_shares == {"msme": 0.1, "local": 0.3}
+    with pytest.raises(ValueError, match="unknown groups"):
+        parse_config(["--fairness", '{"min_shares": {"big_firms": 0.2}}'])
