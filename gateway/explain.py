@@ -47,6 +47,12 @@ def success_band(probability: float | None, base_rate: float) -> str:
     return "higher than average" if ratio >= HIGHER else ("lower than average" if ratio <= LOWER else "about average")
 
 
+def percent(probability: float) -> str:
+    """'about 14%', or 'under 1%' rather than a discouraging and false 'about 0%'."""
+    shown = f"{100 * probability:.0f}"
+    return "under 1%" if shown == "0" else f"about {shown}%"
+
+
 def reason_contributions(by_feature: dict[str, float]) -> dict[str, float]:
     """Sum feature (or blend-term) contributions per reason."""
     out: dict[str, float] = {}
@@ -73,7 +79,7 @@ def _sentences(e: gateway_pb2.Explanation, table, p: int, probability: float | N
     if e.collaborative_evidence:
         out["collaborative"] = e.collaborative_evidence
     if e.success_band:
-        out["success"] = f"chance of selection {e.success_band} (about {100 * probability:.0f}%)"
+        out["success"] = f"chance of selection {e.success_band} ({percent(probability)})"
     stipend, slots = float(table.stipend[p]), float(table.slots[p])
     if np.isfinite(stipend):
         out["terms"] = f"stipend {stipend:,.0f} a month" + (f", {slots:.0f} openings" if np.isfinite(slots) else "")

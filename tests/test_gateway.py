@@ -169,6 +169,11 @@ def test_explanation_reasons():
     assert any("python" in r for r in e.reasons) and any("30%" in r for r in e.reasons)
 
 
+def test_percent_never_says_about_zero():
+    assert explain.percent(0.004) == "under 1%" and explain.percent(0.14) == "about 14%"
+    assert explain.percent(0.005) == "under 1%" and explain.percent(0.0051) == "about 1%"
+
+
 def test_parse_profile():
     p = parse_profile(["skills=python, sql,,Data Analysis", "education=BCA", "field=Computer Applications",
                        "district=Pune", "state=Maharashtra", "latitude=18.52", "longitude=73.86", "cgpa=8.2",
@@ -804,7 +809,7 @@ def _check_faithful(e, profile_skills: set, internship_skills: set, probability:
     ratio = probability / base_rate                                    # the band agrees with the probability
     want = "higher than average" if ratio >= 1.25 else ("lower than average" if ratio <= 0.8 else "about average")
     assert e.success_band == want
-    assert f"{100 * probability:.0f}%" in " ".join(e.reasons)
+    assert explain.percent(probability) in " ".join(e.reasons)
 
 
 def test_explanations_are_faithful_for_recommended_and_any_internship(system, students):
