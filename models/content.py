@@ -59,7 +59,10 @@ class ContentModel:
 
     def score(self, profile_texts: list[str], item_pos: np.ndarray | None = None) -> np.ndarray:
         """Cosine similarity (n_profiles, n_items) — or (n_profiles, len(item_pos)) for given items."""
-        q = self.embed(profile_texts)
+        return self.similarity(self.embed(profile_texts), item_pos)
+
+    def similarity(self, q: sp.csr_matrix, item_pos: np.ndarray | None = None) -> np.ndarray:
+        """`score` for profiles already embedded (a server embeds once, then scores and explains)."""
         m = self.item_matrix if item_pos is None else self.item_matrix[np.asarray(item_pos)]
         return np.asarray((q @ m.T).toarray(), dtype=np.float32)
 

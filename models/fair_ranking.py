@@ -115,6 +115,30 @@ def prefix_constraints_met(order, groups, targets) -> bool:
     return bool(np.all(counts >= need))
 
 
+def _ranking_inputs(scores, groups, k: int | None) -> tuple[np.ndarray, np.ndarray, int]:
+    """Validated (scores, groups, k) for the re-rankers; k clipped to 0..n (None = n)."""
+    scores = np.asarray(scores, dtype=float).ravel()
+    groups = np.asarray(groups, dtype=np.int64).ravel()
+    if groups.size != scores.size:
+        raise ValueError("scores and groups must have the same length")
+    if groups.size and groups.min() < 0:
+        raise ValueError("group labels must be >= 0")
+    k = scores.size if k is None else int(min(max(k, 0), scores.size))
+    return scores, groups, k
+
+
+def _group_queues(scores: np.ndarray, groups: np.ndarray, n_groups: int):
+    """(rank, by_group, bounds): rank[i] = item i's position in plain order (0 = best);
+    by_group[bounds[a]:bounds[a + 1]] = group a's items in plain order (a stable sort of the plain
+    order by group keeps plain order inside each group)."""
+    plain = plain_order(scores)
+    rank = np.empty(scores.size, dtype=np.int64)
+    rank[plain] = np.arange(scores.size)
+    by_group = plain[np.argsort(groups[plain], kind="stable")]
+    bounds = np.searchsorted(groups[by_group], np.arange(n_groups + 1))
+    return rank, by_group, bounds
+
+
 # --------------------------------------------------------------------------------------------
 # DetConstSort (Geyik et al., KDD 2019, Algorithm 3)
 # --------------------------------------------------------------------------------------------
@@ -182,27 +206,15 @@ def det_const_sort(scores, groups, targets, k: int | None = None) -> np.ndarray:
     Complexity: O(n * G) for the queue bookkeeping plus O(n^2) worst case for the bubbling
     (insertion-sort like); fine for candidate lists of a few hundred items.
     """
-    scores = np.asarray(scores, dtype=float).ravel()
-    groups = np.asarray(groups, dtype=np.int64).ravel()
+    scores, groups, k = _ranking_inputs(scores, groups, k)
     n = scores.size
-    if groups.size != n:
-        raise ValueError("scores and groups must have the same length")
-    k = n if k is None else int(min(max(k, 0), n))
     if n == 0 or k == 0:
         return np.zeros(0, dtype=np.int64)
-    if groups.min() < 0:
-        raise ValueError("group labels must be >= 0")
     p = _as_targets(groups, targets)
     n_groups = len(p)
     p_fill = max(0.0, 1.0 - float(p.sum()))
 
-    plain = plain_order(scores)
-    rank = np.empty(n, dtype=np.int64)
-    rank[plain] = np.arange(n)  # rank[i] = position of item i in plain order (0 = best)
-
-    # Per-group queues in plain order (a stable sort of plain by group keeps plain order inside).
-    by_group = plain[np.argsort(groups[plain], kind="stable")]
-    bounds = np.searchsorted(groups[by_group], np.arange(n_groups + 1))
+    rank, by_group, bounds = _group_queues(scores, groups, n_groups)
     queues = [by_group[bounds[a] : bounds[a + 1]] for a in range(n_groups)]
     head = np.zeros(n_groups, dtype=np.int64)  # next unused item per group
     qlen = np.array([len(q) for q in queues], dtype=np.int64)
@@ -295,12 +307,8 @@ def det_greedy(scores, groups, min_targets, max_targets=None, k: int | None = No
     hold at every prefix whenever an unbounded group still has items (step 3 never runs); with a
     single floor-constrained group its floor holds at every prefix while its pool lasts.
     """
-    scores = np.asarray(scores, dtype=float).ravel()
-    groups = np.asarray(groups, dtype=np.int64).ravel()
+    scores, groups, k = _ranking_inputs(scores, groups, k)
     n = scores.size
-    if groups.size != n:
-        raise ValueError("scores and groups must have the same length")
-    k = n if k is None else int(min(max(k, 0), n))
     if n == 0 or k == 0:
         return np.zeros(0, dtype=np.int64)
     lo = _as_targets(groups, min_targets)
@@ -314,11 +322,7 @@ def det_greedy(scores, groups, min_targets, max_targets=None, k: int | None = No
     if np.any(lo > hi + _EPS):
         raise ValueError("a group's minimum share exceeds its maximum")
 
-    plain = plain_order(scores)
-    rank = np.empty(n, dtype=np.int64)
-    rank[plain] = np.arange(n)
-    by_group = plain[np.argsort(groups[plain], kind="stable")]
-    bounds = np.searchsorted(groups[by_group], np.arange(n_groups + 1))
+    rank, by_group, bounds = _group_queues(scores, groups, n_groups)
     head, end = bounds[:-1].copy(), bounds[1:]
     count = np.zeros(n_groups, dtype=np.int64)
     out = np.empty(k, dtype=np.int64)

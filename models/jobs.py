@@ -31,10 +31,9 @@ import sqlite3
 import threading
 import time
 import uuid
-from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from models.bundle import MANIFEST
 from models.registry import Registry, RegistryError
@@ -146,6 +145,15 @@ DEFAULTS = {"search_budget": 4, "cv_folds": 3, "valid_fraction": 0.15, "test_fra
             "seed": 0, "max_eval_students": 20_000}
 
 
+def _check_choices(v: list[tuple[str, str]], field: str, values: list, allowed, noun: str) -> None:
+    """A violation per value that is unknown or repeated, at its index (`field[i]`)."""
+    for i, x in enumerate(values):
+        if x not in allowed:
+            v.append((f"{field}[{i}]", f"unknown {noun} {x!r}; choose from {', '.join(allowed)}"))
+        elif x in values[:i]:
+            v.append((f"{field}[{i}]", f"{x!r} is listed twice"))
+
+
 def normalise_config(raw: dict, default_data: Path, data_roots: list[Path]) -> tuple[dict, list[tuple[str, str]]]:
     """Validate a training configuration; returns (normalised config, field violations).
 
@@ -157,11 +165,7 @@ def normalise_config(raw: dict, default_data: Path, data_roots: list[Path]) -> t
 
     v: list[tuple[str, str]] = []
     components = list(raw.get("components") or [])
-    for i, c in enumerate(components):
-        if c not in COMPONENTS:
-            v.append((f"components[{i}]", f"unknown component {c!r}; choose from {', '.join(COMPONENTS)}"))
-        elif c in components[:i]:
-            v.append((f"components[{i}]", f"{c!r} is listed twice"))
+    _check_choices(v, "components", components, COMPONENTS, "component")
     explicit_components = bool(components)
     components = [c for c in COMPONENTS if c in components] if components else list(COMPONENTS)
 
@@ -188,11 +192,7 @@ def normalise_config(raw: dict, default_data: Path, data_roots: list[Path]) -> t
 
     success = raw.get("success") or {}
     algorithms = list(success.get("algorithms") or [])
-    for i, a in enumerate(algorithms):
-        if a not in ALGORITHMS:
-            v.append((f"success.algorithms[{i}]", f"unknown algorithm {a!r}; choose from {', '.join(ALGORITHMS)}"))
-        elif a in algorithms[:i]:
-            v.append((f"success.algorithms[{i}]", f"{a!r} is listed twice"))
+    _check_choices(v, "success.algorithms", algorithms, ALGORITHMS, "algorithm")
     budget = int(success.get("search_budget") or 0) or DEFAULTS["search_budget"]
     if not 1 <= budget <= 50:
         v.append(("success.search_budget", f"must be in 1..50, got {budget}"))
@@ -277,24 +277,9 @@ class JobStore:
         finally:
             con.close()
 
-    @contextmanager
-    def _tx(self, immediate: bool = False) -> Iterator[sqlite3.Connection]:
-        con = sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None)
-        try:
-            con.row_factory = sqlite3.Row
-            con.execute("PRAGMA busy_timeout = 30000")
-            if immediate:
-                con.execute("BEGIN IMMEDIATE")
-                try:
-                    yield con
-                except BaseException:
-                    con.execute("ROLLBACK")
-                    raise
-                con.execute("COMMIT")
-            else:
-                yield con
-        finally:
-            con.close()
+    def _tx(self, immediate: bool = False):
+        """The registry's own short-lived connection and transaction (same file, same rules)."""
+        return self.registry._transaction(immediate)
 
     # ------------------------------------------------------------------ rows
 

@@ -156,15 +156,19 @@ def write_report(report: dict, run_dir: Path, k: int = 10) -> None:
     write_lifecycle_plots(report, run_dir, k)
 
 
+def _save(fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def _plot_ndcg(ranking: dict, path: Path, k: int) -> None:
     names = [n for n in MODEL_ORDER if n in ranking]
     fig, ax = plt.subplots(figsize=(7, 3.5))
     ax.bar(names, [ranking[n][f"ndcg@{k}"] for n in names], color="#3b7dd8")
     ax.set_ylabel(f"NDCG@{k}")
     ax.set_title("Test-window NDCG by model")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def _plot_reliability(s: dict, path: Path) -> None:
@@ -179,9 +183,7 @@ def _plot_reliability(s: dict, path: Path) -> None:
     ax.set_ylabel("observed selection rate")
     ax.set_title(f"Reliability (ECE {s['ece']:.3f}, equal-mass bins)")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def _plot_exposure(f: dict, path: Path) -> None:
@@ -197,9 +199,7 @@ def _plot_exposure(f: dict, path: Path) -> None:
     ax.set_ylabel("share of exposure (position-weighted)")
     ax.set_title("Exposure by item group (dashed: target minimum)")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path)
 
 
 # Plots the model lifecycle API serves with each version (GetModel): which file belongs to which
@@ -244,9 +244,7 @@ def _plot_curves(c: dict, s: dict, run_dir: Path) -> None:
     ax.set_ylabel("true positive rate")
     ax.set_title("Success predictor: ROC")
     ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(run_dir / "roc.png", dpi=100)
-    plt.close(fig)
+    _save(fig, run_dir / "roc.png")
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     ax.hlines(c["prevalence"], 0, 1, colors="grey", linestyles="--", label=f"prevalence {c['prevalence']:.3f}")
     ax.plot(c["pr"]["recall"], c["pr"]["precision"], color="#d8573b", label=f"PR-AUC {s.get('pr_auc', float('nan')):.3f}")
@@ -254,9 +252,7 @@ def _plot_curves(c: dict, s: dict, run_dir: Path) -> None:
     ax.set_ylabel("precision")
     ax.set_title("Success predictor: precision-recall")
     ax.legend(loc="upper right")
-    fig.tight_layout()
-    fig.savefig(run_dir / "pr.png", dpi=100)
-    plt.close(fig)
+    _save(fig, run_dir / "pr.png")
 
 
 def _plot_importance(fi: dict, path: Path, title: str, xlabel: str) -> None:
@@ -265,9 +261,7 @@ def _plot_importance(fi: dict, path: Path, title: str, xlabel: str) -> None:
     ax.barh([n for n, _ in items], [v for _, v in items], color="#3b7dd8")
     ax.set_xlabel(xlabel)
     ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def _plot_fairness_groups(ranking: dict, path: Path, k: int) -> None:
@@ -285,6 +279,4 @@ def _plot_fairness_groups(ranking: dict, path: Path, k: int) -> None:
     ax.set_xlabel(f"NDCG@{k}")
     ax.set_title(f"{model}: NDCG@{k} by student group (test window)")
     ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path)

@@ -564,7 +564,10 @@ def test_content_skills_are_ordered_by_their_weight_in_the_internship(small_syst
     profile = common_pb2.StudentProfile(skills=["python", "sql", "excel", "communication", "teamwork"])
     positions = np.arange(min(50, len(rt.index.ids)))
     checked = 0
-    for p, item in zip(positions.tolist(), rt.scored(profile, positions, np.zeros(len(positions)))):
+    from services.content.server import _text
+
+    vector = rt.model.embed([_text(profile)])
+    for p, item in zip(positions.tolist(), rt.scored(profile, vector, positions, np.zeros(len(positions)))):
         for skills in (list(item.matched_skills), list(item.missing_skills)):
             weights = [rt.model.skill_weight(p, s) for s in skills]
             assert weights == sorted(weights, reverse=True)

@@ -31,12 +31,13 @@ class ContentRuntime:
         runtime.model.score(["warm up"])  # first call pays the vectoriser's lazy set-up, not a client
         return runtime
 
-    def scored(self, profile, positions: np.ndarray, scores: np.ndarray) -> list[common_pb2.ScoredItem]:
+    def scored(self, profile, vector, positions: np.ndarray, scores: np.ndarray) -> list[common_pb2.ScoredItem]:
+        """Scored items with matched skills (and their terms in the match) and missing skills;
+        `vector` is the profile's embedding the scores came from."""
         student_bits = self.space.skills.bitsets([[s.strip().lower() for s in profile.skills]])[0]
         items = self.space.items.skills[positions]
         matched = self.space.skills.decode_many(items & student_bits)
         missing = self.space.skills.decode_many(items & ~student_bits)
-        vector = self.model.embed([_text(profile)])
         out = []
         for i, p, s, m, x in zip(self.index.ids[positions].tolist(), positions.tolist(), scores.tolist(),
                                  matched, missing):
@@ -68,10 +69,11 @@ class ContentServicer(ModelAdmin, content_pb2_grpc.ContentServiceServicer):
         v.raise_if_any()
         loaded = self.slot.get()
         rt: ContentRuntime = loaded.model
-        scores = rt.model.score([_text(request.profile)])[0]
+        vector = rt.model.embed([_text(request.profile)])
+        scores = rt.model.similarity(vector)[0]
         excluded = rt.index.mask_of(request.exclude_internship_ids) if request.exclude_internship_ids else None
         best = top_n(scores, n, excluded)
-        return common_pb2.ScoredItems(items=rt.scored(request.profile, best, scores[best]),
+        return common_pb2.ScoredItems(items=rt.scored(request.profile, vector, best, scores[best]),
                                       model=loaded.version_message(), basis="profile")
 
     @rpc
@@ -84,8 +86,9 @@ class ContentServicer(ModelAdmin, content_pb2_grpc.ContentServiceServicer):
         rt: ContentRuntime = loaded.model
         # Ids this bundle does not know (posted after training) are left out of the answer.
         positions, _ = rt.index.positions(request.internship_ids)
-        scores = rt.model.score([_text(request.profile)], positions)[0] if len(positions) else np.zeros(0)
-        return common_pb2.ScoredItems(items=rt.scored(request.profile, positions, scores),
+        vector = rt.model.embed([_text(request.profile)])
+        scores = rt.model.similarity(vector, positions)[0] if len(positions) else np.zeros(0)
+        return common_pb2.ScoredItems(items=rt.scored(request.profile, vector, positions, scores),
                                       model=loaded.version_message(), basis="profile")
 
 
