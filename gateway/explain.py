@@ -30,14 +30,21 @@ REASON_OF_FEATURE = {
 REASONS = ["skills", "location", "sector", "collaborative", "success", "terms"]  # order without contributions
 
 
-def location_fit(profile, table, p: int) -> str:
+def location_fits(profile, table, positions) -> list[str]:
+    """How far each internship is from the student, as words; vectorised over the final items."""
+    p = np.asarray(positions, dtype=np.int64)
     lat = profile.latitude if profile.HasField("latitude") else np.nan
     lon = profile.longitude if profile.HasField("longitude") else np.nan
     km = haversine_km(lat, lon, table.latitude[p], table.longitude[p])
-    same_district = bool(profile.district) and profile.district.lower() == str(table.district[p]).lower()
-    same_state = bool(profile.state) and profile.state.lower() == str(table.state[p]).lower()
-    return DISTANCE_CLASS_NAMES[int(distance_class(np.array([same_district]), np.array([same_state]),
-                                                   np.array([km]), np.array([table.remote[p]]))[0])]
+    district, state = profile.district.lower(), profile.state.lower()
+    same_district = np.array([bool(district) and district == d.lower() for d in table.district[p].tolist()])
+    same_state = np.array([bool(state) and state == s.lower() for s in table.state[p].tolist()])
+    codes = distance_class(same_district, same_state, np.asarray(km, dtype=np.float64), table.remote[p])
+    return [DISTANCE_CLASS_NAMES[int(c)] for c in np.atleast_1d(codes).tolist()]
+
+
+def location_fit(profile, table, p: int) -> str:
+    return location_fits(profile, table, [p])[0]
 
 
 def success_band(probability: float | None, base_rate: float) -> str:
@@ -87,12 +94,13 @@ def _sentences(e: gateway_pb2.Explanation, table, p: int, probability: float | N
 
 
 def explanation(profile, table, p: int, *, matched, missing, probability, base_rate, factors,
-                collab_basis: str, promoted: bool, matched_weights=(), contributions: dict[str, float] | None = None
-                ) -> gateway_pb2.Explanation:
-    """`contributions`: feature (or blend term) -> additive share of this item's ranking score."""
+                collab_basis: str, promoted: bool, matched_weights=(), contributions: dict[str, float] | None = None,
+                location: str | None = None) -> gateway_pb2.Explanation:
+    """`contributions`: feature (or blend term) -> additive share of this item's ranking score;
+    `location`: the item's `location_fits` when the caller computed them for a whole list."""
     e = gateway_pb2.Explanation(matched_skills=list(matched), skills_to_learn=list(missing)[:3],
                                 matched_skill_weights=list(matched_weights),
-                                location_fit=location_fit(profile, table, p), promoted_by_fairness=promoted)
+                                location_fit=location or location_fit(profile, table, p), promoted_by_fairness=promoted)
     sector = str(table.sector[p]).lower()
     e.preferred_sector = sector in {s.lower() for s in profile.preferred_sectors}
     e.success_band = success_band(probability, base_rate)

@@ -35,3 +35,11 @@ def allowed(table: InternshipTable, positions: np.ndarray, *, now: int, applied:
     if filters.HasField("min_stipend"):
         keep &= np.nan_to_num(table.stipend[p], nan=0.0) >= filters.min_stipend
     return keep
+
+
+def check(filters, v) -> None:
+    """Field violations for numbers a filter cannot mean (negative, NaN or infinite)."""
+    if filters.HasField("radius_km") and not (np.isfinite(filters.radius_km) and filters.radius_km >= 0):
+        v.add("filters.radius_km", "must be a finite distance >= 0")
+    if filters.HasField("min_stipend") and not (np.isfinite(filters.min_stipend) and filters.min_stipend >= 0):
+        v.add("filters.min_stipend", "must be a finite amount >= 0")

@@ -26,12 +26,14 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from gateway import explain, fairness, filters
+from gateway import recommend as stages
 from gateway.catalog import SqliteCatalog
-from models.ranker import COMPONENT_SCORES, blend_scores, blend_terms
+from models.pipeline import COLLABORATIVE, CONTENT, POPULARITY, SCORE_COLUMNS, SUCCESS, collaborative_known
 from models import shortlist as shortlists
 from pmis.v1 import (collaborative_pb2_grpc, common_pb2, content_pb2_grpc, gateway_pb2, gateway_pb2_grpc, ranker_pb2,
                      ranker_pb2_grpc, success_pb2, success_pb2_grpc)
-from services.common import telemetry
+from services.common import admission, telemetry
+from services.common.auth import check_admin
 from services.common.errors import RpcError, not_found, unavailable
 from services.common.profiles import EVENT_NAMES, EVENT_TYPES, profile_message
 from services.common.server import env
@@ -65,6 +67,9 @@ class GatewayConfig:
     shortlist_groups: dict = field(default_factory=lambda: dict(shortlists.DEFAULT_GROUPS))
     catalog_refresh_seconds: float = 300.0  # re-read internships, counts and slots; 0 = never
     max_connection_age_ms: int = 60_000     # clients reconnect (and re-balance over gateway pods) this often
+    fairness_strength: float = 1.0          # the policy every Recommend gets; 0 = off unless a request asks
+    max_in_flight: int = admission.GATEWAY_MAX_IN_FLIGHT      # more: RESOURCE_EXHAUSTED at once; 0 = unlimited
+    min_deadline_ms: int = admission.GATEWAY_MIN_DEADLINE_MS  # less time left: refused before any work
 
 
 def _channel_options(component: str) -> list:
@@ -116,30 +121,8 @@ class Student:
     student_id: str
     profile: common_pb2.StudentProfile
     interactions: list          # common_pb2.Interaction, oldest first
-    applied: set
+    seen: list                  # every internship the student has interacted with: not recommended again
     cold_start: bool
-
-
-@dataclass
-class Gathered:
-    """Scores collected from the content and collaborative answers, by internship id."""
-    content: dict = field(default_factory=dict)
-    collaborative: dict = field(default_factory=dict)
-    popularity: dict = field(default_factory=dict)
-    skills: dict = field(default_factory=dict)     # id -> (matched, missing, matched weights)
-    collab_basis: str = ""
-
-    def absorb(self, component: str, resp: common_pb2.ScoredItems) -> None:
-        for it in resp.items:
-            if component == "content":
-                self.content[it.internship_id] = it.score
-                self.skills[it.internship_id] = (list(it.matched_skills), list(it.missing_skills),
-                                                 list(it.matched_weights))
-            else:
-                self.collaborative[it.internship_id] = it.score
-                self.popularity[it.internship_id] = it.popularity
-        if component == "collaborative":
-            self.collab_basis = resp.basis
 
 
 def aio_rpc(method):
@@ -217,16 +200,15 @@ class Gateway(gateway_pb2_grpc.RecommendationGatewayServicer):
         row = self.catalog.student(request.student_id) if request.student_id else None
         if row is None and not has_profile:
             raise not_found(f"student {request.student_id} is not in the catalog; send a profile for a new student")
-        interactions, applied = [], set()
+        interactions = []
         if row is not None:
             for iid, event, ts in self.catalog.interactions(request.student_id):
                 it = common_pb2.Interaction(internship_id=iid, event=EVENT_TYPES.get(event, 0))
                 it.timestamp.seconds = int(ts)
                 interactions.append(it)
-                if event == "apply":
-                    applied.add(iid)
         profile = request.profile if has_profile else profile_message(row)
-        return Student(request.student_id, profile, interactions, applied, cold_start=row is None)
+        seen = sorted({it.internship_id for it in interactions})
+        return Student(request.student_id, profile, interactions, seen, cold_start=row is None)
 
     def models_and_mixing(self, versions: dict) -> tuple[list, bool]:
         models = [v for v in versions.values() if v is not None]
@@ -236,9 +218,24 @@ class Gateway(gateway_pb2_grpc.RecommendationGatewayServicer):
     # ------------------------------------------------------------------ Recommend
     @aio_rpc
     async def Recommend(self, request, context):
-        return await self.recommend(request, self.deadline(context))
+        return await self.recommend(request, self.deadline(context), context)
 
-    async def recommend(self, request, deadline: float) -> gateway_pb2.RecommendResponse:
+    def fairness_strength(self, request, context) -> tuple[float | None, str]:
+        """The operator's policy, tightened by a request; off only for an admin caller."""
+        policy = self.cfg.fairness_strength
+        asked = request.fairness
+        if asked.off:
+            if context is None:
+                raise RpcError(grpc.StatusCode.PERMISSION_DENIED, "fairness.off needs an admin caller")
+            check_admin(context, "Recommend with fairness.off")
+            return None, "off (admin)"
+        if policy <= 0:
+            return (asked.strength, "tightened") if asked.strength > 0 else (None, "off (policy)")
+        if asked.strength > policy:
+            return float(asked.strength), "tightened"
+        return policy, "policy"
+
+    async def recommend(self, request, deadline: float, context=None) -> gateway_pb2.RecommendResponse:
         v = Violations()
         k = request.k or 10
         v.check_range("k", k, 1, 100)
@@ -246,172 +243,27 @@ class Gateway(gateway_pb2_grpc.RecommendationGatewayServicer):
             v.add("mode", "must be HYBRID, CONTENT or COLLABORATIVE")
         if request.fairness.strength and not 0 <= request.fairness.strength <= 1:
             v.add("fairness.strength", "must be in 0..1")
+        if request.HasField("filters"):
+            filters.check(request.filters, v)
         student = self.resolve(request, v)
-        mode = request.mode or gateway_pb2.MODE_HYBRID
-        use_content = mode in (gateway_pb2.MODE_HYBRID, gateway_pb2.MODE_CONTENT)
-        use_collab = mode in (gateway_pb2.MODE_HYBRID, gateway_pb2.MODE_COLLABORATIVE)
-        f = self.fanout
-        degraded, versions = [], {}
-
-        # 1. retrieve candidates in parallel
-        n = max(self.cfg.candidates, 3 * k)
-        retrieve = common_pb2.RetrieveRequest(student_id=student.student_id, profile=student.profile, n=n,
-                                              exclude_internship_ids=sorted(student.applied),
-                                              interactions=student.interactions)
-        tasks = {}
-        if use_content:
-            tasks["content"] = f.call("content", f.content.Retrieve, retrieve, deadline)
-        if use_collab:
-            tasks["collaborative"] = f.call("collaborative", f.collaborative.Retrieve, retrieve, deadline)
-        answers = dict(zip(tasks, await asyncio.gather(*tasks.values())))
-        got = Gathered()
-        for name, (resp, err) in answers.items():
-            if resp is None:
-                degraded.append(name)
-                continue
-            versions[name] = resp.model
-            got.absorb(name, resp)
-        content_scores, collab_scores, popularity, skills = got.content, got.collaborative, got.popularity, got.skills
-        if not versions:
-            raise unavailable("no retrieval component answered: " + ", ".join(degraded))
-
-        # 2. union, then drop applied, closed, full and filtered-out internships
-        table = self.catalog.internships
-        union = [i for i in dict.fromkeys([*content_scores, *collab_scores]) if i in table.position]
-        positions = np.array([table.position[i] for i in union], dtype=np.int64)
-        keep = filters.allowed(table, positions, now=self.now(), applied=student.applied,
-                               filters=request.filters if request.HasField("filters") else None,
-                               student_lat=student.profile.latitude if student.profile.HasField("latitude") else None,
-                               student_lon=student.profile.longitude if student.profile.HasField("longitude") else None)
-        positions = positions[keep]
-        ids = [str(table.ids[p]) for p in positions]
-        response = gateway_pb2.RecommendResponse(student_id=student.student_id, cold_start=student.cold_start)
-        if not ids:
-            response.degraded.extend(degraded)
-            response.models.extend(versions.values())
-            return response
-
-        # 3. score every candidate with every component, in parallel
-        tasks = {}
-        missing_content = [i for i in ids if i not in content_scores]
-        if "content" in versions and missing_content:
-            tasks["content"] = f.call("content", f.content.Score, common_pb2.ScoreRequest(
-                profile=student.profile, internship_ids=missing_content), deadline)
-        missing_collab = [i for i in ids if i not in collab_scores]
-        if "collaborative" in versions and missing_collab:
-            tasks["collaborative"] = f.call("collaborative", f.collaborative.Score, common_pb2.ScoreRequest(
-                student_id=student.student_id, internship_ids=missing_collab, interactions=student.interactions),
-                deadline)
-        # Probabilities for every candidate; the factors (costlier) only for the final k, below.
-        tasks["success"] = f.call("success", f.success.Predict, success_pb2.PredictRequest(
-            profile=student.profile, internship_ids=ids, top_factors=0), deadline)
-        answers = dict(zip(tasks, await asyncio.gather(*tasks.values())))
-        for name in ("content", "collaborative"):
-            resp, err = answers.get(name, (None, None))
-            if resp is not None:
-                got.absorb(name, resp)
-            elif name in answers:
-                degraded.append(name)
-        success_resp, _ = answers["success"]
-        probability, factors, base_rate = {}, {}, 0.0
-        if success_resp is None:
-            degraded.append("success")
-        else:
-            versions["success"] = success_resp.model
-            base_rate = success_resp.base_rate
-            for pr in success_resp.predictions:
-                probability[pr.internship_id] = pr.probability
-                factors[pr.internship_id] = list(pr.top_factors)
-
-        component = np.full((len(ids), 4), np.nan, dtype=np.float32)
-        for r, i in enumerate(ids):
-            for j, source in enumerate((content_scores, collab_scores, popularity, probability)):
-                if i in source:
-                    component[r, j] = source[i]
-
-        # 4. rank: the learned ranker, or the static blend, or the one component the mode asks for
-        ranker_scores = None
-        if mode == gateway_pb2.MODE_HYBRID:
-            candidates = []
-            for r, i in enumerate(ids):
-                c = ranker_pb2.Candidate(internship_id=i)
-                for j, fld in enumerate(("content_score", "collab_score", "popularity", "success_probability")):
-                    if not np.isnan(component[r, j]):
-                        setattr(c, fld, float(component[r, j]))
-                candidates.append(c)
-            resp, _ = await f.call("ranker", f.ranker.Rank, ranker_pb2.RankRequest(
-                profile=student.profile, candidates=candidates), deadline)
-            if resp is None:
-                degraded.append("ranker")
-            else:
-                versions["ranker"] = resp.model
-                ranker_scores = np.array([it.score for it in resp.items], dtype=np.float32)
-        if ranker_scores is not None:
-            final, response.ranking = ranker_scores, "ranker"
-        elif mode == gateway_pb2.MODE_CONTENT:
-            final, response.ranking = np.nan_to_num(component[:, 0], nan=-np.inf), "content"
-        elif mode == gateway_pb2.MODE_COLLABORATIVE:
-            final, response.ranking = np.nan_to_num(component[:, 1], nan=-np.inf), "collaborative"
-        else:
-            final, response.ranking = blend_scores(component, self.cfg.blend_weights), "blend"
-
-        # 5. fair re-rank (per request; exposure is recorded either way), 6. explanations, 7. answer
-        enabled = request.HasField("fairness") and request.fairness.enabled
-        order, moved = self.fair.rerank(
-            final, self.ledger_positions(table, positions),
-            fairness.candidate_groups(table, positions, student.profile, self.cfg.fairness),  # counted either way
-            enabled=enabled, strength=request.fairness.strength, k=k)
-        want_explain = request.explain if request.HasField("explain") else True
-        contributions: dict[int, dict[str, float]] = {}  # candidate row -> feature -> share of its score
-        if want_explain:
-            # Success factors and the ranker's feature contributions, for the final k only (both
-            # cost per item), in parallel.
-            extra = {}
-            if "success" in versions:
-                extra["success"] = f.call("success", f.success.Predict, success_pb2.PredictRequest(
-                    profile=student.profile, internship_ids=[ids[r] for r in order.tolist()], top_factors=3), deadline)
-            if response.ranking == "ranker":
-                extra["ranker"] = f.call("ranker", f.ranker.Rank, ranker_pb2.RankRequest(
-                    profile=student.profile, candidates=[candidates[r] for r in order.tolist()], contributions=True),
-                    deadline)
-            done = dict(zip(extra, await asyncio.gather(*extra.values())))
-            resp = done.get("success", (None, None))[0]
-            if resp is not None:
-                factors = {pr.internship_id: list(pr.top_factors) for pr in resp.predictions}
-            resp = done.get("ranker", (None, None))[0]
-            if resp is not None:
-                contributions = {r: {c.name: c.value for c in ic.by_feature}
-                                 for r, ic in zip(order.tolist(), resp.contributions)}
-            elif response.ranking == "blend":
-                terms = blend_terms(component, self.cfg.blend_weights)
-                contributions = {r: dict(zip(COMPONENT_SCORES, terms[r].tolist())) for r in order.tolist()}
-            elif response.ranking in ("content", "collaborative"):
-                name = "content_score" if response.ranking == "content" else "collab_score"
-                contributions = {r: {name: float(final[r])} for r in order.tolist()}
-        for rank, (r, was_moved) in enumerate(zip(order.tolist(), moved.tolist()), start=1):
-            p = int(positions[r])
-            i = ids[r]
-            scores = gateway_pb2.ComponentScores()
-            for j, fld in enumerate(("content", "collaborative", "popularity", "success_probability")):
-                if not np.isnan(component[r, j]):
-                    setattr(scores, fld, float(component[r, j]))
-            if ranker_scores is not None:
-                scores.ranker = float(ranker_scores[r])
-            item = response.items.add(rank=rank, internship_id=i, title=str(table.title[p]),
-                                      company_id=str(table.company_id[p]), sector=str(table.sector[p]),
-                                      district=str(table.district[p]), remote=bool(table.remote[p]),
-                                      stipend=float(np.nan_to_num(table.stipend[p])), score=float(final[r]),
-                                      scores=scores)
-            if want_explain:
-                matched, missing, weights = skills.get(i, ([], [], []))
-                item.explanation.CopyFrom(explain.explanation(
-                    student.profile, table, p, matched=matched, missing=missing, probability=probability.get(i),
-                    base_rate=base_rate, factors=factors.get(i), collab_basis=got.collab_basis, promoted=was_moved,
-                    matched_weights=weights, contributions=contributions.get(r)))
-        models, mixed = self.models_and_mixing(versions)
+        strength, fairness_note = self.fairness_strength(request, context)
+        mode = stages.MODE_NAMES[request.mode or gateway_pb2.MODE_HYBRID]
+        r = stages.InFlight(student, self.catalog.internships, k, mode, deadline)
+        await stages.retrieve(self, r, request)
+        response = gateway_pb2.RecommendResponse(student_id=student.student_id, cold_start=student.cold_start,
+                                                 fairness=fairness_note)
+        if len(r.positions):
+            await stages.score(self, r)
+            await stages.rank_candidates(self, r)
+            response.ranking = r.ranking
+            order, moved = stages.fair_order(self, r, strength)
+            want_explain = request.explain if request.HasField("explain") else True
+            details = await stages.explain_details(self, r, order) if want_explain else None
+            stages.answer(r, order, moved, details, response)
+        models, mixed = self.models_and_mixing(r.versions)
         response.models.extend(models)
         response.mixed_data_versions = mixed
-        response.degraded.extend(dict.fromkeys(degraded))
+        response.degraded.extend(dict.fromkeys(r.degraded))
         for d in response.degraded:
             telemetry.DEGRADED.labels(d).inc()
         return response
@@ -419,7 +271,7 @@ class Gateway(gateway_pb2_grpc.RecommendationGatewayServicer):
     async def StreamRecommend(self, request_iterator, context):
         async for request in request_iterator:
             try:
-                yield await self.recommend(request, self.deadline(None))
+                yield await self.recommend(request, self.deadline(context), context)
             except RpcError as e:  # one bad request in a batch does not end the batch
                 yield gateway_pb2.RecommendResponse(student_id=request.student_id, error=f"{e.code.name}: {e.message}")
 
@@ -449,8 +301,8 @@ class Gateway(gateway_pb2_grpc.RecommendationGatewayServicer):
         f = self.fanout
         ids = [request.internship_id]
         (c, _), (cf, _), (s, _) = await asyncio.gather(
-            f.call("content", f.content.Score, common_pb2.ScoreRequest(profile=student.profile, internship_ids=ids),
-                   deadline),
+            f.call("content", f.content.Score, common_pb2.ScoreRequest(profile=student.profile, internship_ids=ids,
+                                                                       details=True), deadline),
             f.call("collaborative", f.collaborative.Score, common_pb2.ScoreRequest(
                 student_id=student.student_id, internship_ids=ids, interactions=student.interactions), deadline),
             f.call("success", f.success.Predict, success_pb2.PredictRequest(profile=student.profile,
@@ -458,28 +310,32 @@ class Gateway(gateway_pb2_grpc.RecommendationGatewayServicer):
         degraded = [name for name, r in (("content", c), ("collaborative", cf), ("success", s)) if r is None]
         if len(degraded) == 3:
             raise unavailable("no component answered")
-        scores = gateway_pb2.ComponentScores()
-        candidate = ranker_pb2.Candidate(internship_id=request.internship_id)
+        component = np.full(4, np.nan, dtype=np.float32)
         matched, missing, weights, prob, factors, base_rate, basis = [], [], [], None, [], 0.0, ""
         if c is not None and c.items:
-            scores.content = candidate.content_score = c.items[0].score
+            component[CONTENT] = c.items[0].score
             matched, missing = list(c.items[0].matched_skills), list(c.items[0].missing_skills)
             weights = list(c.items[0].matched_weights)
-        if cf is not None and cf.items:
-            scores.collaborative, scores.popularity, basis = cf.items[0].score, cf.items[0].popularity, cf.basis
-            candidate.collab_score, candidate.popularity = cf.items[0].score, cf.items[0].popularity
+        if cf is not None and cf.scores:
+            basis = cf.basis
+            if collaborative_known(basis):
+                component[COLLABORATIVE] = cf.scores[0]
+            component[POPULARITY] = cf.popularity[0]
         if s is not None and s.predictions:
             prob, factors, base_rate = s.predictions[0].probability, list(s.predictions[0].top_factors), s.base_rate
-            scores.success_probability = candidate.success_probability = prob
+            component[SUCCESS] = prob
+        scores = gateway_pb2.ComponentScores(**{n: float(x) for n, x in zip(SCORE_COLUMNS, component.tolist())
+                                                if x == x})
         # The ranker's score and its feature contributions for this one item: the same numbers it
         # gets inside any list (the ranker scores each candidate on its own features).
         contributions = None
         r, _ = await f.call("ranker", f.ranker.Rank, ranker_pb2.RankRequest(
-            profile=student.profile, candidates=[candidate], contributions=True), deadline)
+            profile=student.profile, internship_ids=ids, component_scores=component.tolist(), contributions=True),
+            deadline)
         if r is None:
             degraded.append("ranker")
         else:
-            scores.ranker = r.items[0].score
+            scores.ranker = r.scores[0]
             contributions = {x.name: x.value for x in r.contributions[0].by_feature}
         item = gateway_pb2.Recommendation(
             internship_id=request.internship_id, title=str(table.title[p]), company_id=str(table.company_id[p]),
@@ -533,18 +389,15 @@ class Gateway(gateway_pb2_grpc.RecommendationGatewayServicer):
         pool = pool[:MAX_SHORTLIST_POOL]
         if not pool:
             return gateway_pb2.ShortlistResponse(internship_id=request.internship_id, source=source)
-        deadline, f, ids = self.deadline(context), self.fanout, [request.internship_id]
-        profiles = [profile_message(self.catalog.student(sid)) for sid in pool]
-        calls = [f.call("content", f.content.Score, common_pb2.ScoreRequest(profile=pr, internship_ids=ids), deadline)
-                 for pr in profiles]
-        calls += [f.call("success", f.success.Predict, success_pb2.PredictRequest(profile=pr, internship_ids=ids),
-                         deadline) for pr in profiles]
-        answers = await asyncio.gather(*calls)
-        content, success = answers[:len(pool)], answers[len(pool):]
-        match = np.array([r.items[0].score if r is not None and r.items else np.nan for r, _ in content])
-        prob = np.array([r.predictions[0].probability if r is not None and r.predictions else np.nan
-                         for r, _ in success])
-        degraded = [name for name, col in (("content", match), ("success", prob)) if np.isnan(col).all()]
+        deadline, f = self.deadline(context), self.fanout
+        pairs = common_pb2.PairsRequest(internship_id=request.internship_id,
+                                        profiles=[profile_message(self.catalog.student(sid)) for sid in pool])
+        (content, _), (success, _) = await asyncio.gather(f.call("content", f.content.ScorePairs, pairs, deadline),
+                                                          f.call("success", f.success.PredictPairs, pairs, deadline))
+        match, prob = (np.asarray(r.scores, dtype=np.float64) if r is not None else np.full(len(pool), np.nan)
+                       for r in (content, success))
+        degraded = [name for name, r, col in (("content", content, match), ("success", success, prob))
+                    if r is None or np.isnan(col).all()]
         if len(degraded) == 2:
             raise unavailable("neither the content nor the success service answered")
         score = np.nanmean(np.vstack([fairness.zscore(match), fairness.zscore(prob)]), axis=0)
@@ -562,11 +415,7 @@ class Gateway(gateway_pb2_grpc.RecommendationGatewayServicer):
                 c.success_probability = float(prob[i])
         for g, r in zip(groups, report):
             response.groups.add(group=g, min_share=self.cfg.shortlist_groups[g], **r)
-        versions = {}
-        for r, _ in (*content, *success):
-            if r is not None:
-                versions[r.model.component] = r.model
-        response.models.extend(versions.values())
+        response.models.extend(r.model for r in (content, success) if r is not None)
         return response
 
 
@@ -617,15 +466,25 @@ def parse_config(argv=None) -> GatewayConfig:
     p.add_argument("--max-connection-age-ms", type=int,
                    default=int(env("MAX_CONNECTION_AGE_MS", d.max_connection_age_ms)),
                    help="clients reconnect at least this often, spreading over gateway replicas")
+    p.add_argument("--fairness-strength", type=float, default=float(env("FAIRNESS_STRENGTH", d.fairness_strength)),
+                   help="the fairness policy every Recommend gets (0..1; 0 = off unless a request asks); a request "
+                        "may raise it, only an admin caller may turn it off (env PMIS_FAIRNESS_STRENGTH)")
     p.add_argument("--fairness", default=env("FAIRNESS"),
                    help='JSON, e.g. {"min_shares": {"msme": 0.1, "local": 0.3}, "exposure_targets": {"msme": 0.12}, '
                         '"exposure_strength": 0.55, "temperature": 2.5, "half_life": 500} (env PMIS_FAIRNESS)')
+    p.add_argument("--max-in-flight", type=int, default=int(env("MAX_IN_FLIGHT", d.max_in_flight)),
+                   help="requests admitted at once; more are refused at once with RESOURCE_EXHAUSTED; 0 = unlimited "
+                        "(env PMIS_MAX_IN_FLIGHT)")
+    p.add_argument("--min-deadline-ms", type=int, default=int(env("MIN_DEADLINE_MS", d.min_deadline_ms)),
+                   help="refuse (DEADLINE_EXCEEDED), before any work, a request with less time than this left "
+                        "(env PMIS_MIN_DEADLINE_MS)")
     a = p.parse_args(argv)
     return GatewayConfig(a.host, a.port, a.metrics_port, a.catalog,
                          {c: getattr(a, f"{c}_target") for c in COMPONENTS},
                          {c: getattr(a, f"{c}_budget_ms") for c in COMPONENTS}, a.default_deadline_ms, a.candidates,
                          json.loads(a.blend_weights), a.as_of, a.grace, fairness.FairnessConfig.from_json(a.fairness),
-                         json.loads(a.shortlist_groups), a.catalog_refresh_seconds, a.max_connection_age_ms)
+                         json.loads(a.shortlist_groups), a.catalog_refresh_seconds, a.max_connection_age_ms,
+                         a.fairness_strength, a.max_in_flight, a.min_deadline_ms)
 
 
 async def serve(cfg: GatewayConfig, ready: asyncio.Event | None = None) -> None:
@@ -633,7 +492,9 @@ async def serve(cfg: GatewayConfig, ready: asyncio.Event | None = None) -> None:
     gateway = Gateway(cfg, catalog)
     # A client's long-lived channel would otherwise stay on one gateway pod forever: a maximum
     # connection age makes it reconnect, and land on any pod, at least this often.
-    server = grpc.aio.server(interceptors=[AioMetricsInterceptor()], options=[
+    limiter = admission.Limiter("gateway", cfg.max_in_flight, cfg.min_deadline_ms)
+    server = grpc.aio.server(interceptors=[AioMetricsInterceptor(), admission.AioAdmissionInterceptor(limiter)],
+                             options=[
         ("grpc.so_reuseport", 0), ("grpc.max_connection_age_ms", cfg.max_connection_age_ms),
         ("grpc.max_connection_age_grace_ms", int(cfg.grace * 1000) + 1000)])
     gateway_pb2_grpc.add_RecommendationGatewayServicer_to_server(gateway, server)

@@ -24,10 +24,17 @@ EVENT_WEIGHTS = {"view": 1.0, "save": 3.0, "apply": 5.0}
 MAX_EASE_ITEMS = 20_000
 
 
+def event_weights(events) -> np.ndarray:
+    """Confidence of each event (EVENT_WEIGHTS), vectorised over the distinct event names."""
+    if not len(events):
+        return np.zeros(0, np.float32)
+    names, which = np.unique(np.asarray(events, dtype=str), return_inverse=True)
+    return np.array([EVENT_WEIGHTS[n] for n in names.tolist()], dtype=np.float32)[which]
+
+
 def interaction_matrix(u_idx, i_idx, events, n_users: int, n_items: int) -> sp.csr_matrix:
     """Confidence matrix (users x items): event weights (EVENT_WEIGHTS) summed per pair, capped."""
-    w = np.vectorize(EVENT_WEIGHTS.get, otypes=[np.float32])(np.asarray(events)) if len(events) else np.zeros(0, np.float32)
-    m = sp.coo_matrix((w, (np.asarray(u_idx), np.asarray(i_idx))), shape=(n_users, n_items)).tocsr()
+    m = sp.coo_matrix((event_weights(events), (np.asarray(u_idx), np.asarray(i_idx))), shape=(n_users, n_items)).tocsr()
     m.sum_duplicates()
     # Repeated events on one pair add up; cap at the strongest single weight so one noisy
     # student clicking ten times does not dominate an item's factors.
@@ -39,18 +46,22 @@ class CollaborativeModel:
     def __init__(self, kind: str, params: dict, user_ids: np.ndarray, item_ids: np.ndarray,
                  popularity: np.ndarray, user_items: sp.csr_matrix,
                  user_factors: np.ndarray | None = None, item_factors: np.ndarray | None = None,
-                 ease_b: np.ndarray | None = None):
+                 ease_b: np.ndarray | None = None, item_deadline: np.ndarray | None = None):
         self.kind, self.params = kind, params
         self.user_ids, self.item_ids = user_ids, item_ids
         self.user_index = {u: i for i, u in enumerate(user_ids.tolist())}
         self.popularity = popularity      # (n_items,) normalised weighted interaction counts
         self.user_items = user_items      # training confidences, for EASE scoring and exclusion
         self.user_factors, self.item_factors, self.ease_b = user_factors, item_factors, ease_b
+        # Epoch seconds per item (int64 max = none), so retrieval can leave out closed internships;
+        # None in bundles written before it was stored.
+        self.item_deadline = item_deadline
         self._als = None
         if kind == "als":
             # An implicit model around the stored item factors, used only for fold-in.
+            # One solver thread: a fold-in is one small Cholesky solve per student.
             self._als = AlternatingLeastSquares(factors=item_factors.shape[1], regularization=params["regularization"],
-                                                alpha=params["alpha"], random_state=0)
+                                                alpha=params["alpha"], random_state=0, num_threads=1)
             # implicit's solver needs a writable buffer; the bundle's memmap is read-only. The copy
             # is items x factors; scoring keeps using the shared memmap.
             self._als.item_factors = np.array(item_factors, dtype=np.float32, copy=True)
@@ -97,20 +108,44 @@ class CollaborativeModel:
         vectors = None if self.kind == "ease" else self.user_factors[user_pos]
         return self.scores_for_rows(rows, vectors)
 
+    def history_row(self, item_pos: np.ndarray, events) -> sp.csr_matrix:
+        """One student's interactions as a (1, n_items) confidence row: `interaction_matrix` for
+        one student, built directly (a request's history is a few dozen events)."""
+        columns, which = np.unique(np.asarray(item_pos, dtype=np.int64), return_inverse=True)
+        data = np.minimum(np.bincount(which, weights=event_weights(events)), max(EVENT_WEIGHTS.values()))
+        return sp.csr_matrix((data.astype(np.float32), columns.astype(np.int32), np.array([0, len(columns)])),
+                             shape=(1, len(self.item_ids)))
+
+    def fold_in_rows(self, rows: sp.csr_matrix) -> np.ndarray | None:
+        """Students' factors solved against the served item factors from their interaction rows
+        (ALS; no retraining). EASE scores straight from the rows: None."""
+        if self.kind == "ease":
+            return None
+        rows = sp.csr_matrix(rows, dtype=np.float32)
+        return np.asarray(self._als.recalculate_user(np.arange(rows.shape[0]), rows), dtype=np.float32)
+
+    def scores_of(self, rows: sp.csr_matrix, vectors: np.ndarray | None, item_pos: np.ndarray | None = None
+                  ) -> np.ndarray:
+        """Scores (n, n_items), or (n, len(item_pos)) for given items only."""
+        if self.kind == "ease":
+            full = self.scores_for_rows(rows)
+            return full if item_pos is None else full[:, item_pos]
+        factors = self.item_factors if item_pos is None else self.item_factors[np.asarray(item_pos)]
+        return np.asarray(vectors @ factors.T, dtype=np.float32)
+
     def fold_in(self, item_pos: np.ndarray, events) -> np.ndarray:
         """Scores (n_items,) for one student from fresh interactions only (no retraining)."""
-        row = interaction_matrix(np.zeros(len(item_pos), dtype=np.int64), item_pos, events, 1, len(self.item_ids))
-        if self.kind == "ease":
-            return self.scores_for_rows(row)[0]
-        vector = self._als.recalculate_user(0, row)
-        return self.scores_for_rows(row, vector[None, :])[0]
+        row = self.history_row(item_pos, events)
+        return self.scores_of(row, self.fold_in_rows(row))[0]
 
     def popularity_scores(self, n: int = 1) -> np.ndarray:
         return np.broadcast_to(self.popularity, (n, len(self.popularity)))
 
-    def save(self, root, metadata: dict) -> BundleRef:
+    def save(self, root, metadata: dict, item_deadline: np.ndarray | None = None) -> BundleRef:
         arrays = {"user_ids": self.user_ids, "item_ids": self.item_ids, "popularity": self.popularity,
                   **csr_to_arrays("user_items", self.user_items)}
+        if item_deadline is not None:
+            arrays["item_deadline"] = np.asarray(item_deadline, dtype=np.int64)
         if self.kind == "als":
             arrays.update(user_factors=self.user_factors, item_factors=self.item_factors)
         else:
@@ -123,4 +158,4 @@ class CollaborativeModel:
         a, doc = bundle.arrays, bundle.documents["model"]
         return cls(doc["kind"], doc["params"], a["user_ids"], a["item_ids"], a["popularity"],
                    arrays_to_csr("user_items", a), user_factors=a.get("user_factors"),
-                   item_factors=a.get("item_factors"), ease_b=a.get("ease_b"))
+                   item_factors=a.get("item_factors"), ease_b=a.get("ease_b"), item_deadline=a.get("item_deadline"))

@@ -19,7 +19,8 @@ from models.collaborative import CollaborativeModel
 from models.content import ContentModel
 from models.features import FeatureSpace, StudentTable, pair_features
 from models.metrics import gather, group_breakdown, ranking_metrics, top_k
-from models.ranker import RankerModel, blend_scores, ranker_features
+from models.pipeline import COLLABORATIVE, CONTENT, POPULARITY, SUCCESS, Candidates, best_k, rank, top_n_rows
+from models.ranker import RankerModel, ranker_features
 from models.success import SuccessModel
 
 DENSE_BLOCK_CELLS = 20_000_000  # students x items per dense score block (~80 MB of float32)
@@ -41,60 +42,64 @@ class Components:
     profile_texts: list[str]       # content profile text per student
     seen: sp.csr_matrix            # (students x items) any interaction before the cutoff
     open_items: np.ndarray         # bool per item: deadline not passed at the cutoff
+    available: np.ndarray | None = None  # bool per item, applied after retrieval (serving: not full)
 
 
 @dataclass
-class CandidateBlock:
-    rows: np.ndarray        # student positions (n,)
-    items: np.ndarray       # (n, m) candidate item positions, padded
-    valid: np.ndarray       # (n, m) real candidates
-    scores: np.ndarray      # (n, m, 4) component scores, NaN where padded/unavailable
-    pair: np.ndarray        # (valid.sum(), |PAIR_FEATURES|) features of the valid candidates
-    content_full: np.ndarray  # (n, items) content scores with excluded items at -inf
-    collab_full: np.ndarray   # (n, items) collaborative scores (popularity for unknown students), -inf excluded
+class CandidateBlock(Candidates):
+    """The serving pipeline's `Candidates` for a block of students, with what evaluation also needs."""
+    rows: np.ndarray | None = None          # student positions (n,)
+    content_full: np.ndarray | None = None  # (n, items) content scores with excluded items at -inf
+    collab_full: np.ndarray | None = None   # (n, items) collaborative scores (popularity for unknown students)
+
+
+def collaborative_scores(cf: CollaborativeModel, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(n, items) scores and which students the model knows through interactions: folded in from
+    their history exactly as the collaborative service does; popularity for the others."""
+    history = cf.user_items[rows]
+    known = np.asarray(history.getnnz(axis=1) > 0)
+    scores = np.array(cf.popularity_scores(len(rows)), dtype=np.float32)
+    if known.any():
+        rows_known = history[np.flatnonzero(known)]
+        scores[known] = cf.scores_of(rows_known, cf.fold_in_rows(rows_known))
+    return scores, known
 
 
 def candidate_block(c: Components, rows: np.ndarray, n_candidates: int) -> CandidateBlock:
+    """Retrieve, union, filter and score the candidates of a block of students: the serving
+    pipeline's stages (models.pipeline), in process."""
     rows = np.asarray(rows)
     content = c.content.score([c.profile_texts[r] for r in rows])
-    cf = c.collaborative
-    has_history = np.asarray(cf.user_items[rows].getnnz(axis=1) > 0)
-    collab = np.array(cf.popularity_scores(len(rows)), dtype=np.float32)
-    if has_history.any():
-        collab[has_history] = cf.score_users(rows[has_history])
+    collab, known = collaborative_scores(c.collaborative, rows)
     excluded = c.seen[rows].toarray().astype(bool) | ~c.open_items[None, :]
     content[excluded] = -np.inf
     collab[excluded] = -np.inf
-    cand = np.hstack([top_k(content, n_candidates), top_k(collab, n_candidates)])
-    cand.sort(axis=1)
-    valid = np.ones_like(cand, dtype=bool)
-    valid[:, 1:] = cand[:, 1:] != cand[:, :-1]  # union: drop the second copy of an item
-    valid &= ~np.take_along_axis(excluded, cand, axis=1)
-    r_idx = np.broadcast_to(np.arange(len(rows))[:, None], cand.shape)
-    scores = np.full(cand.shape + (4,), np.nan, dtype=np.float32)
-    scores[..., 0] = np.take_along_axis(content, cand, axis=1)
-    scores[..., 1] = np.where(has_history[:, None], np.take_along_axis(collab, cand, axis=1), np.nan)
-    scores[..., 2] = cf.popularity[cand]
-    pair = pair_features(c.students, rows[r_idx[valid]], c.space.items, cand[valid])
+    found = Candidates.union(top_n_rows(content, n_candidates), top_n_rows(collab, n_candidates))
+    block = CandidateBlock(found.items, found.valid, found.scores, rows=rows, content_full=content,
+                           collab_full=collab)
+    block.keep(~excluded if c.available is None else ~excluded & c.available[None, :])
+    block.lookup(CONTENT, content)
+    block.lookup(COLLABORATIVE, np.where(known[:, None], collab, np.nan))
+    block.lookup(POPULARITY, np.broadcast_to(c.collaborative.popularity, content.shape))
+    r_idx = np.broadcast_to(np.arange(len(rows))[:, None], block.items.shape)
+    block.pair = pair_features(c.students, rows[r_idx[block.valid]], c.space.items, block.items[block.valid])
     if c.success is not None:
-        scores[..., 3][valid] = c.success.predict(pair)
-    scores[~valid] = np.nan
-    return CandidateBlock(rows, cand, valid, scores, pair, content, collab)
+        block.scores[..., SUCCESS][block.valid] = c.success.predict(block.pair)
+    return block
 
 
 def _pipeline_top_k(block: CandidateBlock, scores: np.ndarray, k: int):
-    padded = np.where(block.valid, scores, -np.inf)
-    pos = top_k(padded, k)
-    return np.take_along_axis(block.items, pos, axis=1), np.take_along_axis(block.valid, pos, axis=1)
+    pos = best_k(block, scores, k)
+    found = pos >= 0
+    pos = np.where(found, pos, 0)
+    return np.take_along_axis(block.items, pos, axis=1), found & np.take_along_axis(block.valid, pos, axis=1)
 
 
 def pipeline_scores(block: CandidateBlock, blend_weights: dict, ranker: RankerModel | None) -> dict[str, np.ndarray]:
-    out = {"success_only": np.nan_to_num(block.scores[..., 3], nan=-1.0),
-           "blend": blend_scores(block.scores, blend_weights)}
+    out = {"success_only": np.nan_to_num(block.scores[..., SUCCESS], nan=-1.0),
+           "blend": rank(block, blend_weights=blend_weights)[0]}
     if ranker is not None:
-        r = np.zeros(block.valid.shape, dtype=np.float32)
-        r[block.valid] = ranker.predict(ranker_features(block.scores[block.valid], block.pair))
-        out["ranker"] = r
+        out["ranker"] = rank(block, ranker=ranker, blend_weights=blend_weights)[0]
     return out
 
 

@@ -214,16 +214,19 @@ def det_const_sort(scores, groups, targets, k: int | None = None) -> np.ndarray:
     n_groups = len(p)
     p_fill = max(0.0, 1.0 - float(p.sum()))
 
-    rank, by_group, bounds = _group_queues(scores, groups, n_groups)
-    queues = [by_group[bounds[a] : bounds[a + 1]] for a in range(n_groups)]
-    head = np.zeros(n_groups, dtype=np.int64)  # next unused item per group
-    qlen = np.array([len(q) for q in queues], dtype=np.int64)
+    rank_arr, by_group, bounds = _group_queues(scores, groups, n_groups)
+    # Plain Python lists: the loop below runs once per placed item, where numpy scalars cost more
+    # than the arithmetic.
+    rank, group_of = rank_arr.tolist(), groups.tolist()
+    queues = [by_group[bounds[a] : bounds[a + 1]].tolist() for a in range(n_groups)]
+    head = [0] * n_groups  # next unused item per group
+    qlen = [len(q) for q in queues]
 
     def head_rank(a: int) -> int:
-        return int(rank[queues[a][head[a]]]) if head[a] < qlen[a] else n  # n = "empty"
+        return rank[queues[a][head[a]]] if head[a] < qlen[a] else n  # n = "empty"
 
     def pop_group(a: int) -> int:
-        item = int(queues[a][head[a]])
+        item = queues[a][head[a]]
         head[a] += 1
         return item
 
@@ -234,18 +237,19 @@ def det_const_sort(scores, groups, targets, k: int | None = None) -> np.ndarray:
 
     items: list[int] = []  # the ranked list under construction (item indices)
     deadlines: list[int] = []  # paper's maxIndices (1-based prefix length)
-    count = np.zeros(n_groups, dtype=np.int64)  # paper's rankedAttCnt, incl. fill-taken items
-    prev_need = np.zeros(n_groups, dtype=np.int64)  # paper's minAttCnts
+    count = [0] * n_groups  # paper's rankedAttCnt, incl. fill-taken items
+    prev_need = [0] * n_groups  # paper's minAttCnts
+    shares = p.tolist()  # plain floats: this loop runs once per placed item
     prev_fill = 0
     placed = 0
     t = 0
     while placed < n:
         t += 1
-        need = min_counts(p, t)  # tempMinAttCnts
+        need = [math.floor(pa * t + _EPS) for pa in shares]  # tempMinAttCnts (min_counts, unboxed)
         need_fill = int(math.floor(p_fill * t + _EPS))
         # changedMins: one insertion per unit increase of a group's floor (at most 1 per step
         # since p_a <= 1) plus one per increase of the fill's floor.
-        changed = [a for a in range(n_groups) for _ in range(int(need[a] - prev_need[a]))]
+        changed = [a for a in range(n_groups) for _ in range(need[a] - prev_need[a])]
         n_free = need_fill - prev_fill
         # ordChangedMins: by the score (plain rank) of the group's next item, best first.
         changed.sort(key=head_rank)
@@ -259,7 +263,7 @@ def det_const_sort(scores, groups, targets, k: int | None = None) -> np.ndarray:
         for _ in range(n_free):
             if placed + len(picks) < n:
                 item = pop_best()  # best remaining item of any group
-                count[groups[item]] += 1
+                count[group_of[item]] += 1
                 picks.append(item)
         prev_need, prev_fill = need, need_fill
 

@@ -51,6 +51,29 @@ def read_holdout(path: Path) -> pd.DataFrame:
     return df
 
 
+def components_from_bundles(bundles: dict, ds, open_items: np.ndarray | None = None) -> Components:
+    """The served models (one bundle per component) over a dataset in the contract's format, as the
+    offline pipeline sees them: every interaction in the dataset counts as seen."""
+    content = ContentModel.from_bundle(bundles["content"])
+    collab = CollaborativeModel.from_bundle(bundles["collaborative"])
+    success = SuccessModel.from_bundle(bundles["success"]) if "success" in bundles else None
+    space = FeatureSpace.from_arrays(bundles["ranker"].arrays)
+    student_ids = ds.students["student_id"].astype(str).to_numpy()
+    if not np.array_equal(np.asarray(collab.user_ids), student_ids):
+        raise RuntimeError("the collaborative bundle was trained on another students table; retrain first")
+    item_index = pd.Index(np.asarray(space.items.ids))
+    s_index = pd.Index(student_ids)
+    seen = sp.csr_matrix((np.ones(len(ds.interactions), np.float32),
+                          (s_index.get_indexer(ds.interactions["student_id"].astype(str)),
+                           item_index.get_indexer(ds.interactions["internship_id"].astype(str)))),
+                         shape=(len(student_ids), len(item_index)))
+    texts = [profile_text(s, f, p) for s, f, p in zip(ds.students["skills"], ds.students["field"],
+                                                     ds.students["preferred_sectors"])]
+    return Components(content, collab, success, space, space.students(ds.students), texts,
+                      (seen > 0).astype(np.float32).tocsr(),
+                      np.ones(len(item_index), dtype=bool) if open_items is None else open_items)
+
+
 def evaluate_holdout(data_dir: Path, bundles_dir: Path, holdout: Path, k: int = 10, n_candidates: int = 100) -> dict:
     ds = load_dataset(data_dir)
     bundles = load_champions(bundles_dir)
@@ -61,23 +84,12 @@ def evaluate_holdout(data_dir: Path, bundles_dir: Path, holdout: Path, k: int = 
         if b.ref.data_version != ds.data_version:
             log.warning("%s bundle was trained on data version %s, the dataset is %s", c, b.ref.data_version,
                         ds.data_version)
-    content = ContentModel.from_bundle(bundles["content"])
-    collab = CollaborativeModel.from_bundle(bundles["collaborative"])
+    comp = components_from_bundles(bundles, ds)
     ranker = RankerModel.from_bundle(bundles["ranker"])
-    success = SuccessModel.from_bundle(bundles["success"]) if "success" in bundles else None
-    space = FeatureSpace.from_arrays(bundles["ranker"].arrays)
-
-    student_ids = ds.students["student_id"].astype(str).to_numpy()
-    if not np.array_equal(np.asarray(collab.user_ids), student_ids):
-        raise RuntimeError("the collaborative bundle was trained on another students table; retrain first")
-    item_index = pd.Index(np.asarray(space.items.ids))
-    s_index = pd.Index(student_ids)
-    n_s, n_i = len(student_ids), len(item_index)
-
-    train = ds.interactions
-    seen = sp.csr_matrix((np.ones(len(train), np.float32),
-                          (s_index.get_indexer(train["student_id"].astype(str)),
-                           item_index.get_indexer(train["internship_id"].astype(str)))), shape=(n_s, n_i))
+    item_index = pd.Index(np.asarray(comp.space.items.ids))
+    s_index = pd.Index(ds.students["student_id"].astype(str).to_numpy())
+    n_s, n_i = len(s_index), len(item_index)
+    seen = comp.seen
     held = read_holdout(holdout)
     held = held[held["event"].isin(["save", "apply"])]
     hs = s_index.get_indexer(held["student_id"].astype(str))
@@ -89,11 +101,6 @@ def evaluate_holdout(data_dir: Path, bundles_dir: Path, holdout: Path, k: int = 
     relevant.eliminate_zeros()
     rows = np.flatnonzero(relevant.getnnz(axis=1) > 0)
 
-    students = space.students(ds.students)
-    texts = [profile_text(s, f, p) for s, f, p in zip(ds.students["skills"], ds.students["field"],
-                                                     ds.students["preferred_sectors"])]
-    comp = Components(content, collab, success, space, students, texts, (seen > 0).astype(np.float32).tocsr(),
-                      np.ones(n_i, dtype=bool))
     groups = {a: ds.students[a].astype(str).to_numpy() for a in GROUP_ATTRIBUTES if a in ds.students}
     ranking = evaluate_window(comp, rows, relevant.tocsr(), k=k, n_candidates=n_candidates,
                               blend_weights=ranker.blend_weights, ranker=ranker, groups=groups)

@@ -13,6 +13,7 @@ import numpy as np
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
 from sklearn.impute import SimpleImputer
+from scipy.special import expit
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import RandomizedSearchCV, StratifiedKFold
 from sklearn.pipeline import Pipeline
@@ -96,6 +97,41 @@ def search(x: np.ndarray, y: np.ndarray, *, folds: int = 3, budget: int = 4, see
     return best, results[best]["params"], results
 
 
+class LinearLogit:
+    """A sigmoid-calibrated logistic regression pipeline as plain arithmetic.
+
+    impute (medians) -> standardise -> dot product -> sigmoid calibrator: the calibrated log-odds
+    are `-(a * (d @ w + c) + b)` with the scaler folded into `w` and `c`. Read from the fitted
+    scikit-learn objects, so it is the library's model, evaluated without its per-call dispatch.
+    """
+
+    def __init__(self, fill: np.ndarray, weights: np.ndarray, offset: float, a: float, b: float):
+        self.fill, self.weights, self.offset, self.a, self.b = fill, weights, offset, a, b
+
+    @classmethod
+    def of(cls, calibrated) -> "LinearLogit | None":
+        """The arithmetic of `calibrated`, or None when it is not a single sigmoid-calibrated
+        imputer -> scaler -> logistic regression pipeline."""
+        fitted = getattr(calibrated, "calibrated_classifiers_", None)
+        if not fitted or len(fitted) != 1 or fitted[0].method != "sigmoid" or len(fitted[0].calibrators) != 1:
+            return None
+        pipe = fitted[0].estimator
+        steps = getattr(pipe, "named_steps", {})
+        if set(steps) != {"impute", "scale", "clf"} or not isinstance(steps["clf"], LogisticRegression):
+            return None
+        scaler, clf = steps["scale"], steps["clf"]
+        mean = scaler.mean_ if scaler.with_mean else np.zeros_like(scaler.scale_)
+        coef = clf.coef_[0] / scaler.scale_
+        calibrator = fitted[0].calibrators[0]
+        return cls(np.nan_to_num(steps["impute"].statistics_.astype(np.float64)), coef.astype(np.float64),
+                   float(clf.intercept_[0] - mean @ coef), float(calibrator.a_), float(calibrator.b_))
+
+    def logit(self, design: np.ndarray) -> np.ndarray:
+        d = np.asarray(design, dtype=np.float64)
+        d = np.where(np.isnan(d), self.fill, d)
+        return -(self.a * (d @ self.weights + self.offset) + self.b)
+
+
 class SuccessModel:
     def __init__(self, calibrated: CalibratedClassifierCV, algorithm: str, params: dict,
                  reference: np.ndarray, base_rate: float):
@@ -103,6 +139,8 @@ class SuccessModel:
         # The typical applicant-internship pair (training medians): factors are measured against it.
         self.reference = np.asarray(reference, dtype=np.float32)
         self.base_rate = float(base_rate)
+        # A logistic regression is served as its arithmetic; other algorithms through the library.
+        self.linear = LinearLogit.of(calibrated)
 
     @classmethod
     def fit(cls, x: np.ndarray, y: np.ndarray, algorithm: str, params: dict, *, folds: int = 3,
@@ -119,7 +157,14 @@ class SuccessModel:
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Calibrated P(selected | applies), one per row of pair features."""
+        if self.linear is not None:
+            return expit(self.linear.logit(design_matrix(x))).astype(np.float32)
         return self.model.predict_proba(design_matrix(x))[:, 1].astype(np.float32)
+
+    def _log_odds(self, x: np.ndarray) -> np.ndarray:
+        if self.linear is not None:
+            return self.linear.logit(design_matrix(x))
+        return _logit(self.predict(x))
 
     def factors(self, x: np.ndarray, top: int = 3) -> list[list[tuple[str, float, float]]]:
         """Per row, the `top` features that move the log-odds most against the typical pair.
@@ -128,11 +173,11 @@ class SuccessModel:
         median)): model-agnostic, exact for the model actually served, one batch per feature.
         """
         x = np.asarray(x, dtype=np.float32)
-        base = _logit(self.predict(x))
+        base = self._log_odds(x)
         stacked = np.repeat(x[None, :, :], x.shape[1], axis=0)  # (features, rows, features)
         for j in range(x.shape[1]):
             stacked[j, :, j] = self.reference[j]
-        swapped = _logit(self.predict(stacked.reshape(-1, x.shape[1]))).reshape(x.shape[1], len(x))
+        swapped = self._log_odds(stacked.reshape(-1, x.shape[1])).reshape(x.shape[1], len(x))
         contrib = base[None, :] - swapped  # (features, rows)
         out = []
         for r in range(len(x)):

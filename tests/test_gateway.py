@@ -245,13 +245,14 @@ class Components:
 class GatewayRunner:
     """Gateway on a grpc.aio server inside an event loop on a background thread."""
 
-    def __init__(self, targets: dict, catalog: Path):
+    def __init__(self, targets: dict, catalog: Path, **config):
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True, name="gateway-loop")
         self.thread.start()
         self.cfg = GatewayConfig(host="127.0.0.1", port=0, metrics_port=0, catalog=catalog, targets=dict(targets),
                                  # generous budgets: a busy 2-core CI box must not turn into "degraded"
-                                 budgets_ms={c: 10_000 for c in COMPONENTS}, default_deadline_ms=20_000)
+                                 budgets_ms={c: 10_000 for c in COMPONENTS}, default_deadline_ms=20_000,
+                                 **config)
         self.gateway, self.server, self.port = self.run(self._start())
         self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
         self.stub = gateway_pb2_grpc.RecommendationGatewayStub(self.channel)
@@ -281,8 +282,8 @@ class GatewayRunner:
             self.loop.close()
 
     # ------------------------------------------------------------------ calls
-    def recommend(self, **kw) -> gateway_pb2.RecommendResponse:
-        return self.stub.Recommend(gateway_pb2.RecommendRequest(**kw), timeout=TIMEOUT)
+    def recommend(self, metadata=None, **kw) -> gateway_pb2.RecommendResponse:
+        return self.stub.Recommend(gateway_pb2.RecommendRequest(**kw), timeout=TIMEOUT, metadata=metadata)
 
     def fails(self, method: str, request, code: grpc.StatusCode) -> tuple[str, list[tuple[str, str]]]:
         with pytest.raises(grpc.RpcError) as info:
@@ -300,11 +301,11 @@ class System:
 
 
 @contextmanager
-def _running_system(small_system):
+def _running_system(small_system, **config):
     components = Components(small_system.bundles)
     runner = None
     try:
-        runner = GatewayRunner(components.targets, small_system.catalog)
+        runner = GatewayRunner(components.targets, small_system.catalog, **config)
         yield System(components, runner, small_system.catalog)
     finally:
         if runner is not None:
@@ -312,15 +313,28 @@ def _running_system(small_system):
         components.stop()
 
 
+# Most tests here check relevance order, explanations and degradation: the operator's fairness
+# policy is set to 0 for them (a request may still ask for fairness). The policy itself is tested
+# on `policy_system`, a gateway with the default configuration.
+PLAIN = {"fairness_strength": 0.0}
+
+
 @pytest.fixture(scope="module")
 def system(small_system):
-    with _running_system(small_system) as running:
+    with _running_system(small_system, **PLAIN) as running:
         yield running
 
 
 @pytest.fixture()
 def fresh_system(small_system):
     """Servers of this test's own, which it may stop."""
+    with _running_system(small_system, **PLAIN) as running:
+        yield running
+
+
+@pytest.fixture()
+def policy_system(small_system):
+    """The default configuration: the fairness policy applies to every Recommend."""
     with _running_system(small_system) as running:
         yield running
 
@@ -709,9 +723,41 @@ def _groups_of(gw: Gateway, items, profile) -> np.ndarray:
 def test_fairness_off_keeps_relevance_order_and_moves_nothing(system, students):
     gw = system.gateway
     resp = gw.recommend(student_id=students["top"], k=10)
+    assert resp.fairness == "off (policy)"
     scores = [it.score for it in resp.items]
     assert scores == sorted(scores, reverse=True)
     assert not any(it.explanation.promoted_by_fairness for it in resp.items)
+
+
+def test_fairness_is_the_operators_policy(policy_system, students, monkeypatch):
+    """Every Recommend gets the configured policy; a request may tighten it; only an admin caller
+    may turn it off, and the answer says which applied."""
+    from services.common.auth import bearer_metadata
+
+    gw = policy_system.gateway
+    sid = students["top"]
+    lists = [gw.recommend(student_id=sid, k=10, explain=False) for _ in range(3)]
+    assert all(r.fairness == "policy" for r in lists)
+    assert gw.recommend(student_id=sid, k=10, fairness=gateway_pb2.FairnessOptions(strength=0.2)).fairness == "policy"
+    # exposure is recorded, so the same student's list moves as the ledger fills
+    shown = {it.internship_id for r in lists for it in r.items}
+    assert len(shown) >= 10
+    # a stranger may not turn it off; without a token configured nobody may
+    monkeypatch.delenv("PMIS_ADMIN_TOKEN", raising=False)
+    gw.fails("Recommend", gateway_pb2.RecommendRequest(student_id=sid, fairness=gateway_pb2.FairnessOptions(off=True)),
+             grpc.StatusCode.PERMISSION_DENIED)
+    monkeypatch.setenv("PMIS_ADMIN_TOKEN", "s3cret-token")
+    gw.fails("Recommend", gateway_pb2.RecommendRequest(student_id=sid, fairness=gateway_pb2.FairnessOptions(off=True)),
+             grpc.StatusCode.UNAUTHENTICATED)
+    with pytest.raises(grpc.RpcError) as info:
+        gw.recommend(student_id=sid, fairness=gateway_pb2.FairnessOptions(off=True),
+                     metadata=bearer_metadata("wrong"))
+    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    off = gw.recommend(student_id=sid, k=10, fairness=gateway_pb2.FairnessOptions(off=True),
+                       metadata=bearer_metadata("s3cret-token"))
+    assert off.fairness == "off (admin)"
+    assert [it.score for it in off.items] == sorted((it.score for it in off.items), reverse=True)
+    assert not any(it.explanation.promoted_by_fairness for it in off.items)
 
 
 def test_fairness_on_meets_group_floors_and_marks_promotions(system, students):

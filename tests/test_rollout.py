@@ -313,7 +313,7 @@ def test_replica_is_not_serving_until_its_bundle_is_loaded(deployment):
             assert seen and seen[-1][1] == SERVING, f"never SERVING: {seen[-3:]}"
             answer = content.Retrieve(common_pb2.RetrieveRequest(profile=common_pb2.StudentProfile(
                 skills=["python"]), n=3), timeout=5)
-            assert len(answer.items) == 3
+            assert len(answer.internship_ids) == 3
     finally:
         slow.terminate()
     log = (deployment.logs / "content-slow.log").read_text()

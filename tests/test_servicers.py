@@ -7,6 +7,8 @@ Errors are checked down to the google.rpc BadRequest field names a client would 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import sqlite3
 from contextlib import closing
 
@@ -147,6 +149,25 @@ def catalog_rows(small_system):
     return {"internships": internships, "interactions": interactions, "selection_rate": outcomes}
 
 
+@dataclass
+class Item:
+    internship_id: str
+    score: float
+    popularity: float | None = None
+
+
+def packed(resp) -> list[Item]:
+    """A Retrieve/Score answer's packed arrays as one item per internship."""
+    pops = list(resp.popularity) or [None] * len(resp.internship_ids)
+    assert len(resp.scores) == len(resp.internship_ids) == len(pops)
+    return [Item(i, s, p) for i, s, p in zip(resp.internship_ids, resp.scores, pops)]
+
+
+def detailed(h, profile_, ids) -> list:
+    """Content Score with explanation details (matched/missing skills) for these ids."""
+    return list(h.ok("Score", common_pb2.ScoreRequest(profile=profile_, internship_ids=ids, details=True)).items)
+
+
 def profile(**kw) -> common_pb2.StudentProfile:
     kw.setdefault("skills", ["python", "sql"])
     return common_pb2.StudentProfile(**kw)
@@ -193,57 +214,77 @@ def test_content_retrieve_ranks_by_score(loaded, catalog_rows):
     h = loaded["content"]
     skills = ["python", "sql"]
     resp = h.ok("Retrieve", common_pb2.RetrieveRequest(profile=profile(skills=skills), n=25))
-    assert len(resp.items) == 25
+    assert len(resp.internship_ids) == 25 and not resp.items  # ids and scores only: no per-item details
     assert resp.basis == "profile" and resp.model.component == "content"
-    scores = [it.score for it in resp.items]
+    scores = list(resp.scores)
     assert scores == sorted(scores, reverse=True)
     assert scores[0] > 0 and all(0 <= s <= 1 + 1e-5 for s in scores)  # cosine of non-negative tf-idf
-    ids = [it.internship_id for it in resp.items]
+    ids = list(resp.internship_ids)
     assert len(set(ids)) == 25 and set(ids) <= set(catalog_rows["internships"])
-    assert any(it.matched_skills for it in resp.items)
-    for it in resp.items:
+    details = detailed(h, profile(skills=skills), ids)
+    assert [it.internship_id for it in details] == ids
+    assert [it.score for it in details] == pytest.approx(scores, abs=1e-6)
+    assert any(it.matched_skills for it in details)
+    for it in details:
         assert set(it.matched_skills) <= set(skills)
         assert not set(it.missing_skills) & set(skills)
     # the best matches share a skill with the profile
-    assert resp.items[0].matched_skills
+    assert details[0].matched_skills
 
 
 def test_content_retrieve_default_n_and_exclusions(loaded):
     h = loaded["content"]
     full = h.ok("Retrieve", common_pb2.RetrieveRequest(profile=profile()))  # n unset -> 100
-    assert len(full.items) == 100
-    top = [it.internship_id for it in full.items[:3]]
+    assert len(full.internship_ids) == 100
+    top = list(full.internship_ids[:3])
     resp = h.ok("Retrieve", common_pb2.RetrieveRequest(profile=profile(), n=10,
                                                        exclude_internship_ids=top + ["I999999"]))
-    ids = [it.internship_id for it in resp.items]
+    ids = list(resp.internship_ids)
     assert len(ids) == 10 and not set(ids) & set(top)
-    assert ids == [it.internship_id for it in full.items[3:13]]
+    assert ids == list(full.internship_ids[3:13])
+    # open_at leaves out internships whose deadline has passed, and nothing else
+    deadline = h.servicer.slot.get().model.space.items.deadline
+    cutoff = int(np.sort(deadline[deadline < np.iinfo(np.int64).max])[len(deadline) // 2])
+    open_now = h.ok("Retrieve", common_pb2.RetrieveRequest(profile=profile(), n=1000, open_at=cutoff))
+    index = h.servicer.slot.get().model.index
+    assert all(deadline[index.position[i]] >= cutoff for i in open_now.internship_ids)
+    assert len(open_now.internship_ids) == int((deadline >= cutoff).sum())
+    # the student's vector comes back, and a Score that passes it gets the same scores
+    again = h.ok("Score", common_pb2.ScoreRequest(profile=profile(), internship_ids=ids,
+                                                  student_vector=resp.student_vector))
+    assert list(again.scores) == list(resp.scores)
 
 
 def test_content_case_and_unknown_skills(loaded):
     h = loaded["content"]
     lower = h.ok("Retrieve", common_pb2.RetrieveRequest(profile=profile(skills=["python", "sql"]), n=5))
     upper = h.ok("Retrieve", common_pb2.RetrieveRequest(profile=profile(skills=["Python", " SQL "]), n=5))
-    assert [it.internship_id for it in upper.items] == [it.internship_id for it in lower.items]
-    assert [list(it.matched_skills) for it in upper.items] == [list(it.matched_skills) for it in lower.items]
+    assert list(upper.internship_ids) == list(lower.internship_ids)
+    ids = list(lower.internship_ids)
+    assert [list(it.matched_skills) for it in detailed(h, profile(skills=["Python", " SQL "]), ids)] == \
+        [list(it.matched_skills) for it in detailed(h, profile(skills=["python", "sql"]), ids)]
     # words the vectoriser never saw: zero scores, no error
-    odd = h.ok("Retrieve", common_pb2.RetrieveRequest(profile=profile(skills=["quantum basket weaving"]), n=3))
-    assert all(it.score == pytest.approx(0.0, abs=1e-6) and not it.matched_skills for it in odd.items)
+    weird = profile(skills=["quantum basket weaving"])
+    odd = h.ok("Retrieve", common_pb2.RetrieveRequest(profile=weird, n=3))
+    assert all(s == pytest.approx(0.0, abs=1e-6) for s in odd.scores)
+    assert not any(it.matched_skills for it in detailed(h, weird, list(odd.internship_ids)))
 
 
 def test_content_score_known_ids_only(loaded, catalog_rows):
     h = loaded["content"]
     retrieved = h.ok("Retrieve", common_pb2.RetrieveRequest(profile=profile(), n=300))
-    by_id = {it.internship_id: it for it in retrieved.items}
+    by_id = {it.internship_id: it for it in packed(retrieved)}
     wanted = [catalog_rows["internships"][i] for i in (5, 0, 42)]
-    resp = h.ok("Score", common_pb2.ScoreRequest(profile=profile(), internship_ids=[wanted[0], "I999999", *wanted[1:]]))
-    assert [it.internship_id for it in resp.items] == wanted  # request order, unknown id left out
-    for it in resp.items:
-        assert it.score == pytest.approx(by_id[it.internship_id].score, abs=1e-5)
-        assert list(it.matched_skills) == list(by_id[it.internship_id].matched_skills)
-        assert list(it.missing_skills) == list(by_id[it.internship_id].missing_skills)
+    asked = [wanted[0], "I999999", *wanted[1:]]
+    resp = h.ok("Score", common_pb2.ScoreRequest(profile=profile(), internship_ids=asked))
+    assert list(resp.internship_ids) == wanted and not resp.items  # request order, unknown id left out
+    for it in packed(resp):
+        assert it.score == by_id[it.internship_id].score  # the same arithmetic as retrieval, to the bit
+    details = h.ok("Score", common_pb2.ScoreRequest(profile=profile(), internship_ids=asked, details=True))
+    assert [it.internship_id for it in details.items] == wanted
+    assert [it.score for it in details.items] == list(resp.scores)
     only_unknown = h.ok("Score", common_pb2.ScoreRequest(profile=profile(), internship_ids=["I999999"]))
-    assert len(only_unknown.items) == 0 and only_unknown.model.component == "content"
+    assert len(only_unknown.internship_ids) == 0 and only_unknown.model.component == "content"
 
 
 @pytest.mark.parametrize("method,request_,fields", [
@@ -285,18 +326,18 @@ def known_student(loaded, catalog_rows) -> str:
 def test_collaborative_bases(loaded, known_student, catalog_rows):
     h = loaded["collaborative"]
     history = h.ok("Retrieve", common_pb2.RetrieveRequest(student_id=known_student, n=20))
-    assert history.basis == "history" and len(history.items) == 20 and history.model.component == "collaborative"
-    scores = [it.score for it in history.items]
+    assert history.basis == "history" and len(packed(history)) == 20 and history.model.component == "collaborative"
+    scores = [it.score for it in packed(history)]
     assert scores == sorted(scores, reverse=True) and np.isfinite(scores).all()
-    assert all(it.HasField("popularity") and 0 <= it.popularity <= 1 for it in history.items)
+    assert all(it.popularity is not None and 0 <= it.popularity <= 1 for it in packed(history))
 
     stranger = h.ok("Retrieve", common_pb2.RetrieveRequest(student_id="S9999999", n=20))
     no_id = h.ok("Retrieve", common_pb2.RetrieveRequest(n=20))
     assert stranger.basis == no_id.basis == "popularity"
     # for a stranger the score is the popularity itself, most popular first
-    assert [it.score for it in stranger.items] == pytest.approx([it.popularity for it in stranger.items])
-    assert [it.internship_id for it in stranger.items] == [it.internship_id for it in no_id.items]
-    assert [it.internship_id for it in history.items] != [it.internship_id for it in stranger.items]
+    assert [it.score for it in packed(stranger)] == pytest.approx([it.popularity for it in packed(stranger)])
+    assert [it.internship_id for it in packed(stranger)] == [it.internship_id for it in packed(no_id)]
+    assert [it.internship_id for it in packed(history)] != [it.internship_id for it in packed(stranger)]
 
     x = catalog_rows["internships"][0]
     folded = h.ok("Retrieve", common_pb2.RetrieveRequest(student_id="S9999999", n=20, interactions=[
@@ -316,39 +357,39 @@ def test_collaborative_fold_in_apply_changes_scores(loaded, known_student, catal
     seen = {it.internship_id for it in history}
     before = h.ok("Score", common_pb2.ScoreRequest(student_id=known_student, internship_ids=all_ids,
                                                    interactions=history))
-    assert before.basis == "fold_in" and len(before.items) == len(all_ids)
-    b = {it.internship_id: it.score for it in before.items}
+    assert before.basis == "fold_in" and len(packed(before)) == len(all_ids)
+    b = {it.internship_id: it.score for it in packed(before)}
     # the item the student is least drawn to so far, among those they have not touched
     x = min((i for i in all_ids if i not in seen), key=b.get)
     after = h.ok("Score", common_pb2.ScoreRequest(student_id=known_student, internship_ids=all_ids,
                                                   interactions=[*history, common_pb2.Interaction(
                                                       internship_id=x, event=APPLY)]))
-    a = {it.internship_id: it.score for it in after.items}
+    a = {it.internship_id: it.score for it in packed(after)}
     assert after.basis == "fold_in"
     assert a[x] > b[x] + 1e-3
     diff = np.abs(np.array([a[i] - b[i] for i in all_ids]))
     assert (diff > 1e-4).sum() > len(all_ids) // 2  # the whole user vector moved, not one score
     # popularity is a property of the item, not of the student
-    assert {it.internship_id: it.popularity for it in after.items} == {it.internship_id: it.popularity
-                                                                       for it in before.items}
+    assert {it.internship_id: it.popularity for it in packed(after)} == {it.internship_id: it.popularity
+                                                                       for it in packed(before)}
     # Retrieve folds in the same way, and honours exclusions
     top = h.ok("Retrieve", common_pb2.RetrieveRequest(student_id=known_student, n=10, exclude_internship_ids=[x],
                                                       interactions=[*history, common_pb2.Interaction(
                                                           internship_id=x, event=APPLY)]))
-    assert top.basis == "fold_in" and x not in {it.internship_id for it in top.items}
-    for it in top.items:
+    assert top.basis == "fold_in" and x not in {it.internship_id for it in packed(top)}
+    for it in packed(top):
         assert it.score == pytest.approx(a[it.internship_id], abs=1e-5)
 
 
 def test_collaborative_score_history_matches_retrieve(loaded, known_student, catalog_rows):
     h = loaded["collaborative"]
     top = h.ok("Retrieve", common_pb2.RetrieveRequest(student_id=known_student, n=10))
-    ids = [it.internship_id for it in top.items]
+    ids = [it.internship_id for it in packed(top)]
     scored = h.ok("Score", common_pb2.ScoreRequest(student_id=known_student,
                                                    internship_ids=[*reversed(ids), "I999999"]))
     assert scored.basis == "history"
-    assert [it.internship_id for it in scored.items] == list(reversed(ids))
-    assert [it.score for it in scored.items] == pytest.approx([it.score for it in reversed(top.items)], abs=1e-5)
+    assert [it.internship_id for it in packed(scored)] == list(reversed(ids))
+    assert [it.score for it in packed(scored)] == pytest.approx([it.score for it in reversed(packed(top))], abs=1e-5)
 
 
 @pytest.mark.parametrize("method,request_,fields", [
@@ -380,8 +421,9 @@ def test_success_predict(loaded, catalog_rows):
                 state="Maharashtra", latitude=18.52, longitude=73.86)
     resp = h.ok("Predict", success_pb2.PredictRequest(profile=p, internship_ids=[*ids, "I999999"], top_factors=2))
     assert resp.model.component == "success"
-    assert [pr.internship_id for pr in resp.predictions] == ids  # unknown id left out
+    assert [pr.internship_id for pr in resp.predictions] == list(resp.internship_ids) == ids  # unknown left out
     probs = np.array([pr.probability for pr in resp.predictions])
+    assert list(resp.probabilities) == pytest.approx(probs.tolist(), abs=1e-7)
     assert ((probs > 0) & (probs < 1)).all() and probs.std() > 0
     assert all(1 <= len(pr.top_factors) <= 2 for pr in resp.predictions)
     for pr in resp.predictions:
@@ -397,10 +439,10 @@ def test_success_predict(loaded, catalog_rows):
     more = h.ok("Predict", success_pb2.PredictRequest(profile=p, internship_ids=ids, top_factors=10))
     assert all(2 <= len(pr.top_factors) <= 10 for pr in more.predictions)
     assert [pr.probability for pr in more.predictions] == pytest.approx(probs.tolist(), abs=1e-6)
-    # 0 = no factors (the cheap call the gateway makes for every candidate)
+    # 0 = no factors (the cheap call the gateway makes for every candidate): packed arrays only
     none = h.ok("Predict", success_pb2.PredictRequest(profile=p, internship_ids=ids, top_factors=0))
-    assert all(len(pr.top_factors) == 0 for pr in none.predictions)
-    assert [pr.probability for pr in none.predictions] == pytest.approx(probs.tolist(), abs=1e-6)
+    assert not none.predictions and list(none.internship_ids) == ids
+    assert list(none.probabilities) == pytest.approx(probs.tolist(), abs=1e-6)
 
 
 def test_success_profile_matters_and_sparse_profiles_work(loaded, catalog_rows):
@@ -408,12 +450,12 @@ def test_success_profile_matters_and_sparse_profiles_work(loaded, catalog_rows):
     ids = catalog_rows["internships"][:40]
     strong = h.ok("Predict", success_pb2.PredictRequest(profile=profile(cgpa=9.5, college_tier=1), internship_ids=ids))
     weak = h.ok("Predict", success_pb2.PredictRequest(profile=profile(cgpa=4.0, college_tier=3), internship_ids=ids))
-    assert [p.probability for p in strong.predictions] != [p.probability for p in weak.predictions]
+    assert list(strong.probabilities) != list(weak.probabilities) and len(strong.probabilities) == len(ids)
     # no skills, no optional fields at all: still an answer (success does not require skills)
     bare = h.ok("Predict", success_pb2.PredictRequest(profile=common_pb2.StudentProfile(), internship_ids=ids[:3]))
-    assert len(bare.predictions) == 3 and all(0 < p.probability < 1 for p in bare.predictions)
+    assert len(bare.probabilities) == 3 and all(0 < p < 1 for p in bare.probabilities)
     nothing_known = h.ok("Predict", success_pb2.PredictRequest(profile=profile(), internship_ids=["I999999"]))
-    assert len(nothing_known.predictions) == 0 and 0 < nothing_known.base_rate < 1
+    assert len(nothing_known.probabilities) == 0 and 0 < nothing_known.base_rate < 1
 
 
 @pytest.mark.parametrize("request_,fields", [
@@ -497,7 +539,10 @@ def test_ranker_only_unknown_and_empty_profile(loaded):
 
 
 @pytest.mark.parametrize("request_,fields", [
-    (ranker_pb2.RankRequest(profile=profile()), {"candidates"}),
+    (ranker_pb2.RankRequest(profile=profile()), {"internship_ids"}),
+    (ranker_pb2.RankRequest(internship_ids=["I000001", "I000002"], component_scores=[0.1] * 7), {"component_scores"}),
+    (ranker_pb2.RankRequest(internship_ids=["I000001"], component_scores=[0.1, float("inf"), 0.2, 0.3]),
+     {"component_scores"}),
     (ranker_pb2.RankRequest(candidates=[ranker_pb2.Candidate(internship_id="I000001")] * 2001), {"candidates"}),
     (ranker_pb2.RankRequest(candidates=[ranker_pb2.Candidate(internship_id="")]), {"candidates[0]"}),
     (ranker_pb2.RankRequest(profile=profile(college_tier=0), candidates=[ranker_pb2.Candidate(internship_id="I1")]),
@@ -567,7 +612,7 @@ def test_content_skills_are_ordered_by_their_weight_in_the_internship(small_syst
     from services.content.server import _text
 
     vector = rt.model.embed([_text(profile)])
-    for p, item in zip(positions.tolist(), rt.scored(profile, vector, positions, np.zeros(len(positions)))):
+    for p, item in zip(positions.tolist(), rt.details(profile, vector, positions, np.zeros(len(positions)))):
         for skills in (list(item.matched_skills), list(item.missing_skills)):
             weights = [rt.model.skill_weight(p, s) for s in skills]
             assert weights == sorted(weights, reverse=True)

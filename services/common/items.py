@@ -28,15 +28,3 @@ class ItemIndex:
         pos, _ = self.positions(ids)
         mask[pos] = True
         return mask
-
-
-def top_n(scores: np.ndarray, n: int, excluded: np.ndarray | None = None) -> np.ndarray:
-    """Positions of the n best finite scores, best first."""
-    s = np.array(scores, dtype=np.float32, copy=True)
-    if excluded is not None:
-        s[excluded] = -np.inf
-    n = int(min(n, np.isfinite(s).sum()))
-    if n <= 0:
-        return np.zeros(0, dtype=np.int64)
-    part = np.argpartition(-s, n - 1)[:n]
-    return part[np.argsort(-s[part], kind="stable")]

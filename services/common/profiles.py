@@ -40,3 +40,12 @@ def profile_message(row: dict) -> common_pb2.StudentProfile:
     if row.get("college_tier") is not None:
         p.college_tier = int(row["college_tier"])
     return p
+
+
+def profiles_columns(profiles) -> dict:
+    """`profile_columns` for many profiles at once (one StudentTable for a whole pool)."""
+    columns: dict = {}
+    for i, profile in enumerate(profiles):
+        for name, values in profile_columns(profile, f"pool{i}").items():
+            columns.setdefault(name, []).extend(values)
+    return columns

@@ -32,7 +32,7 @@ from grpc_reflection.v1alpha import reflection
 from models.bundle import Bundle, BundleError, load_bundle
 from models.registry import Registry, RegistryError
 from pmis.v1 import common_pb2
-from services.common import telemetry
+from services.common import admission, telemetry
 from services.common.auth import admin_only
 from services.common.errors import RpcError, failed_precondition, invalid_argument, unavailable
 
@@ -58,6 +58,11 @@ class ServerConfig:
     workers: int
     max_connection_age_ms: int
     watch: float = 0.0  # seconds between registry polls for a moved alias; 0 = no watching
+    # Admission control (services/common/admission.py): unary calls admitted at once, queued or
+    # running; beyond it RESOURCE_EXHAUSTED at once. None = admission.component_defaults(workers)
+    # (2 x workers); 0 = unlimited.
+    max_in_flight: int | None = None
+    min_deadline_ms: int = admission.COMPONENT_MIN_DEADLINE_MS  # less time left: refused unstarted; 0 = off
 
 
 def parse_config(component: str, default_port: int, default_metrics_port: int, argv=None) -> ServerConfig:
@@ -80,10 +85,26 @@ def parse_config(component: str, default_port: int, default_metrics_port: int, a
     p.add_argument("--watch", type=float, default=float(env("WATCH_SECONDS", 2)),
                    help="poll the registry this often and reload when the served alias moves (activation, "
                         "rollback); 0 = off (env PMIS_WATCH_SECONDS)")
+    p.add_argument("--max-in-flight", type=int, default=env("MAX_IN_FLIGHT"),
+                   help="unary calls admitted at once (running or queued for a worker); more are refused at "
+                        "once with RESOURCE_EXHAUSTED; 0 = unlimited (env PMIS_MAX_IN_FLIGHT; default "
+                        f"{admission.COMPONENT_IN_FLIGHT_PER_WORKER} x --workers)")
+    p.add_argument("--min-deadline-ms", type=int,
+                   default=int(env("MIN_DEADLINE_MS", admission.COMPONENT_MIN_DEADLINE_MS)),
+                   help="refuse (DEADLINE_EXCEEDED), before any work, a call with less time than this left "
+                        "before its deadline; 0 = off (env PMIS_MIN_DEADLINE_MS)")
     a = p.parse_args(argv)
+    if a.workers < 1:
+        p.error("--workers must be at least 1")
+    max_in_flight = (admission.component_defaults(a.workers).max_in_flight if a.max_in_flight is None
+                     else int(a.max_in_flight))
+    if max_in_flight < 0:
+        p.error("--max-in-flight must be >= 0 (0 = unlimited)")
+    if a.min_deadline_ms < 0:
+        p.error("--min-deadline-ms must be >= 0 (0 = off)")
     return ServerConfig(component, a.host, a.port, a.metrics_port, a.bundles, a.alias,
                         None if a.version is None else int(a.version), a.bundle_path, a.grace, a.drain, a.workers,
-                        a.max_connection_age_ms, a.watch)
+                        a.max_connection_age_ms, a.watch, max_in_flight, a.min_deadline_ms)
 
 
 @dataclass
@@ -92,13 +113,18 @@ class Loaded:
     model: Any
     bundle: Bundle
     loaded_at: datetime
+    _version: common_pb2.ModelVersion | None = None
 
     def version_message(self) -> common_pb2.ModelVersion:
-        ref = self.bundle.ref
-        ts = timestamp_pb2.Timestamp()
-        ts.FromDatetime(self.loaded_at)
-        return common_pb2.ModelVersion(component=ref.component, version=ref.version, data_version=ref.data_version or "",
-                                       content_hash=ref.content_hash, run_id=ref.run_id or "", loaded_at=ts)
+        """The bundle's identity, built once (every answer carries it)."""
+        if self._version is None:
+            ref = self.bundle.ref
+            ts = timestamp_pb2.Timestamp()
+            ts.FromDatetime(self.loaded_at)
+            self._version = common_pb2.ModelVersion(
+                component=ref.component, version=ref.version, data_version=ref.data_version or "",
+                content_hash=ref.content_hash, run_id=ref.run_id or "", loaded_at=ts)
+        return self._version
 
 
 class ModelSlot:
@@ -231,9 +257,17 @@ class ModelAdmin:
 class ComponentServer:
     def __init__(self, cfg: ServerConfig, service_name: str, servicer, add_to_server: Callable):
         self.cfg, self.service_name, self.servicer = cfg, service_name, servicer
+        pool = futures.ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix=cfg.component)
+        limits = admission.component_defaults(cfg.workers)
+        self.limiter = admission.Limiter(cfg.component,
+                                         limits.max_in_flight if cfg.max_in_flight is None else cfg.max_in_flight,
+                                         cfg.min_deadline_ms)
         self.server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix=cfg.component),
-            interceptors=[telemetry.MetricsInterceptor(cfg.component)],
+            pool,
+            # Admission FIRST: it must see every call before anything wraps the handler (see
+            # admission.AdmissionInterceptor); refusals never reach the pool or the servicer.
+            interceptors=[admission.AdmissionInterceptor(self.limiter, pool),
+                          telemetry.MetricsInterceptor(cfg.component)],
             options=[("grpc.so_reuseport", 0),
                      ("grpc.max_connection_age_ms", cfg.max_connection_age_ms),
                      ("grpc.max_connection_age_grace_ms", int(cfg.grace * 1000) + 1000)])

@@ -1,4 +1,4 @@
-"""Prometheus metrics: requests and latency by method and status code, and the bundle served."""
+"""Prometheus metrics: requests and latency by method and status code, the bundle served, and load shedding."""
 
 from __future__ import annotations
 
@@ -14,6 +14,14 @@ BUNDLE_VERSION = Gauge("pmis_bundle_version", "Version of the bundle being serve
 BUNDLE_INFO = Gauge("pmis_bundle_info", "Bundle being served (value 1)", ["component", "version", "data_version",
                                                                           "content_hash"])
 DEGRADED = Counter("pmis_gateway_degraded_total", "Gateway answers that skipped a component", ["component"])
+# Admission control (services/common/admission.py): a refused call did no work. reason: overload
+# (max in flight reached, RESOURCE_EXHAUSTED) | deadline (too little time left, DEADLINE_EXCEEDED).
+SHED = Counter("pmis_grpc_shed_total", "gRPC requests refused by admission control before any work",
+               ["component", "method", "reason"])
+IN_FLIGHT = Gauge("pmis_grpc_in_flight", "Admitted unary gRPC requests not finished (queued or running)",
+                  ["component"])
+MAX_IN_FLIGHT = Gauge("pmis_grpc_max_in_flight", "Admission limit on requests in flight (0 = unlimited)",
+                      ["component"])
 
 _started_ports: set[int] = set()
 

@@ -1,4 +1,5 @@
-"""Content service: TF-IDF candidates and scores for a profile, with matched and missing skills."""
+"""Content service: TF-IDF candidates and scores for a profile; matched and missing skills for the
+few items an answer shows."""
 
 from __future__ import annotations
 
@@ -6,16 +7,18 @@ import sys
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.sparse as sp
 
 from models.content import ContentModel, profile_text
 from models.features import FeatureSpace
+from models.pipeline import open_items, top_n
 from pmis.v1 import common_pb2, content_pb2, content_pb2_grpc
-from services.common.items import ItemIndex, top_n
+from services.common.items import ItemIndex
 from services.common.server import ModelAdmin, ModelSlot, rpc, run_component
 from services.common.validation import Violations
 
 SERVICE = content_pb2.DESCRIPTOR.services_by_name["ContentService"].full_name
-MAX_RETRIEVE, MAX_SCORE = 1000, 1000
+MAX_RETRIEVE, MAX_SCORE, MAX_PAIRS = 1000, 1000, 1000
 
 
 @dataclass
@@ -23,17 +26,36 @@ class ContentRuntime:
     model: ContentModel
     space: FeatureSpace
     index: ItemIndex
+    content_hash: str = ""
 
     @classmethod
     def from_bundle(cls, bundle) -> "ContentRuntime":
         runtime = cls(ContentModel.from_bundle(bundle), FeatureSpace.from_arrays(bundle.arrays),
-                      ItemIndex(bundle.arrays["item_ids"]))
+                      ItemIndex(bundle.arrays["item_ids"]), bundle.ref.content_hash)
         runtime.model.score(["warm up"])  # first call pays the vectoriser's lazy set-up, not a client
         return runtime
 
-    def scored(self, profile, vector, positions: np.ndarray, scores: np.ndarray) -> list[common_pb2.ScoredItem]:
-        """Scored items with matched skills (and their terms in the match) and missing skills;
-        `vector` is the profile's embedding the scores came from."""
+    def vector(self, profile, given: common_pb2.StudentVector, v: Violations) -> sp.csr_matrix:
+        """The profile's TF-IDF vector: the one a previous Retrieve of this bundle returned, or a
+        new embedding."""
+        if given.content_hash != self.content_hash or not given.values:
+            return self.model.embed([_text(profile)])
+        width = self.model.item_matrix.shape[1]
+        indices = np.asarray(given.indices, dtype=np.int32)
+        values = np.asarray(given.values, dtype=np.float32)
+        if len(indices) != len(values) or len(values) > width or ((indices < 0) | (indices >= width)).any() \
+                or not np.isfinite(values).all():
+            v.add("student_vector", "indices and values must pair up, within the vocabulary, finite")
+            v.raise_if_any()
+        return sp.csr_matrix((values, indices, np.array([0, len(values)])), shape=(1, width))
+
+    def vector_message(self, vector: sp.csr_matrix) -> common_pb2.StudentVector:
+        return common_pb2.StudentVector(content_hash=self.content_hash, indices=vector.indices.tolist(),
+                                        values=vector.data.tolist())
+
+    def details(self, profile, vector, positions: np.ndarray, scores: np.ndarray) -> list[common_pb2.ScoredItem]:
+        """Scored items with matched skills (and their terms in the match) and missing skills, for
+        the few items an answer shows; `vector` is the profile's embedding the scores came from."""
         student_bits = self.space.skills.bitsets([[s.strip().lower() for s in profile.skills]])[0]
         items = self.space.items.skills[positions]
         matched = self.space.skills.decode_many(items & student_bits)
@@ -48,6 +70,13 @@ class ContentRuntime:
                                              matched_weights=[t[1] for t in terms],
                                              missing_skills=self.model.order_skills(p, x)))
         return out
+
+    def excluded(self, ids, open_at: int) -> np.ndarray | None:
+        mask = self.index.mask_of(ids) if ids else None
+        if open_at:
+            closed = ~open_items(self.space.items.deadline, open_at)
+            mask = closed if mask is None else mask | closed
+        return mask
 
 
 def _text(profile) -> str:
@@ -66,15 +95,16 @@ class ContentServicer(ModelAdmin, content_pb2_grpc.ContentServiceServicer):
         v.check_profile("profile", request.profile)
         n = request.n or 100
         v.check_range("n", n, 1, MAX_RETRIEVE)
+        v.check_range("open_at", request.open_at, 0, 2**62)
         v.raise_if_any()
         loaded = self.slot.get()
         rt: ContentRuntime = loaded.model
         vector = rt.model.embed([_text(request.profile)])
         scores = rt.model.similarity(vector)[0]
-        excluded = rt.index.mask_of(request.exclude_internship_ids) if request.exclude_internship_ids else None
-        best = top_n(scores, n, excluded)
-        return common_pb2.ScoredItems(items=rt.scored(request.profile, vector, best, scores[best]),
-                                      model=loaded.version_message(), basis="profile")
+        best = top_n(scores, n, rt.excluded(request.exclude_internship_ids, request.open_at))
+        return common_pb2.ScoredItems(internship_ids=rt.index.ids[best].tolist(), scores=scores[best].tolist(),
+                                      student_vector=rt.vector_message(vector), model=loaded.version_message(),
+                                      basis="profile")
 
     @rpc
     def Score(self, request, context):
@@ -86,10 +116,30 @@ class ContentServicer(ModelAdmin, content_pb2_grpc.ContentServiceServicer):
         rt: ContentRuntime = loaded.model
         # Ids this bundle does not know (posted after training) are left out of the answer.
         positions, _ = rt.index.positions(request.internship_ids)
-        vector = rt.model.embed([_text(request.profile)])
-        scores = rt.model.similarity(vector, positions)[0] if len(positions) else np.zeros(0)
-        return common_pb2.ScoredItems(items=rt.scored(request.profile, vector, positions, scores),
-                                      model=loaded.version_message(), basis="profile")
+        vector = rt.vector(request.profile, request.student_vector, v)
+        scores = rt.model.similarity(vector, positions)[0] if len(positions) else np.zeros(0, dtype=np.float32)
+        response = common_pb2.ScoredItems(internship_ids=rt.index.ids[positions].tolist(), scores=scores.tolist(),
+                                          model=loaded.version_message(), basis="profile")
+        if request.details:
+            response.items.extend(rt.details(request.profile, vector, positions, scores))
+        return response
+
+    @rpc
+    def ScorePairs(self, request, context):
+        v = Violations()
+        v.check_id("internship_id", request.internship_id)
+        if not 1 <= len(request.profiles) <= MAX_PAIRS:
+            v.add("profiles", f"must hold 1..{MAX_PAIRS} profiles, got {len(request.profiles)}")
+        for i, profile in enumerate(request.profiles):
+            v.check_profile(f"profiles[{i}]", profile, require_skills=False)
+        v.raise_if_any()
+        loaded = self.slot.get()
+        rt: ContentRuntime = loaded.model
+        p = rt.index.position.get(request.internship_id)
+        scores = np.full(len(request.profiles), np.nan, dtype=np.float32)
+        if p is not None:
+            scores = rt.model.score([_text(pr) for pr in request.profiles], np.array([p]))[:, 0]
+        return common_pb2.PairScores(scores=scores.tolist(), model=loaded.version_message())
 
 
 def make_servicer(cfg) -> ContentServicer:

@@ -26,16 +26,41 @@ class RankerRuntime:
     model: RankerModel
     space: FeatureSpace
     index: ItemIndex
-    contributions: str = "shap"  # "shap" (TreeSHAP) or "path" (13x cheaper); see RankerModel.contributions
+    contributions: str = "path"  # "path" (default) or "shap" (TreeSHAP); see RankerModel.contributions
 
     @classmethod
-    def from_bundle(cls, bundle, contributions: str = "shap") -> "RankerRuntime":
+    def from_bundle(cls, bundle, contributions: str = "path") -> "RankerRuntime":
         space = FeatureSpace.from_arrays(bundle.arrays)
         runtime = cls(RankerModel.from_bundle(bundle), space, ItemIndex(space.items.ids), contributions)
         warm = np.zeros((1, len(runtime.model.model.feature_name_)), dtype=np.float32)
         runtime.model.predict(warm)
         runtime.model.contributions(warm, contributions)  # any set-up now, not on a client's call
         return runtime
+
+
+def candidate_arrays(request, v: Violations) -> tuple[list[str], np.ndarray]:
+    """Ids and the (n, 4) component scores (NaN = unavailable) from either request form."""
+    if request.candidates:
+        ids = [c.internship_id for c in request.candidates]
+        scores = np.full((len(ids), len(COMPONENT_SCORES)), np.nan, dtype=np.float32)
+        for j, name in enumerate(COMPONENT_SCORES):
+            field = CANDIDATE_FIELDS[name]
+            for row, c in enumerate(request.candidates):
+                if c.HasField(field):
+                    scores[row, j] = getattr(c, field)
+        v.check_ids("candidates", ids, 1, MAX_CANDIDATES)
+    else:
+        ids = list(request.internship_ids)
+        v.check_ids("internship_ids", ids, 1, MAX_CANDIDATES)
+        scores = np.asarray(request.component_scores, dtype=np.float32)
+        if len(scores) != len(COMPONENT_SCORES) * len(ids):
+            v.add("component_scores", f"must hold {len(COMPONENT_SCORES)} scores per internship id "
+                                      f"({len(COMPONENT_SCORES) * len(ids)}), got {len(scores)}")
+            scores = np.full((len(ids), len(COMPONENT_SCORES)), np.nan, dtype=np.float32)
+        scores = scores.reshape(len(ids), len(COMPONENT_SCORES))
+    if np.isinf(scores).any():
+        v.add("component_scores", "must be finite, or NaN for a component that did not answer")
+    return ids, scores
 
 
 class RankerServicer(ModelAdmin, ranker_pb2_grpc.RankerServiceServicer):
@@ -46,31 +71,24 @@ class RankerServicer(ModelAdmin, ranker_pb2_grpc.RankerServiceServicer):
     def Rank(self, request, context):
         v = Violations()
         v.check_profile("profile", request.profile, require_skills=False)
-        v.check_ids("candidates", [c.internship_id for c in request.candidates], 1, MAX_CANDIDATES)
+        ids, component = candidate_arrays(request, v)
         v.raise_if_any()
         loaded = self.slot.get()
         rt: RankerRuntime = loaded.model
-        ids = [c.internship_id for c in request.candidates]
         positions = np.array([rt.index.position.get(i, -1) for i in ids], dtype=np.int64)
         known = positions >= 0
         scores = np.full(len(ids), np.nan, dtype=np.float32)
         if known.any():
-            component = np.full((int(known.sum()), len(COMPONENT_SCORES)), np.nan, dtype=np.float32)
-            for row, c in enumerate(c for c, k in zip(request.candidates, known) if k):
-                for j, name in enumerate(COMPONENT_SCORES):
-                    field = CANDIDATE_FIELDS[name]
-                    if c.HasField(field):
-                        component[row, j] = getattr(c, field)
             student = rt.space.students(profile_columns(request.profile))
             pair = pair_features(student, np.zeros(int(known.sum()), dtype=np.int64), rt.space.items, positions[known])
-            features = ranker_features(component, pair)
+            features = ranker_features(component[known], pair)
             scores[known] = rt.model.predict(features)
         # Internships this bundle has never seen rank last rather than failing the call.
         finite_min = float(np.nanmin(scores)) if known.any() else 0.0
         scores[~known] = finite_min - 1.0
-        response = ranker_pb2.RankResponse(
-            items=[common_pb2.ScoredItem(internship_id=i, score=float(s)) for i, s in zip(ids, scores.tolist())],
-            model=loaded.version_message())
+        response = ranker_pb2.RankResponse(scores=scores.tolist(), model=loaded.version_message())
+        if request.candidates:
+            response.items.extend(common_pb2.ScoredItem(internship_id=i, score=s) for i, s in zip(ids, scores.tolist()))
         if request.contributions:
             contrib = np.zeros((len(ids), len(FEATURES) + 1))
             if known.any():
@@ -84,7 +102,7 @@ class RankerServicer(ModelAdmin, ranker_pb2_grpc.RankerServiceServicer):
 
 
 def make_servicer(cfg) -> RankerServicer:
-    method = env("CONTRIBUTIONS", "shap")  # PMIS_CONTRIBUTIONS: how explanations split a score
+    method = env("CONTRIBUTIONS", "path")  # PMIS_CONTRIBUTIONS: how explanations split a score
     if method not in ("shap", "path"):
         raise SystemExit(f"PMIS_CONTRIBUTIONS must be 'shap' or 'path', not {method!r}")
     return RankerServicer(ModelSlot("ranker", lambda bundle: RankerRuntime.from_bundle(bundle, method), cfg))

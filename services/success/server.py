@@ -9,14 +9,14 @@ import numpy as np
 
 from models.features import FeatureSpace, pair_features
 from models.success import SuccessModel
-from pmis.v1 import success_pb2, success_pb2_grpc
+from pmis.v1 import common_pb2, success_pb2, success_pb2_grpc
 from services.common.items import ItemIndex
-from services.common.profiles import profile_columns
+from services.common.profiles import profile_columns, profiles_columns
 from services.common.server import ModelAdmin, ModelSlot, rpc, run_component
 from services.common.validation import Violations
 
 SERVICE = success_pb2.DESCRIPTOR.services_by_name["SuccessService"].full_name
-MAX_ITEMS = 1000
+MAX_ITEMS, MAX_PAIRS = 1000, 1000
 
 
 @dataclass
@@ -53,13 +53,35 @@ class SuccessServicer(ModelAdmin, success_pb2_grpc.SuccessServiceServicer):
         student = rt.space.students(profile_columns(request.profile))
         x = pair_features(student, np.zeros(len(positions), dtype=np.int64), rt.space.items, positions)
         probabilities = rt.model.predict(x)
-        top = request.top_factors
-        factors = rt.model.factors(x, top) if top else [[] for _ in positions]
-        for p, prob, fs in zip(positions.tolist(), probabilities.tolist(), factors):
-            response.predictions.add(internship_id=str(rt.index.ids[p]), probability=prob,
-                                     top_factors=[success_pb2.Factor(name=n, value=val, contribution=c)
-                                                  for n, val, c in fs])
+        ids = rt.index.ids[positions].tolist()
+        response.internship_ids.extend(ids)
+        response.probabilities.extend(probabilities.tolist())
+        if request.top_factors:  # one message per item: asked for the few items an answer shows
+            for i, prob, fs in zip(ids, probabilities.tolist(), rt.model.factors(x, request.top_factors)):
+                response.predictions.add(internship_id=i, probability=prob,
+                                         top_factors=[success_pb2.Factor(name=n, value=val, contribution=c)
+                                                      for n, val, c in fs])
         return response
+
+    @rpc
+    def PredictPairs(self, request, context):
+        v = Violations()
+        v.check_id("internship_id", request.internship_id)
+        if not 1 <= len(request.profiles) <= MAX_PAIRS:
+            v.add("profiles", f"must hold 1..{MAX_PAIRS} profiles, got {len(request.profiles)}")
+        for i, profile in enumerate(request.profiles):
+            v.check_profile(f"profiles[{i}]", profile, require_skills=False)
+        v.raise_if_any()
+        loaded = self.slot.get()
+        rt: SuccessRuntime = loaded.model
+        p = rt.index.position.get(request.internship_id)
+        n = len(request.profiles)
+        probabilities = np.full(n, np.nan, dtype=np.float32)
+        if p is not None:
+            students = rt.space.students(profiles_columns(request.profiles))
+            x = pair_features(students, np.arange(n), rt.space.items, np.full(n, p, dtype=np.int64))
+            probabilities = rt.model.predict(x)
+        return common_pb2.PairScores(scores=probabilities.tolist(), model=loaded.version_message())
 
 
 def make_servicer(cfg) -> SuccessServicer:

@@ -1,0 +1,232 @@
+"""One Recommend, as the named stages of models.pipeline over one in-flight container.
+
+    retrieve (content and collaborative in parallel: ids and scores only)
+      -> union and filter (applied/seen, closed, full, the student's hard filters)
+      -> score (what each retriever did not find, and success, in parallel)
+      -> rank (ranker; blend when it is down) -> fair re-rank (the operator's policy)
+      -> explain (details for the final k only, in one round) -> answer
+
+Every component answers in packed arrays; the (n, 4) score array is filled by catalogue position.
+A component that does not answer leaves its column NaN and is named in `degraded`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from gateway import explain, fairness, filters
+from models.pipeline import (COLLABORATIVE, CONTENT, POPULARITY, SCORE_COLUMNS, SUCCESS, Candidates,
+                             collaborative_known, rank)
+from models.ranker import COMPONENT_SCORES, blend_terms
+from pmis.v1 import common_pb2, gateway_pb2, ranker_pb2, success_pb2
+from services.common.errors import unavailable
+
+MODE_NAMES = {gateway_pb2.MODE_HYBRID: "hybrid", gateway_pb2.MODE_CONTENT: "content",
+              gateway_pb2.MODE_COLLABORATIVE: "collaborative"}
+
+
+@dataclass
+class InFlight:
+    """Everything one Recommend has learned so far."""
+    student: object                 # gateway.server.Student
+    table: object                   # the catalog's InternshipTable this request started on
+    k: int
+    mode: str
+    deadline: float
+    candidates: Candidates | None = None
+    versions: dict = field(default_factory=dict)
+    degraded: list = field(default_factory=list)
+    vectors: dict = field(default_factory=dict)    # component -> StudentVector from its Retrieve
+    collab_basis: str = ""
+    base_rate: float = 0.0
+    final: np.ndarray | None = None
+    ranking: str = ""
+
+    @property
+    def positions(self) -> np.ndarray:
+        return self.candidates.items[0]
+
+    def ids(self, rows=None) -> list[str]:
+        p = self.positions if rows is None else self.positions[rows]
+        return self.table.ids[p].tolist()
+
+    def answered(self, name: str, resp) -> bool:
+        if resp is None:
+            self.degraded.append(name)
+            return False
+        self.versions[name] = resp.model
+        return True
+
+    def fill(self, column: int, ids, values) -> None:
+        """Put a component's answer (ids and values) into its column of the score array."""
+        positions = table_positions(self.table, ids)
+        items = self.positions
+        at = np.minimum(np.searchsorted(items, positions), max(len(items) - 1, 0))
+        hit = (positions >= 0) & (items[at] == positions) if len(items) else np.zeros(len(positions), bool)
+        self.candidates.scores[0, at[hit], column] = np.asarray(values, dtype=np.float32)[hit]
+
+    def missing(self, column: int) -> list[str]:
+        return self.ids(np.isnan(self.candidates.scores[0, :, column]))
+
+
+def table_positions(table, ids) -> np.ndarray:
+    position = table.position
+    return np.fromiter((position.get(i, -1) for i in ids), dtype=np.int64, count=len(ids))
+
+
+async def retrieve(gw, r: InFlight, request) -> None:
+    """Candidates from content and collaborative, in parallel; their union, filtered."""
+    f, s = gw.fanout, r.student
+    n = max(gw.cfg.candidates, 3 * r.k)
+    ask = common_pb2.RetrieveRequest(student_id=s.student_id, profile=s.profile, n=n, open_at=gw.now(),
+                                     exclude_internship_ids=s.seen, interactions=s.interactions)
+    calls = {}
+    if r.mode in ("hybrid", "content"):
+        calls["content"] = f.call("content", f.content.Retrieve, ask, r.deadline)
+    if r.mode in ("hybrid", "collaborative"):
+        calls["collaborative"] = f.call("collaborative", f.collaborative.Retrieve, ask, r.deadline)
+    answers = await gather(calls)
+    found = {name: resp for name, resp in answers.items() if r.answered(name, resp)}
+    if not found:
+        raise unavailable("no retrieval component answered: " + ", ".join(r.degraded))
+    r.candidates = Candidates.union(*(table_positions(r.table, resp.internship_ids)[None, :]
+                                      for resp in found.values()))
+    keep = filters.allowed(r.table, r.candidates.items[0], now=gw.now(), applied=set(s.seen),
+                           filters=request.filters if request.HasField("filters") else None,
+                           student_lat=s.profile.latitude if s.profile.HasField("latitude") else None,
+                           student_lon=s.profile.longitude if s.profile.HasField("longitude") else None)
+    r.candidates.valid[0] &= keep
+    r.candidates = r.candidates.compact()
+    for name, resp in found.items():
+        r.vectors[name] = resp.student_vector
+        if name == "content":
+            r.fill(CONTENT, resp.internship_ids, resp.scores)
+        else:
+            absorb_collaborative(r, resp)
+
+
+def absorb_collaborative(r: InFlight, resp) -> None:
+    r.collab_basis = resp.basis
+    if collaborative_known(resp.basis):
+        r.fill(COLLABORATIVE, resp.internship_ids, resp.scores)
+    r.fill(POPULARITY, resp.internship_ids, resp.popularity)
+
+
+async def score(gw, r: InFlight) -> None:
+    """Scores the retrievers did not give, and success for every candidate, in parallel."""
+    f, s = gw.fanout, r.student
+    calls = {}
+    missing = r.missing(CONTENT)
+    if "content" in r.versions and missing:
+        calls["content"] = f.call("content", f.content.Score, common_pb2.ScoreRequest(
+            profile=s.profile, internship_ids=missing, student_vector=r.vectors.get("content")), r.deadline)
+    missing = r.missing(POPULARITY)
+    if "collaborative" in r.versions and missing:
+        calls["collaborative"] = f.call("collaborative", f.collaborative.Score, common_pb2.ScoreRequest(
+            student_id=s.student_id, internship_ids=missing, interactions=s.interactions,
+            student_vector=r.vectors.get("collaborative")), r.deadline)
+    calls["success"] = f.call("success", f.success.Predict, success_pb2.PredictRequest(
+        profile=s.profile, internship_ids=r.ids()), r.deadline)
+    answers = await gather(calls)
+    for name, resp in answers.items():
+        if not r.answered(name, resp):
+            continue
+        if name == "content":
+            r.fill(CONTENT, resp.internship_ids, resp.scores)
+        elif name == "collaborative":
+            absorb_collaborative(r, resp)
+        else:
+            r.base_rate = resp.base_rate
+            r.fill(SUCCESS, resp.internship_ids, resp.probabilities)
+
+
+async def rank_candidates(gw, r: InFlight) -> None:
+    """The learned ranker; the static blend when it is down; one component when the mode asks."""
+    ranker_scores = None
+    if r.mode == "hybrid":
+        f = gw.fanout
+        resp, _ = await f.call("ranker", f.ranker.Rank, rank_request(r, slice(None)), r.deadline)
+        if r.answered("ranker", resp):
+            ranker_scores = np.asarray(resp.scores, dtype=np.float32)[None, :]
+    r.final, r.ranking = rank(r.candidates, ranker_scores=ranker_scores, blend_weights=gw.cfg.blend_weights,
+                              mode=r.mode)
+
+
+def rank_request(r: InFlight, rows, contributions: bool = False) -> ranker_pb2.RankRequest:
+    return ranker_pb2.RankRequest(profile=r.student.profile, internship_ids=r.ids(rows),
+                                  component_scores=r.candidates.scores[0, rows].ravel().tolist(),
+                                  contributions=contributions)
+
+
+async def explain_details(gw, r: InFlight, rows: np.ndarray) -> dict:
+    """Per final row: matched/missing skills, success factors and the ranking score's split, from
+    one round of calls for the final k only."""
+    f, s, ids = gw.fanout, r.student, r.ids(rows)
+    calls = {}
+    if "content" in r.versions:
+        calls["content"] = f.call("content", f.content.Score, common_pb2.ScoreRequest(
+            profile=s.profile, internship_ids=ids, student_vector=r.vectors.get("content"), details=True), r.deadline)
+    if "success" in r.versions:
+        calls["success"] = f.call("success", f.success.Predict, success_pb2.PredictRequest(
+            profile=s.profile, internship_ids=ids, top_factors=3), r.deadline)
+    if r.ranking == "ranker":
+        calls["ranker"] = f.call("ranker", f.ranker.Rank, rank_request(r, rows, contributions=True), r.deadline)
+    answers = await gather(calls)
+    skills = {it.internship_id: (list(it.matched_skills), list(it.missing_skills), list(it.matched_weights))
+              for it in (answers["content"].items if answers.get("content") is not None else ())}
+    factors = {p.internship_id: list(p.top_factors)
+               for p in (answers["success"].predictions if answers.get("success") is not None else ())}
+    contributions = {}
+    if answers.get("ranker") is not None:
+        contributions = {int(row): {c.name: c.value for c in ic.by_feature}
+                         for row, ic in zip(rows.tolist(), answers["ranker"].contributions)}
+    elif r.ranking == "blend":
+        terms = blend_terms(r.candidates.scores[0, rows], gw.cfg.blend_weights)
+        contributions = {int(row): dict(zip(COMPONENT_SCORES, t)) for row, t in zip(rows.tolist(), terms.tolist())}
+    elif r.ranking in ("content", "collaborative"):
+        name = "content_score" if r.ranking == "content" else "collab_score"
+        contributions = {int(row): {name: float(r.final[0, row])} for row in rows.tolist()}
+    return {"skills": skills, "factors": factors, "contributions": contributions}
+
+
+def answer(r: InFlight, order: np.ndarray, moved: np.ndarray, details: dict | None,
+           response: gateway_pb2.RecommendResponse) -> None:
+    table, profile, scores = r.table, r.student.profile, r.candidates.scores[0]
+    ids = r.ids(order)
+    locations = explain.location_fits(profile, table, r.positions[order]) if details is not None else ()
+    for rank_, (row, i, was_moved) in enumerate(zip(order.tolist(), ids, moved.tolist()), start=1):
+        p = int(r.positions[row])
+        component = {name: float(v) for name, v in zip(SCORE_COLUMNS, scores[row].tolist()) if v == v}
+        if r.ranking == "ranker":
+            component["ranker"] = float(r.final[0, row])
+        item = response.items.add(rank=rank_, internship_id=i, title=str(table.title[p]),
+                                  company_id=str(table.company_id[p]), sector=str(table.sector[p]),
+                                  district=str(table.district[p]), remote=bool(table.remote[p]),
+                                  stipend=float(np.nan_to_num(table.stipend[p])), score=float(r.final[0, row]),
+                                  scores=gateway_pb2.ComponentScores(**component))
+        if details is not None:
+            matched, missing, weights = details["skills"].get(i, ([], [], []))
+            probability = scores[row, SUCCESS]
+            item.explanation.CopyFrom(explain.explanation(
+                profile, table, p, matched=matched, missing=missing,
+                probability=None if probability != probability else float(probability), base_rate=r.base_rate,
+                factors=details["factors"].get(i), collab_basis=r.collab_basis, promoted=was_moved,
+                matched_weights=weights, contributions=details["contributions"].get(row),
+                location=locations[rank_ - 1]))
+
+
+def fair_order(gw, r: InFlight, strength: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """The final k rows: the operator's fairness policy at `strength` (None = off), exposure
+    recorded either way."""
+    return gw.fair.rerank(r.final[0], gw.ledger_positions(r.table, r.positions),
+                          fairness.candidate_groups(r.table, r.positions, r.student.profile, gw.cfg.fairness),
+                          enabled=strength is not None, strength=strength or 0.0, k=r.k)
+
+
+async def gather(calls: dict) -> dict:
+    """name -> response (None when the component did not answer)."""
+    results = await asyncio.gather(*calls.values())
+    return {name: resp for name, (resp, _) in zip(calls, results)}

@@ -1,0 +1,299 @@
+"""Admission control (load shedding): a bounded number of requests in flight per server.
+
+Under overload a server that queues everything answers nothing in time: every request waits
+until its deadline and goodput collapses. Here a unary call is refused AT ONCE when the server
+already holds `max_in_flight` admitted calls (RESOURCE_EXHAUSTED, "retry with backoff"), and a
+call whose remaining deadline cannot cover the work (`min_deadline_ms`) is refused before the
+work starts (DEADLINE_EXCEEDED). Health (`grpc.health.v1.Health`) and reflection are never
+limited or refused, so probes keep answering under load. Streaming methods pass through
+untouched and uncounted (health Watch, reflection, the trainer's WatchJob, the gateway's
+StreamRecommend): they are long-lived, and counting them would let a few watchers starve the
+unary capacity.
+
+One `Limiter` (count, limit, messages, metrics) serves both interceptors:
+
+- `AdmissionInterceptor`, for the sync `grpc.server` of the component servers. grpcio runs
+  `intercept_service` in the server's single polling thread and the handler later in a worker
+  of the server's pool (grpc/_server.py `_handle_call` -> `thread_pool.submit`). A slot is taken
+  in the polling thread, so the decision is serialised and made before the call can queue.
+  A refused call must still be *answered* by a handler, and a handler normally runs in the
+  server's pool -- behind the very backlog being shed. grpcio lets a behaviour name its own pool
+  (`behavior.experimental_thread_pool`, grpc/_server.py `_select_thread_pool_for_behavior`), so
+  refusals and health checks run on a small control pool of the interceptor's and never wait
+  for a free worker. The slot of an admitted call is released when grpcio's task for it ends
+  (a done-callback on the pool future, exactly how grpcio's own `maximum_concurrent_rpcs` counts,
+  `_on_call_completed`), so a call whose client gave up while it sat in the queue -- grpcio then
+  never calls the handler -- cannot leak its slot.
+- `AioAdmissionInterceptor`, for the asyncio gateway: there is no worker pool to wait for, the
+  slot is taken and released inside the handler coroutine (try/finally also covers cancellation).
+
+Why not grpcio's built-in `grpc.server(maximum_concurrent_rpcs=...)`: it refuses in the polling
+thread too (fast), but it counts and refuses EVERY method, health Check included -- a saturated
+pod would fail its readiness/liveness probes and be pulled or restarted exactly when its
+neighbours need it most -- and it says only "Concurrent RPC limit exceeded!", with no metric,
+no minimum deadline, and no way to exempt a method.
+"""
+
+from __future__ import annotations
+
+import inspect
+import threading
+import time
+from concurrent import futures
+from dataclasses import dataclass
+
+import grpc
+
+from services.common import telemetry
+
+# Never limited or refused: probes and tooling must work on a saturated server.
+EXEMPT_SERVICES = frozenset({"grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection",
+                             "grpc.reflection.v1.ServerReflection"})
+
+OVERLOAD, DEADLINE = "overload", "deadline"  # the `reason` label of pmis_grpc_shed_total
+
+# Component servers (sync, `--workers` threads): twice the workers. One worker-pool's worth of
+# calls may wait in the pool queue, so a worker that finishes is handed the next call at once
+# (no idle gap while a client's retry or the next request crosses the network), and a queued call
+# waits at most about one service time (p50 12-21 ms for Score/contributions) -- far inside the
+# gateway's 300-400 ms budgets. Beyond that, queueing only turns into deadline expiry.
+COMPONENT_IN_FLIGHT_PER_WORKER = 2
+# A component call with less time than this left cannot be answered before its caller has moved
+# on: refusing it costs nothing that was going to be used.
+COMPONENT_MIN_DEADLINE_MS = 10
+# Gateway (asyncio): by Little's law, requests in flight = throughput x time in the system. The
+# limit is the measured saturation throughput times the latency the answers should keep (see the
+# README's load-shedding section); beyond it a request would only queue behind the others.
+GATEWAY_MAX_IN_FLIGHT = 16
+# A Recommend needs its whole fan-out; with less time than this left it would come back with
+# every component degraded.
+GATEWAY_MIN_DEADLINE_MS = 20
+
+
+@dataclass(frozen=True)
+class AdmissionConfig:
+    max_in_flight: int    # 0 = unlimited
+    min_deadline_ms: int  # 0 = no minimum
+
+
+def component_defaults(workers: int) -> AdmissionConfig:
+    return AdmissionConfig(COMPONENT_IN_FLIGHT_PER_WORKER * max(1, workers), COMPONENT_MIN_DEADLINE_MS)
+
+
+def gateway_defaults() -> AdmissionConfig:
+    return AdmissionConfig(GATEWAY_MAX_IN_FLIGHT, GATEWAY_MIN_DEADLINE_MS)
+
+
+def is_exempt(method: str) -> bool:
+    """`/grpc.health.v1.Health/Check` -> True: the service part is one of EXEMPT_SERVICES."""
+    return method.lstrip("/").split("/", 1)[0] in EXEMPT_SERVICES
+
+
+def _short(method: str) -> str:
+    return method.rsplit("/", 1)[-1]  # the `method` label, as in telemetry.MetricsInterceptor
+
+
+class Limiter:
+    """A counter of admitted calls with a ceiling; thread-safe, never blocks a caller."""
+
+    def __init__(self, component: str, max_in_flight: int, min_deadline_ms: int = 0):
+        if max_in_flight < 0 or min_deadline_ms < 0:
+            raise ValueError("max_in_flight and min_deadline_ms must be >= 0")
+        self.component, self.max_in_flight, self.min_deadline_ms = component, max_in_flight, min_deadline_ms
+        self._in_flight = 0
+        self._changed = threading.Condition(threading.Lock())
+        self._gauge = telemetry.IN_FLIGHT.labels(component)
+        self._gauge.set(0)
+        telemetry.MAX_IN_FLIGHT.labels(component).set(max_in_flight)
+
+    @classmethod
+    def from_config(cls, component: str, cfg: AdmissionConfig) -> "Limiter":
+        return cls(component, cfg.max_in_flight, cfg.min_deadline_ms)
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    def try_acquire(self) -> bool:
+        with self._changed:
+            if self.max_in_flight and self._in_flight >= self.max_in_flight:
+                return False
+            self._in_flight += 1
+            self._gauge.set(self._in_flight)
+            return True
+
+    def release(self) -> None:
+        with self._changed:
+            if self._in_flight <= 0:
+                raise RuntimeError(f"{self.component}: admission slot released twice")
+            self._in_flight -= 1
+            self._gauge.set(self._in_flight)
+            self._changed.notify_all()
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Block until nothing is in flight (tests, drains); False on timeout."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self._in_flight == 0, timeout)
+
+    def overload_message(self) -> str:
+        return (f"{self.component} overloaded: {self._in_flight} requests in flight "
+                f"(limit {self.max_in_flight}); retry with backoff")
+
+    def deadline_refusal(self, remaining: float | None) -> str | None:
+        """The refusal message if `remaining` seconds (None = no deadline) cannot cover the work."""
+        if not self.min_deadline_ms or remaining is None or remaining * 1000.0 >= self.min_deadline_ms:
+            return None
+        return (f"{self.component}: {remaining * 1000.0:.1f} ms left before the deadline cannot cover the work "
+                f"(minimum {self.min_deadline_ms} ms); not started")
+
+    def shed(self, method: str, reason: str) -> None:
+        telemetry.SHED.labels(self.component, _short(method), reason).inc()
+
+
+class _ReleaseWhenDone(futures.ThreadPoolExecutor):
+    """Passed to grpcio as a behaviour's `experimental_thread_pool` (grpcio accepts only a
+    ThreadPoolExecutor there): submits to the server's real pool and frees the call's slot when
+    grpcio's task ends -- whether the handler ran, failed, or was skipped because the client
+    cancelled or its deadline expired while the call waited in the queue.
+
+    It owns no threads or queue, so `ThreadPoolExecutor.__init__` is deliberately not called.
+    """
+
+    def __init__(self, pool: futures.ThreadPoolExecutor, release):  # pylint: disable=super-init-not-called
+        self._pool, self._release = pool, release
+
+    def submit(self, fn, /, *args, **kwargs):
+        try:
+            future = self._pool.submit(fn, *args, **kwargs)
+        except BaseException:
+            self._release()
+            raise
+        future.add_done_callback(lambda _future: self._release())
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """The real pool belongs to the server."""
+
+
+class AdmissionInterceptor(grpc.ServerInterceptor):
+    """Load shedding for a sync `grpc.server`.
+
+    `pool` MUST be the ThreadPoolExecutor the server was built with: admitted calls are submitted
+    to it (through `_ReleaseWhenDone`). List this interceptor FIRST: an outer interceptor that
+    wraps the handler would drop the `experimental_thread_pool` this one sets, and refusals would
+    queue in the server's pool again. Since it is first, refusals never reach
+    `telemetry.MetricsInterceptor`; with `record_requests` (default) they are counted in
+    `pmis_grpc_requests_total` here instead, with their status code.
+    """
+
+    def __init__(self, limiter: Limiter, pool: futures.ThreadPoolExecutor, *, control_threads: int = 2,
+                 record_requests: bool = True):
+        self.limiter, self.pool, self.record_requests = limiter, pool, record_requests
+        # Refusals and health checks: each a few tens of microseconds of work that must not wait
+        # behind the shed backlog. A separate pool, so a saturated server still answers them.
+        self.control_pool = futures.ThreadPoolExecutor(control_threads,
+                                                       thread_name_prefix=f"{limiter.component}-admission")
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:  # unknown method (UNIMPLEMENTED), or streaming
+            return handler
+        method = handler_call_details.method
+        if is_exempt(method):
+            return self._on_control_pool(handler)
+        if not self.limiter.try_acquire():  # polling thread: answered without touching the server's pool
+            return self._refusal(method)
+        try:
+            return self._admitted(handler, method)
+        except BaseException:
+            self.limiter.release()
+            raise
+
+    def _on_control_pool(self, handler):
+        inner = handler.unary_unary
+
+        def behavior(request, context):
+            return inner(request, context)
+
+        behavior.experimental_thread_pool = self.control_pool
+        return grpc.unary_unary_rpc_method_handler(behavior, request_deserializer=handler.request_deserializer,
+                                                   response_serializer=handler.response_serializer)
+
+    def _refusal(self, method: str):
+        message = self.limiter.overload_message()
+        self.limiter.shed(method, OVERLOAD)
+        self._observe(method, grpc.StatusCode.RESOURCE_EXHAUSTED)
+
+        def refuse(request, context):
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
+
+        refuse.experimental_thread_pool = self.control_pool
+        # No deserializer: the request is discarded unread (raw bytes).
+        return grpc.unary_unary_rpc_method_handler(refuse)
+
+    def _admitted(self, handler, method: str):
+        inner, limiter = handler.unary_unary, self.limiter
+
+        def admitted(request, context):
+            # Here, in the worker, after any wait in the pool queue: the last moment before the work.
+            message = limiter.deadline_refusal(context.time_remaining())
+            if message is not None:
+                limiter.shed(method, DEADLINE)
+                self._observe(method, grpc.StatusCode.DEADLINE_EXCEEDED)
+                context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, message)
+            return inner(request, context)
+
+        own_pool = getattr(inner, "experimental_thread_pool", None)
+        target = own_pool if isinstance(own_pool, futures.ThreadPoolExecutor) else self.pool
+        admitted.experimental_thread_pool = _ReleaseWhenDone(target, limiter.release)
+        return grpc.unary_unary_rpc_method_handler(admitted, request_deserializer=handler.request_deserializer,
+                                                   response_serializer=handler.response_serializer)
+
+    def _observe(self, method: str, code: grpc.StatusCode) -> None:
+        if self.record_requests:
+            telemetry.observe(self.limiter.component, _short(method), code.name, 0.0)
+
+    def close(self) -> None:
+        self.control_pool.shutdown(wait=False)
+
+
+class AioAdmissionInterceptor(grpc.aio.ServerInterceptor):
+    """Load shedding for a `grpc.aio.server` (the gateway).
+
+    Place it AFTER the metrics interceptor (`interceptors=[AioMetricsInterceptor(),
+    AioAdmissionInterceptor(limiter)]`) so refusals are timed and counted with their status code
+    there; or set `record_requests=True` if it must come first. Only coroutine unary handlers
+    are limited (the gateway has no other kind); sync handlers and streams pass through.
+    """
+
+    def __init__(self, limiter: Limiter, *, record_requests: bool = False):
+        self.limiter, self.record_requests = limiter, record_requests
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if (handler is None or handler.unary_unary is None or is_exempt(method)
+                or not inspect.iscoroutinefunction(handler.unary_unary)):
+            return handler
+        inner, limiter = handler.unary_unary, self.limiter
+
+        async def admitted(request, context):
+            if not limiter.try_acquire():
+                await self._refuse(context, method, OVERLOAD, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                   limiter.overload_message())
+            try:
+                message = limiter.deadline_refusal(context.time_remaining())
+                if message is not None:
+                    await self._refuse(context, method, DEADLINE, grpc.StatusCode.DEADLINE_EXCEEDED, message)
+                return await inner(request, context)
+            finally:
+                limiter.release()
+
+        return grpc.unary_unary_rpc_method_handler(admitted, request_deserializer=handler.request_deserializer,
+                                                   response_serializer=handler.response_serializer)
+
+    async def _refuse(self, context, method: str, reason: str, code: grpc.StatusCode, message: str):
+        self.limiter.shed(method, reason)
+        if self.record_requests:
+            telemetry.observe(self.limiter.component, _short(method), code.name, 0.0)
+        await context.abort(code, message)  # raises
