@@ -301,10 +301,27 @@ def build_parser() -> argparse.ArgumentParser:
     rc.add_argument("--timeout", type=float, default=5.0)
     rc.set_defaults(func=cmd_recommend)
 
-    b = sub.add_parser("bench", help="closed-loop load on the gateway's Recommend, with an echo fan-out reference")
+    b = sub.add_parser("bench", help="load on the gateway (closed and open loop, echo fan-out reference, "
+                                     "server CPU per request, Shortlist latency)")
     b.add_argument("--target", default="127.0.0.1:50050")
-    b.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
+    b.add_argument("--concurrency", type=int, nargs="*", default=[1, 32], help="closed-loop levels (none: skip)")
     b.add_argument("--duration", type=float, default=10.0, help="seconds per concurrency level")
+    b.add_argument("--rate", type=float, nargs="+", help="open loop: requests per second, one run per rate")
+    b.add_argument("--open-duration", type=float, default=30.0, help="seconds per open-loop rate")
+    b.add_argument("--deadline-ms", type=float, default=2000.0, help="client deadline of every call")
+    b.add_argument("--k", type=int, default=10)
+    b.add_argument("--no-explain", action="store_true", help="send explain=false (unset, the default, means on)")
+    b.add_argument("--profile-only", action="store_true",
+                   help="send inline profiles of random catalog students instead of their ids")
+    b.add_argument("--shortlist", type=int, default=0, metavar="N",
+                   help="N sequential Shortlist calls over the most-applied-to internships")
+    b.add_argument("--metrics-base", type=int, default=9100,
+                   help="gateway metrics port; content, collaborative, success, ranker use the next four")
+    b.add_argument("--metrics-ports", nargs="+", metavar="NAME=PORT", help="override single metrics ports")
+    b.add_argument("--metrics-host", help="host of the metrics endpoints (default: the target's host)")
+    b.add_argument("--no-echo", action="store_true", help="skip the echo fan-out reference")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--json", type=Path, metavar="FILE", help="also write every number here as JSON")
     b.add_argument("--catalog", type=Path, help="catalog to draw student ids from (default $PMIS_HOME/data/catalog.db)")
     b.set_defaults(func=cmd_bench)
 
