@@ -95,12 +95,16 @@ def _sentences(e: gateway_pb2.Explanation, table, p: int, probability: float | N
 
 def explanation(profile, table, p: int, *, matched, missing, probability, base_rate, factors,
                 collab_basis: str, promoted: bool, matched_weights=(), contributions: dict[str, float] | None = None,
-                location: str | None = None) -> gateway_pb2.Explanation:
+                location: str | None = None, into: gateway_pb2.Explanation | None = None) -> gateway_pb2.Explanation:
     """`contributions`: feature (or blend term) -> additive share of this item's ranking score;
-    `location`: the item's `location_fits` when the caller computed them for a whole list."""
-    e = gateway_pb2.Explanation(matched_skills=list(matched), skills_to_learn=list(missing)[:3],
-                                matched_skill_weights=list(matched_weights),
-                                location_fit=location or location_fit(profile, table, p), promoted_by_fairness=promoted)
+    `location`: the item's `location_fits` when the caller computed them for a whole list;
+    `into`: fill this (empty) message in place instead of a new one."""
+    e = gateway_pb2.Explanation() if into is None else into
+    e.matched_skills.extend(matched)
+    e.skills_to_learn.extend(list(missing)[:3])
+    e.matched_skill_weights.extend(matched_weights)
+    e.location_fit = location or location_fit(profile, table, p)
+    e.promoted_by_fairness = promoted
     sector = str(table.sector[p]).lower()
     e.preferred_sector = sector in {s.lower() for s in profile.preferred_sectors}
     e.success_band = success_band(probability, base_rate)

@@ -81,13 +81,15 @@ async def retrieve(gw, r: InFlight, request) -> None:
     """Candidates from content and collaborative, in parallel; their union, filtered."""
     f, s = gw.fanout, r.student
     n = max(gw.cfg.candidates, 3 * r.k)
-    ask = common_pb2.RetrieveRequest(student_id=s.student_id, profile=s.profile, n=n, open_at=gw.now(),
-                                     exclude_internship_ids=s.seen, interactions=s.interactions)
+    now = gw.now()
     calls = {}
     if r.mode in ("hybrid", "content"):
-        calls["content"] = f.call("content", f.content.Retrieve, ask, r.deadline)
+        calls["content"] = f.call("content", f.content.Retrieve, common_pb2.RetrieveRequest(
+            profile=s.profile, n=n, open_at=now, exclude_internship_ids=s.seen), r.deadline)
     if r.mode in ("hybrid", "collaborative"):
-        calls["collaborative"] = f.call("collaborative", f.collaborative.Retrieve, ask, r.deadline)
+        calls["collaborative"] = f.call("collaborative", f.collaborative.Retrieve, common_pb2.RetrieveRequest(
+            student_id=s.student_id, n=n, open_at=now, exclude_internship_ids=s.seen, interactions=s.interactions),
+            r.deadline)
     answers = await gather(calls)
     found = {name: resp for name, resp in answers.items() if r.answered(name, resp)}
     if not found:
@@ -125,9 +127,12 @@ async def score(gw, r: InFlight) -> None:
             profile=s.profile, internship_ids=missing, student_vector=r.vectors.get("content")), r.deadline)
     missing = r.missing(POPULARITY)
     if "collaborative" in r.versions and missing:
+        vector = r.vectors.get("collaborative")
+        # The folded-in student from Retrieve; the history itself only when there is none to reuse.
+        history = () if vector is not None and vector.values else s.interactions
         calls["collaborative"] = f.call("collaborative", f.collaborative.Score, common_pb2.ScoreRequest(
-            student_id=s.student_id, internship_ids=missing, interactions=s.interactions,
-            student_vector=r.vectors.get("collaborative")), r.deadline)
+            student_id=s.student_id, internship_ids=missing, interactions=history, student_vector=vector),
+            r.deadline)
     calls["success"] = f.call("success", f.success.Predict, success_pb2.PredictRequest(
         profile=s.profile, internship_ids=r.ids()), r.deadline)
     answers = await gather(calls)
@@ -181,8 +186,7 @@ async def explain_details(gw, r: InFlight, rows: np.ndarray) -> dict:
                for p in (answers["success"].predictions if answers.get("success") is not None else ())}
     contributions = {}
     if answers.get("ranker") is not None:
-        contributions = {int(row): {c.name: c.value for c in ic.by_feature}
-                         for row, ic in zip(rows.tolist(), answers["ranker"].contributions)}
+        contributions = contribution_rows(answers["ranker"], rows)
     elif r.ranking == "blend":
         terms = blend_terms(r.candidates.scores[0, rows], gw.cfg.blend_weights)
         contributions = {int(row): dict(zip(COMPONENT_SCORES, t)) for row, t in zip(rows.tolist(), terms.tolist())}
@@ -190,6 +194,13 @@ async def explain_details(gw, r: InFlight, rows: np.ndarray) -> dict:
         name = "content_score" if r.ranking == "content" else "collab_score"
         contributions = {int(row): {name: float(r.final[0, row])} for row in rows.tolist()}
     return {"skills": skills, "factors": factors, "contributions": contributions}
+
+
+def contribution_rows(resp, rows: np.ndarray) -> dict:
+    """Candidate row -> feature -> its share of the ranker's score, from the packed answer."""
+    names = list(resp.contribution_features)
+    values = np.asarray(resp.contribution_values, dtype=np.float64).reshape(len(rows), len(names) + 1)
+    return {int(row): dict(zip(names, v[:-1])) for row, v in zip(rows.tolist(), values.tolist())}
 
 
 def answer(r: InFlight, order: np.ndarray, moved: np.ndarray, details: dict | None,
@@ -210,12 +221,12 @@ def answer(r: InFlight, order: np.ndarray, moved: np.ndarray, details: dict | No
         if details is not None:
             matched, missing, weights = details["skills"].get(i, ([], [], []))
             probability = scores[row, SUCCESS]
-            item.explanation.CopyFrom(explain.explanation(
+            explain.explanation(
                 profile, table, p, matched=matched, missing=missing,
                 probability=None if probability != probability else float(probability), base_rate=r.base_rate,
                 factors=details["factors"].get(i), collab_basis=r.collab_basis, promoted=was_moved,
                 matched_weights=weights, contributions=details["contributions"].get(row),
-                location=locations[rank_ - 1]))
+                location=locations[rank_ - 1], into=item.explanation)
 
 
 def fair_order(gw, r: InFlight, strength: float | None) -> tuple[np.ndarray, np.ndarray]:

@@ -336,7 +336,7 @@ class Gateway(gateway_pb2_grpc.RecommendationGatewayServicer):
             degraded.append("ranker")
         else:
             scores.ranker = r.scores[0]
-            contributions = {x.name: x.value for x in r.contributions[0].by_feature}
+            contributions = stages.contribution_rows(r, np.zeros(1, dtype=np.int64))[0]
         item = gateway_pb2.Recommendation(
             internship_id=request.internship_id, title=str(table.title[p]), company_id=str(table.company_id[p]),
             sector=str(table.sector[p]), district=str(table.district[p]), remote=bool(table.remote[p]),

@@ -186,7 +186,9 @@ class ItemTable:
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray], prefix: str = "item_"):
-        return cls(**{f.name: arrays[prefix + f.name] for f in fields(cls)})
+        # Plain ndarray views of a bundle's memory maps: the same shared pages, without the
+        # memmap subclass's Python-level bookkeeping on every index operation.
+        return cls(**{f.name: np.asarray(arrays[prefix + f.name]).view(np.ndarray) for f in fields(cls)})
 
     def arrays(self, prefix: str = "item_") -> dict[str, np.ndarray]:
         return {prefix + f.name: np.asarray(getattr(self, f.name)) for f in fields(self)}

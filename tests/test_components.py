@@ -395,3 +395,83 @@ def test_blend_batched_equals_per_list():
     shifted = batch.copy()
     shifted[0] = shifted[0] * 50 + 9
     np.testing.assert_allclose(blend_scores(shifted, WEIGHTS)[1:], out[1:], atol=1e-6)
+
+
+# --------------------------------------------------------------------------- serving arithmetic
+# What the servers compute directly from a bundle must equal what the libraries compute.
+
+
+def test_logistic_success_is_served_as_arithmetic_equal_to_the_library(success_model):
+    from models.success import design_matrix
+
+    assert success_model.linear is not None  # a logistic regression: served as a dot product
+    x, _, _ = _success_data(3000, seed=5)
+    x[::17, F["distance_class"]] = np.nan  # missing values go through the imputer's medians
+    library = success_model.model.predict_proba(design_matrix(x))[:, 1]
+    assert np.abs(success_model.predict(x) - library).max() <= 1e-6
+    # and the factors are measured on the same log-odds
+    factors = success_model.factors(x[:5], 3)
+    assert all(1 <= len(f) <= 3 for f in factors)
+
+
+def test_non_linear_success_models_go_through_the_library():
+    from models.success import design_matrix
+
+    x, y, _ = _success_data(1500, seed=6)
+    model = SuccessModel.fit(x, y, "hist_gradient_boosting", {"clf__max_leaf_nodes": 7}, folds=3, seed=0)
+    assert model.linear is None
+    np.testing.assert_array_equal(model.predict(x[:50]),
+                                  model.model.predict_proba(design_matrix(x[:50]))[:, 1].astype(np.float32))
+
+
+def test_content_embedding_and_cosine_equal_the_library(content_model):
+    texts = [profile_text(["python", "sql"], "Computer Applications", ["Information Technology"]),
+             "", "words nobody wrote", profile_text(["Welding", "fitting"]), "sales sales sales retail store"]
+    ours, library = content_model.embed(texts), content_model.vectorizer.transform(texts)
+    assert ours.shape == library.shape and ours.dtype == np.float32
+    assert np.abs(ours.toarray() - library.toarray()).max() <= 1e-6
+    expected = (library @ content_model.item_matrix.T).toarray()
+    assert np.abs(content_model.similarity(ours) - expected).max() <= 1e-6
+    # given items: the same numbers, to the bit, as the whole-catalogue scores
+    np.testing.assert_array_equal(content_model.similarity(ours, np.array([3, 0])),
+                                  content_model.similarity(ours)[:, [3, 0]])
+
+
+def test_batched_fold_in_equals_one_student_at_a_time(interactions):
+    m, user_ids, item_ids = interactions
+    model = CollaborativeModel.fit("als", ALS_PARAMS, m, user_ids, item_ids)
+    rows = m[:6]
+    batched = model.scores_of(rows, model.fold_in_rows(rows))
+    positions = np.array([7, 3, 11])
+    for r in range(6):
+        one = model.fold_in_rows(m[r])
+        np.testing.assert_allclose(model.scores_of(m[r], one)[0], batched[r], atol=1e-5)
+        np.testing.assert_allclose(model.scores_of(m[r], one, positions)[0], batched[r, positions], atol=1e-5)
+
+
+def test_history_row_equals_the_interaction_matrix():
+    class Items(CollaborativeModel):
+        def __init__(self):  # only what history_row needs
+            self.item_ids = np.arange(50)
+
+    pos = np.array([3, 7, 3, 3, 9, 49, 0])
+    events = ["view", "apply", "save", "apply", "view", "save", "view"]
+    expected = interaction_matrix(np.zeros(len(pos), int), pos, events, 1, 50)
+    got = Items().history_row(pos, events)
+    assert got.dtype == expected.dtype and (got != expected).nnz == 0
+
+
+def test_top_n_is_deterministic_under_ties():
+    from models.pipeline import top_n, top_n_rows
+
+    scores = np.array([0.5, 0.9, 0.5, 0.5, 0.1, 0.9, np.nan, -np.inf], dtype=np.float32)
+    assert top_n(scores, 4).tolist() == [1, 5, 0, 2]           # ties: the lower position first
+    assert top_n(scores, 4, excluded=np.arange(8) == 1).tolist() == [5, 0, 2, 3]
+    assert top_n(scores, 100).tolist() == [1, 5, 0, 2, 3, 4]   # never NaN or -inf
+    rows = top_n_rows(np.vstack([scores, scores[::-1]]), 7)
+    assert rows[0].tolist() == [1, 5, 0, 2, 3, 4, -1]
+    rng = np.random.default_rng(0)
+    many = rng.integers(0, 5, size=(20, 300)).astype(np.float32)  # heavy ties
+    for row in many:
+        expected = np.lexsort((np.arange(300), -row))[:25]
+        assert top_n(row, 25).tolist() == expected.tolist()

@@ -667,6 +667,11 @@ def test_recommend_degrades_as_components_go_down(fresh_system, students):
     comps.stop("success")
     resp = gw.recommend(student_id=sid, k=5)
     assert resp.items and set(resp.degraded) == {"collaborative", "ranker", "success"}
+    busiest, _ = _internships_by_applicants(fresh_system.catalog)
+    short = gw.stub.Shortlist(gateway_pb2.ShortlistRequest(internship_id=busiest, size=8), timeout=TIMEOUT)
+    assert list(short.degraded) == ["success"] and len(short.candidates) == 8
+    assert all(c.HasField("match") and not c.HasField("success_probability") and np.isfinite(c.score)
+               for c in short.candidates)
     assert all(not it.scores.HasField("success_probability") for it in resp.items)
     details, _ = gw.fails("PredictSuccess", gateway_pb2.PredictSuccessRequest(
         student_id=sid, internship_ids=[resp.items[0].internship_id]), grpc.StatusCode.UNAVAILABLE)
@@ -821,6 +826,15 @@ def test_shortlist_of_applicants_meets_minimums_the_pool_allows(system):
             assert g.met, g
     assert resp.all_met == all(g.met for g in resp.groups)
     assert {m.component for m in resp.models} == {"content", "success"}
+
+
+def test_shortlist_scores_the_whole_pool_in_one_call_per_component(system):
+    busiest, _ = _internships_by_applicants(system.catalog)
+    resp = system.gateway.stub.Shortlist(gateway_pb2.ShortlistRequest(internship_id=busiest, size=500), timeout=TIMEOUT)
+    assert len(resp.candidates) == resp.pool_size >= 10 and not resp.degraded
+    for c in resp.candidates:  # every pooled student was scored by both components: no NaN, nothing unset
+        assert c.HasField("match") and c.HasField("success_probability")
+        assert np.isfinite([c.score, c.match, c.success_probability]).all()
 
 
 def test_shortlist_without_applicants_uses_best_matching_students(system):

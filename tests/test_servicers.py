@@ -619,3 +619,64 @@ def test_content_skills_are_ordered_by_their_weight_in_the_internship(small_syst
             assert all(w > 0 for w in weights)  # every listed skill is really in the internship's vector
             checked += len(skills) > 1
     assert checked > 10
+
+
+# --------------------------------------------------------------------------- packed answers
+
+
+def test_ranker_packed_request_equals_candidate_messages(loaded, catalog_rows):
+    h = loaded["ranker"]
+    ids = catalog_rows["internships"][:12] + ["I999999"]
+    rng = np.random.default_rng(1)
+    scores = rng.random((len(ids), 4)).astype(np.float32)
+    scores[::3, 1] = np.nan  # a component that did not answer
+    legacy = [ranker_pb2.Candidate(internship_id=i, content_score=s[0], popularity=s[2], success_probability=s[3],
+                                   **({} if np.isnan(s[1]) else {"collab_score": s[1]})) for i, s in zip(ids, scores)]
+    old = h.ok("Rank", ranker_pb2.RankRequest(profile=profile(), candidates=legacy, contributions=True))
+    new = h.ok("Rank", ranker_pb2.RankRequest(profile=profile(), internship_ids=ids,
+                                              component_scores=scores.ravel().tolist(), contributions=True))
+    assert list(new.scores) == list(old.scores) == [it.score for it in old.items] and not new.items
+    values = np.asarray(new.contribution_values).reshape(len(ids), len(new.contribution_features) + 1)
+    for row, ic in zip(values, old.contributions):
+        assert list(new.contribution_features) == [c.name for c in ic.by_feature]
+        np.testing.assert_allclose(row, [*(c.value for c in ic.by_feature), ic.bias], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(values.sum(axis=1), new.scores, atol=1e-4)  # exact additive, bias included
+
+
+def test_collaborative_score_reuses_the_retrieved_student(loaded, known_student, catalog_rows):
+    h = loaded["collaborative"]
+    history = [common_pb2.Interaction(internship_id=i, event=EVENT_TYPES[e])
+               for s, i, e in catalog_rows["interactions"] if s == known_student]
+    top = h.ok("Retrieve", common_pb2.RetrieveRequest(student_id=known_student, n=10, interactions=history))
+    assert top.basis == "fold_in" and top.student_vector.values and top.student_vector.content_hash
+    ids = catalog_rows["internships"][:30]
+    by_history = h.ok("Score", common_pb2.ScoreRequest(student_id=known_student, internship_ids=ids,
+                                                       interactions=history))
+    by_vector = h.ok("Score", common_pb2.ScoreRequest(internship_ids=ids, student_vector=top.student_vector))
+    assert by_vector.basis == "fold_in"
+    assert list(by_vector.scores) == pytest.approx(list(by_history.scores), abs=1e-6)
+    # a vector from another bundle is ignored (fold in again); a malformed one is refused
+    stale = common_pb2.StudentVector(content_hash="other", values=top.student_vector.values)
+    assert h.ok("Score", common_pb2.ScoreRequest(internship_ids=ids, student_vector=stale)).basis == "popularity"
+    bad = common_pb2.StudentVector(content_hash=top.student_vector.content_hash, values=[1.0, 2.0])
+    assert bad_fields(h, "Score", common_pb2.ScoreRequest(internship_ids=ids, student_vector=bad)) == \
+        {"student_vector.values"}
+
+
+def test_pairs_score_a_whole_pool_against_one_internship(loaded, catalog_rows):
+    iid = catalog_rows["internships"][3]
+    pool = [profile(skills=["python", "sql"], cgpa=8.0), profile(skills=["welding"], cgpa=6.0),
+            common_pb2.StudentProfile(), profile(skills=["excel"], college_tier=1)]
+    content = loaded["content"].ok("ScorePairs", common_pb2.PairsRequest(internship_id=iid, profiles=pool))
+    success = loaded["success"].ok("PredictPairs",
+                                   common_pb2.PairsRequest(internship_id=iid, profiles=pool))
+    assert len(content.scores) == len(success.scores) == len(pool)
+    for j, p in enumerate(pool):  # each equals the one-student call
+        if p.skills:
+            one = loaded["content"].ok("Score", common_pb2.ScoreRequest(profile=p, internship_ids=[iid]))
+            assert content.scores[j] == pytest.approx(one.scores[0], abs=1e-6)
+        one = loaded["success"].ok("Predict", success_pb2.PredictRequest(profile=p, internship_ids=[iid]))
+        assert success.scores[j] == pytest.approx(one.probabilities[0], abs=1e-6)
+    unknown = loaded["content"].ok("ScorePairs", common_pb2.PairsRequest(internship_id="I999999", profiles=pool))
+    assert np.isnan(unknown.scores).all()
+    assert bad_fields(loaded["success"], "PredictPairs", common_pb2.PairsRequest(internship_id=iid)) == {"profiles"}

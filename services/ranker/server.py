@@ -94,10 +94,14 @@ class RankerServicer(ModelAdmin, ranker_pb2_grpc.RankerServiceServicer):
             if known.any():
                 contrib[known] = rt.model.contributions(features, rt.contributions)
             contrib[~known, -1] = scores[~known]  # unknown internships: no features, only the fallback score
-            for row in contrib.tolist():
-                response.contributions.add(
-                    by_feature=[common_pb2.Contribution(name=f, value=v) for f, v in zip(FEATURES, row)],
-                    bias=row[-1])
+            if request.candidates:
+                for row in contrib.tolist():
+                    response.contributions.add(
+                        by_feature=[common_pb2.Contribution(name=f, value=v) for f, v in zip(FEATURES, row)],
+                        bias=row[-1])
+            else:
+                response.contribution_features.extend(FEATURES)
+                response.contribution_values.extend(contrib.ravel().tolist())
         return response
 
 
