@@ -2,9 +2,10 @@
 
     retrieve (content and collaborative in parallel: ids and scores only)
       -> union and filter (applied/seen, closed, full, the student's hard filters)
-      -> score (what each retriever did not find, and success, in parallel)
+      -> score (what each retriever did not find, in parallel)
       -> rank (ranker; blend when it is down) -> fair re-rank (the operator's policy)
-      -> explain (details for the final k only, in one round) -> answer
+      -> finish: success probability and explanation details for the final k only, in one round
+      -> answer
 
 Every component answers in packed arrays; the (n, 4) score array is filled by catalogue position.
 A component that does not answer leaves its column NaN and is named in `degraded`.
@@ -73,8 +74,17 @@ class InFlight:
 
 
 def table_positions(table, ids) -> np.ndarray:
-    position = table.position
-    return np.fromiter((position.get(i, -1) for i in ids), dtype=np.int64, count=len(ids))
+    """Catalogue positions of `ids` (-1 for ids the catalog does not hold). The catalogue is held
+    sorted by id, so a vectorised binary search finds them; whatever it misses is looked up by id."""
+    query = np.asarray(list(ids), dtype=table.ids.dtype)
+    if not len(query) or not len(table.ids):
+        return np.full(len(query), -1, dtype=np.int64)
+    at = np.minimum(np.searchsorted(table.ids, query), len(table.ids) - 1)
+    found = table.ids[at] == query
+    if not found.all():
+        position = table.position
+        at[~found] = [position.get(i, -1) for i in query[~found].tolist()]
+    return at.astype(np.int64)
 
 
 async def retrieve(gw, r: InFlight, request) -> None:
@@ -118,7 +128,7 @@ def absorb_collaborative(r: InFlight, resp) -> None:
 
 
 async def score(gw, r: InFlight) -> None:
-    """Scores the retrievers did not give, and success for every candidate, in parallel."""
+    """Scores the retrievers did not give, in parallel."""
     f, s = gw.fanout, r.student
     calls = {}
     missing = r.missing(CONTENT)
@@ -133,29 +143,30 @@ async def score(gw, r: InFlight) -> None:
         calls["collaborative"] = f.call("collaborative", f.collaborative.Score, common_pb2.ScoreRequest(
             student_id=s.student_id, internship_ids=missing, interactions=history, student_vector=vector),
             r.deadline)
-    calls["success"] = f.call("success", f.success.Predict, success_pb2.PredictRequest(
-        profile=s.profile, internship_ids=r.ids()), r.deadline)
     answers = await gather(calls)
     for name, resp in answers.items():
         if not r.answered(name, resp):
             continue
         if name == "content":
             r.fill(CONTENT, resp.internship_ids, resp.scores)
-        elif name == "collaborative":
-            absorb_collaborative(r, resp)
         else:
-            r.base_rate = resp.base_rate
-            r.fill(SUCCESS, resp.internship_ids, resp.probabilities)
+            absorb_collaborative(r, resp)
 
 
 async def rank_candidates(gw, r: InFlight) -> None:
-    """The learned ranker; the static blend when it is down; one component when the mode asks."""
+    """The learned ranker; the static blend when it is down (with every candidate's success
+    probability, which the blend weighs); one component when the mode asks."""
     ranker_scores = None
+    f = gw.fanout
     if r.mode == "hybrid":
-        f = gw.fanout
         resp, _ = await f.call("ranker", f.ranker.Rank, rank_request(r, slice(None)), r.deadline)
         if r.answered("ranker", resp):
             ranker_scores = np.asarray(resp.scores, dtype=np.float32)[None, :]
+        else:
+            success, _ = await f.call("success", f.success.Predict, success_pb2.PredictRequest(
+                profile=r.student.profile, internship_ids=r.ids()), r.deadline)
+            if r.answered("success", success):
+                r.fill(SUCCESS, success.internship_ids, success.probabilities)
     r.final, r.ranking = rank(r.candidates, ranker_scores=ranker_scores, blend_weights=gw.cfg.blend_weights,
                               mode=r.mode)
 
@@ -166,24 +177,28 @@ def rank_request(r: InFlight, rows, contributions: bool = False) -> ranker_pb2.R
                                   contributions=contributions)
 
 
-async def explain_details(gw, r: InFlight, rows: np.ndarray) -> dict:
-    """Per final row: matched/missing skills, success factors and the ranking score's split, from
-    one round of calls for the final k only."""
+async def finish(gw, r: InFlight, rows: np.ndarray, explain_: bool) -> dict:
+    """The final k rows' success probability (shown, not ranked on) and, when asked, their
+    explanation details: matched/missing skills, success factors and the ranking score's split.
+    One round of calls, for these rows only."""
     f, s, ids = gw.fanout, r.student, r.ids(rows)
     calls = {}
-    if "content" in r.versions:
+    if explain_ or np.isnan(r.candidates.scores[0, rows, SUCCESS]).any():
+        calls["success"] = f.call("success", f.success.Predict, success_pb2.PredictRequest(
+            profile=s.profile, internship_ids=ids, top_factors=3 if explain_ else 0), r.deadline)
+    if explain_ and "content" in r.versions:
         calls["content"] = f.call("content", f.content.Score, common_pb2.ScoreRequest(
             profile=s.profile, internship_ids=ids, student_vector=r.vectors.get("content"), details=True), r.deadline)
-    if "success" in r.versions:
-        calls["success"] = f.call("success", f.success.Predict, success_pb2.PredictRequest(
-            profile=s.profile, internship_ids=ids, top_factors=3), r.deadline)
-    if r.ranking == "ranker":
+    if explain_ and r.ranking == "ranker":
         calls["ranker"] = f.call("ranker", f.ranker.Rank, rank_request(r, rows, contributions=True), r.deadline)
     answers = await gather(calls)
+    success = answers.get("success")
+    if "success" in calls and r.answered("success", success):
+        r.base_rate = success.base_rate
+        r.fill(SUCCESS, success.internship_ids, success.probabilities)
     skills = {it.internship_id: (list(it.matched_skills), list(it.missing_skills), list(it.matched_weights))
               for it in (answers["content"].items if answers.get("content") is not None else ())}
-    factors = {p.internship_id: list(p.top_factors)
-               for p in (answers["success"].predictions if answers.get("success") is not None else ())}
+    factors = {p.internship_id: list(p.top_factors) for p in (success.predictions if success is not None else ())}
     contributions = {}
     if answers.get("ranker") is not None:
         contributions = contribution_rows(answers["ranker"], rows)

@@ -258,8 +258,8 @@ class Gateway(gateway_pb2_grpc.RecommendationGatewayServicer):
             response.ranking = r.ranking
             order, moved = stages.fair_order(self, r, strength)
             want_explain = request.explain if request.HasField("explain") else True
-            details = await stages.explain_details(self, r, order) if want_explain else None
-            stages.answer(r, order, moved, details, response)
+            details = await stages.finish(self, r, order, want_explain)
+            stages.answer(r, order, moved, details if want_explain else None, response)
         models, mixed = self.models_and_mixing(r.versions)
         response.models.extend(models)
         response.mixed_data_versions = mixed

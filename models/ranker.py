@@ -16,16 +16,25 @@ from models.bundle import Bundle, BundleRef, write_bundle
 from models.features import PAIR_FEATURES
 
 COMPONENT = "ranker"
+# The component score array's columns (models.pipeline), in order.
 COMPONENT_SCORES = ["content_score", "collab_score", "popularity", "success_p"]
+# What the learned ranker orders a list by: the retrievers' scores. The success probability is not
+# a ranker feature: it carried well under 1 % of the gain (its pair features are the ranker's own,
+# and its student terms are constant within a list), and predicting it for every candidate cost a
+# call per request; the gateway predicts it for the final k (shown), or for every candidate only
+# when the ranker is down and the static blend, which does use it, orders the list.
+RANKED_SCORES = COMPONENT_SCORES[:3]
 # Student-only columns are constant inside one list, so they cannot order it: left out.
 RANKER_PAIR_FEATURES = [f for f in PAIR_FEATURES if f not in ("cgpa", "college_tier", "education_level")]
-FEATURES = COMPONENT_SCORES + RANKER_PAIR_FEATURES
+FEATURES = RANKED_SCORES + RANKER_PAIR_FEATURES
 _PAIR_COLUMNS = [PAIR_FEATURES.index(f) for f in RANKER_PAIR_FEATURES]
 
 
 def ranker_features(component_scores: np.ndarray, pair: np.ndarray) -> np.ndarray:
-    """(n, len(FEATURES)) from (n, 4) component scores (NaN = unavailable) and (n, |PAIR_FEATURES|)."""
-    return np.hstack([np.asarray(component_scores, np.float32), np.asarray(pair, np.float32)[:, _PAIR_COLUMNS]])
+    """(n, len(FEATURES)) from (n, 4) component scores (NaN = unavailable; the success column is not
+    used) and (n, |PAIR_FEATURES|)."""
+    ranked = np.asarray(component_scores, np.float32)[:, :len(RANKED_SCORES)]
+    return np.hstack([ranked, np.asarray(pair, np.float32)[:, _PAIR_COLUMNS]])
 
 
 def blend_terms(component_scores: np.ndarray, weights: dict[str, float]) -> np.ndarray:

@@ -301,7 +301,8 @@ def test_ranker_features_layout():
     comp, pair = np.arange(8.0).reshape(2, 4), np.arange(30.0).reshape(2, 15) + 100
     x = ranker_features(comp, pair)
     assert x.shape == (2, len(RANKER_FEATURES)) and x.dtype == np.float32
-    np.testing.assert_array_equal(x[:, :4], comp)
+    np.testing.assert_array_equal(x[:, :3], comp[:, :3])  # the retrievers' scores; success is not ranked on
+    assert "success_p" not in RANKER_FEATURES
     assert x[0, RANKER_FEATURES.index("skill_overlap")] == 100 + PAIR_FEATURES.index("skill_overlap")
     assert x[1, RANKER_FEATURES.index("competition")] == 115 + PAIR_FEATURES.index("competition")
     assert "cgpa" not in RANKER_FEATURES
@@ -326,7 +327,7 @@ def test_ranker_learns_planted_feature(tmp_path):
     # Explanations rest on these: exact additive shares that sum to the score (missing values
     # included), the planted feature carries the most weight, as TreeSHAP also says.
     xm = xt[:50].copy()
-    xm[::7, RANKER_FEATURES.index("success_p")] = np.nan  # a component that was down
+    xm[::7, RANKER_FEATURES.index("popularity")] = np.nan  # a component that was down
     for method in ("shap", "path"):
         contrib = model.contributions(xm, method)
         assert contrib.shape == (50, len(RANKER_FEATURES) + 1)

@@ -648,6 +648,9 @@ def test_recommend_degrades_as_components_go_down(fresh_system, students):
     assert resp.ranking == "blend" and list(resp.degraded) == ["ranker"] and len(resp.items) == 5
     assert {m.component for m in resp.models} == {"content", "collaborative", "success"}
     assert all(not it.scores.HasField("ranker") for it in resp.items)
+    # the blend weighs every candidate's success probability, so it was predicted for all of them
+    assert all(it.scores.HasField("success_probability") for it in resp.items)
+    assert any(c.value and c.name == "success" for it in resp.items for c in it.explanation.contributions)
     assert not set(it.internship_id for it in resp.items) & students["applied"][sid]
 
     comps.stop("collaborative")
