@@ -20,6 +20,8 @@ from typing import Protocol
 
 import numpy as np
 
+from models.data.catalog import COUNTS_TABLE, LATEST, STATS_TABLE, ensure_counters
+
 PROFILE_COLUMNS = ["skills", "education", "field", "cgpa", "college_tier", "district", "state", "latitude",
                    "longitude", "preferred_sectors", "preferred_districts"]
 LIST_COLUMNS = {"skills", "preferred_sectors", "preferred_districts"}
@@ -51,6 +53,109 @@ class Catalog(Protocol):
     def student(self, student_id: str) -> dict | None: ...
     def interactions(self, student_id: str) -> list[tuple[str, str, int]]: ...
     def record_interaction(self, student_id: str, internship_id: str, event: str, timestamp: int) -> int: ...
+    def latest_timestamp(self) -> int: ...
+
+
+def _split(v) -> list[str]:
+    return [t for t in (v or "").split(";") if t]
+
+
+class SqliteCatalog:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise FileNotFoundError(f"catalog database {self.path} not found; run `pmis generate` first")
+        self._local = threading.local()
+        self._write_lock = threading.Lock()
+        # The students table's columns, read once: per-request lookups select only what exists.
+        self._student_columns = {r[1] for r in self._conn().execute("PRAGMA table_info(students)")}
+        self.refresh()
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=10, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            self._local.conn = conn
+        return conn
+
+    def refresh(self) -> None:
+        """(Re)load the internship table and its application/offer counts into memory.
+
+        The counts and the newest interaction time come from the catalog's trigger-maintained
+        counters (`models.data.catalog`, schema 2): one indexed join instead of aggregating every
+        interaction and outcome. A catalog without them gets them built on this first open (once);
+        if it cannot be written, the counts are aggregated here as before.
+        """
+        c = self._conn()
+        counted = ensure_counters(c)
+        cols = {r[1] for r in c.execute("PRAGMA table_info(internships)")}
+        want = ["internship_id", "title", "company_id", "sector", "district", "state", "latitude", "longitude",
+                "remote", "stipend", "slots", "deadline"]
+        select = ", ".join(f"i.{w}" if w in cols else f"NULL AS {w}" for w in want)
+        if counted:
+            rows = c.execute(f"SELECT {select}, n.applicants, n.selected FROM internships AS i "
+                             f"LEFT JOIN {COUNTS_TABLE} AS n ON n.internship_id = i.internship_id "
+                             f"ORDER BY i.internship_id").fetchall()
+        else:
+            rows = c.execute(f"SELECT {select} FROM internships AS i ORDER BY i.internship_id").fetchall()
+        columns = list(zip(*rows)) if rows else [()] * (len(want) + 2)
+        col = columns.__getitem__
+        ids = np.asarray(col(0), dtype=str)
+        position = {i: p for p, i in enumerate(ids.tolist())}
+        if counted:
+            applicants = np.array([n or 0 for n in col(12)], dtype=np.int64)
+            selected = np.array([n or 0 for n in col(13)], dtype=np.int64)
+        else:
+            applicants, selected = self._aggregate_counts(c, position)
+        msme = np.zeros(len(ids), dtype=bool)
+        if c.execute("SELECT 1 FROM sqlite_master WHERE name='companies'").fetchone():
+            small = {cid for cid, size in c.execute("SELECT company_id, size FROM companies")
+                     if size in ("Micro", "Small", "Medium")}
+            msme = np.array([cid in small for cid in col(2)], dtype=bool)
+        f = lambda j: np.array([np.nan if v is None else float(v) for v in col(j)], dtype=np.float64)  # noqa: E731
+        s = lambda j: np.asarray([(v or "") for v in col(j)], dtype=str)  # noqa: E731
+        never = np.iinfo(np.int64).max
+        deadline = np.array([never if v is None else int(v) for v in col(11)], dtype=np.int64)
+        self.internships = InternshipTable(
+            ids=ids, position=position, title=s(1), company_id=s(2), sector=s(3), district=s(4), state=s(5),
+            latitude=f(6), longitude=f(7), remote=np.array([bool(v) for v in col(8)], dtype=bool), stipend=f(9),
+            slots=f(10), deadline=deadline, applicants=applicants, selected=selected, msme=msme)
+        self._latest = (self._stored_latest(c) if counted else None) or \
+            c.execute("SELECT MAX(timestamp) FROM interactions").fetchone()[0] or int(time.time())
+
+    @staticmethod
+    def _aggregate_counts(c: sqlite3.Connection, position: dict) -> tuple[np.ndarray, np.ndarray]:
+        """Applications and offers per internship straight from the tables (catalog without counters)."""
+        applicants = np.zeros(len(position), dtype=np.int64)
+        for iid, n in c.execute("SELECT internship_id, COUNT(*) FROM interactions WHERE event='apply' "
+                                "GROUP BY internship_id"):
+            if iid in position:
+                applicants[position[iid]] = n
+        selected = np.zeros(len(position), dtype=np.int64)
+        if c.execute("SELECT 1 FROM sqlite_master WHERE name='outcomes'").fetchone():
+            for iid, n in c.execute("SELECT internship_id, SUM(selected) FROM outcomes GROUP BY internship_id"):
+                if iid in position:
+                    selected[position[iid]] = n or 0
+        return applicants, selected
+
+    @staticmethod
+    def _stored_latest(c: sqlite3.Connection):
+        """The newest interaction time from `catalog_stats`; None when stale (a deleted or lowered
+        maximum): then it is recomputed by the caller and stored again when the catalog is writable."""
+        row = c.execute(f"SELECT value FROM {STATS_TABLE} WHERE key = ?", (LATEST,)).fetchone()
+        if row is not None:
+            return row[0]
+        try:
+            with c:
+                c.execute("BEGIN IMMEDIATE")
+                c.execute(f"INSERT OR REPLACE INTO {STATS_TABLE} (key, value) "
+                          f"SELECT ?, MAX(timestamp) FROM interactions", (LATEST,))
+        except sqlite3.OperationalError:
+            return None
+        row = c.execute(f"SELECT value FROM {STATS_TABLE} WHERE key = ?", (LATEST,)).fetchone()
+        return row[0] if row else None
+
     def latest_timestamp(self) -> int: ...
 
 

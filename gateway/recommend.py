@@ -220,28 +220,28 @@ def contribution_rows(resp, rows: np.ndarray) -> dict:
 
 def answer(r: InFlight, order: np.ndarray, moved: np.ndarray, details: dict | None,
            response: gateway_pb2.RecommendResponse) -> None:
-    table, profile, scores = r.table, r.student.profile, r.candidates.scores[0]
-    ids = r.ids(order)
-    locations = explain.location_fits(profile, table, r.positions[order]) if details is not None else ()
-    for rank_, (row, i, was_moved) in enumerate(zip(order.tolist(), ids, moved.tolist()), start=1):
-        p = int(r.positions[row])
-        component = {name: float(v) for name, v in zip(SCORE_COLUMNS, scores[row].tolist()) if v == v}
+    table, profile = r.table, r.student.profile
+    p = r.positions[order]
+    scores = r.candidates.scores[0, order].tolist()
+    final = r.final[0, order].tolist()
+    columns = zip(r.ids(order), table.title[p].tolist(), table.company_id[p].tolist(), table.sector[p].tolist(),
+                  table.district[p].tolist(), table.remote[p].tolist(), np.nan_to_num(table.stipend[p]).tolist())
+    locations = explain.location_fits(profile, table, p) if details is not None else ()
+    for at, (i, title, company, sector, district, remote, stipend) in enumerate(columns):
+        component = {name: v for name, v in zip(SCORE_COLUMNS, scores[at]) if v == v}
         if r.ranking == "ranker":
-            component["ranker"] = float(r.final[0, row])
-        item = response.items.add(rank=rank_, internship_id=i, title=str(table.title[p]),
-                                  company_id=str(table.company_id[p]), sector=str(table.sector[p]),
-                                  district=str(table.district[p]), remote=bool(table.remote[p]),
-                                  stipend=float(np.nan_to_num(table.stipend[p])), score=float(r.final[0, row]),
+            component["ranker"] = final[at]
+        item = response.items.add(rank=at + 1, internship_id=i, title=title, company_id=company, sector=sector,
+                                  district=district, remote=remote, stipend=stipend, score=final[at],
                                   scores=gateway_pb2.ComponentScores(**component))
         if details is not None:
             matched, missing, weights = details["skills"].get(i, ([], [], []))
-            probability = scores[row, SUCCESS]
             explain.explanation(
-                profile, table, p, matched=matched, missing=missing,
-                probability=None if probability != probability else float(probability), base_rate=r.base_rate,
-                factors=details["factors"].get(i), collab_basis=r.collab_basis, promoted=was_moved,
-                matched_weights=weights, contributions=details["contributions"].get(row),
-                location=locations[rank_ - 1], into=item.explanation)
+                profile, table, int(p[at]), matched=matched, missing=missing,
+                probability=component.get("success_probability"), base_rate=r.base_rate,
+                factors=details["factors"].get(i), collab_basis=r.collab_basis, promoted=bool(moved[at]),
+                matched_weights=weights, contributions=details["contributions"].get(int(order[at])),
+                location=locations[at], into=item.explanation)
 
 
 def fair_order(gw, r: InFlight, strength: float | None) -> tuple[np.ndarray, np.ndarray]:

@@ -127,25 +127,32 @@ class ContentModel:
         contributes to (or, if missing, would add to) the cosine match. 0 when absent."""
         return float(self._row_weights(item_pos, self._skill_columns([skill]))[0])
 
-    def skill_terms(self, profile_vector: sp.csr_matrix, item_pos: int, skills: list[str]) -> list[tuple[str, float]]:
-        """Each skill's own term in the cosine match: profile weight x internship weight of the
-        skill's whole-phrase token, strongest first. These terms are part of the score itself
-        (the rest comes from the words of the skills, the field and the sector)."""
-        if not skills:
-            return []
+    def skill_details(self, profile_vector: sp.csr_matrix, positions, matched, missing) -> list:
+        """Per internship (of `positions`): its matched skills with each one's own term in the cosine
+        match (profile weight x internship weight of the skill's whole-phrase token), strongest
+        first; and its missing skills by their weight in the internship, strongest first (what they
+        would add). The terms are part of the score itself (the rest comes from the words of the
+        skills, the field and the sector). One pass over each internship's row."""
         q = profile_vector.tocsr()
-        columns = self._skill_columns(skills)
-        in_profile = q.indices[None, :] == columns[:, None]
-        profile_weight = np.where(in_profile.any(axis=1), q.data[in_profile.argmax(axis=1)], 0.0)
-        terms = profile_weight * self._row_weights(item_pos, columns)
-        return sorted(zip(skills, terms.tolist()), key=lambda t: -t[1])
+        in_profile = dict(zip(q.indices.tolist(), q.data.tolist()))
+        vocabulary, m, out = self.vectorizer.vocabulary_, self.item_matrix, []
+        column = lambda skill: vocabulary.get("skill_" + skill.replace(" ", "_"), -1)  # noqa: E731
+        for p, have, lack in zip(np.asarray(positions).tolist(), matched, missing):
+            lo, hi = int(m.indptr[p]), int(m.indptr[p + 1])
+            row = dict(zip(m.indices[lo:hi].tolist(), m.data[lo:hi].tolist()))
+            terms = sorted(((s, in_profile.get(column(s), 0.0) * row.get(column(s), 0.0)) for s in have),
+                           key=lambda t: -t[1])
+            out.append((terms, sorted(lack, key=lambda s: -row.get(column(s), 0.0))))
+        return out
+
+    def skill_terms(self, profile_vector: sp.csr_matrix, item_pos: int, skills: list[str]) -> list[tuple[str, float]]:
+        """`skill_details` of matched skills for one internship."""
+        return self.skill_details(profile_vector, [item_pos], [skills], [[]])[0][0]
 
     def order_skills(self, item_pos: int, skills: list[str]) -> list[str]:
-        """Skills ordered by their weight in this internship's vector, strongest first."""
-        if not skills:
-            return []
-        weights = self._row_weights(item_pos, self._skill_columns(skills))
-        return [skills[i] for i in np.argsort(-weights, kind="stable")]
+        """`skill_details` of missing skills for one internship."""
+        empty = sp.csr_matrix((1, self.item_matrix.shape[1]), dtype=np.float32)
+        return self.skill_details(empty, [item_pos], [[]], [skills])[0][1]
 
     def save(self, root, metadata: dict, space_arrays: dict) -> BundleRef:
         # The feature space (skill vocabulary, internship skills) rides along for matched/missing skills.

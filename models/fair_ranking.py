@@ -284,8 +284,8 @@ def det_const_sort(scores, groups, targets, k: int | None = None) -> np.ndarray:
         # item at position k-1, which needs a better plain rank than some item already there.
         # Once every remaining item ranks worse than all of the current top k, the top k is final.
         if k < n and placed >= k and placed < n:
-            best_left = min(head_rank(a) for a in range(n_groups))
-            if best_left > max(int(rank[i]) for i in items[:k]):
+            best_left = min(map(head_rank, range(n_groups)))
+            if best_left > max(map(rank.__getitem__, items[:k])):
                 break
     return np.asarray(items[:k], dtype=np.int64)
 

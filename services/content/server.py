@@ -60,16 +60,12 @@ class ContentRuntime:
         items = self.space.items.skills[positions]
         matched = self.space.skills.decode_many(items & student_bits)
         missing = self.space.skills.decode_many(items & ~student_bits)
-        out = []
-        for i, p, s, m, x in zip(self.index.ids[positions].tolist(), positions.tolist(), scores.tolist(),
-                                 matched, missing):
-            # Strongest first: matched skills by their own term in the match, missing ones by what
-            # they would add ("skills to learn" takes the first three).
-            terms = self.model.skill_terms(vector, p, m)
-            out.append(common_pb2.ScoredItem(internship_id=i, score=s, matched_skills=[t[0] for t in terms],
-                                             matched_weights=[t[1] for t in terms],
-                                             missing_skills=self.model.order_skills(p, x)))
-        return out
+        # Strongest first: matched skills by their own term in the match, missing ones by what
+        # they would add ("skills to learn" takes the first three).
+        details = self.model.skill_details(vector, positions, matched, missing)
+        return [common_pb2.ScoredItem(internship_id=i, score=s, matched_skills=[t[0] for t in terms],
+                                      matched_weights=[t[1] for t in terms], missing_skills=lack)
+                for i, s, (terms, lack) in zip(self.index.ids[positions].tolist(), scores.tolist(), details)]
 
     def excluded(self, ids, open_at: int) -> np.ndarray | None:
         mask = self.index.mask_of(ids) if ids else None
