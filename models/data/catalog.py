@@ -20,11 +20,10 @@ import os
 import sqlite3
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
-from tqdm.auto import tqdm
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pyarrow and tqdm are imported where a catalog is built: the gateway only reads one
+    import pyarrow as pa
 
 SCHEMA_VERSION = 2
 TABLES = ("students", "internships", "companies", "interactions", "outcomes")
@@ -45,6 +44,9 @@ def _source(data_dir: Path, table: str) -> Path | None:
 
 def _batches(path: Path) -> tuple[pa.Schema, object, int | None]:
     """(schema, iterator of record batches, row count if cheaply known) without loading all."""
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
     if path.suffix == ".parquet":
         f = pq.ParquetFile(path)
         return f.schema_arrow, f.iter_batches(batch_size=BATCH_ROWS), f.metadata.num_rows
@@ -54,6 +56,8 @@ def _batches(path: Path) -> tuple[pa.Schema, object, int | None]:
 
 
 def _sql_type(t: pa.DataType) -> str:
+    import pyarrow as pa
+
     if pa.types.is_boolean(t) or pa.types.is_integer(t) or pa.types.is_timestamp(t):
         return "INTEGER"
     if pa.types.is_floating(t):
@@ -63,6 +67,9 @@ def _sql_type(t: pa.DataType) -> str:
 
 def _python_column(col: pa.Array) -> list:
     """One Arrow column as Python values in the catalog's storage convention."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     t = col.type
     if pa.types.is_dictionary(t):
         col, t = col.cast(t.value_type), t.value_type
@@ -88,6 +95,8 @@ def _create_table(conn: sqlite3.Connection, table: str, schema: pa.Schema) -> No
 
 
 def _load_table(conn: sqlite3.Connection, table: str, path: Path, progress: bool) -> int:
+    from tqdm.auto import tqdm
+
     schema, batches, total = _batches(path)
     _create_table(conn, table, schema)
     names = ", ".join(f'"{c}"' for c in schema.names)
