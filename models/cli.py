@@ -306,8 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--target", default="127.0.0.1:50050")
     b.add_argument("--concurrency", type=int, nargs="*", default=[1, 32], help="closed-loop levels (none: skip)")
     b.add_argument("--duration", type=float, default=10.0, help="seconds per concurrency level")
-    b.add_argument("--rate", type=float, nargs="+", help="open loop: requests per second, one run per rate")
-    b.add_argument("--open-duration", type=float, default=30.0, help="seconds per open-loop rate")
+    b.add_argument("--rate", type=float, nargs="*", default=[40.0],
+                   help="open loop: requests per second, one run per rate (none: skip)")
+    b.add_argument("--open-duration", type=float, default=20.0, help="seconds per open-loop rate")
     b.add_argument("--deadline-ms", type=float, default=2000.0, help="client deadline of every call")
     b.add_argument("--k", type=int, default=10)
     b.add_argument("--no-explain", action="store_true", help="send explain=false (unset, the default, means on)")
