@@ -680,3 +680,19 @@ def test_pairs_score_a_whole_pool_against_one_internship(loaded, catalog_rows):
     unknown = loaded["content"].ok("ScorePairs", common_pb2.PairsRequest(internship_id="I999999", profiles=pool))
     assert np.isnan(unknown.scores).all()
     assert bad_fields(loaded["success"], "PredictPairs", common_pb2.PairsRequest(internship_id=iid)) == {"profiles"}
+
+
+def test_id_lists_are_checked_in_one_pass_and_name_the_bad_one():
+    from services.common.validation import Violations
+
+    def bad(values):
+        v = Violations()
+        v.check_ids("ids", values, 0, 1000)
+        return v.items
+
+    assert bad([f"I{i:06d}" for i in range(500)]) == []
+    assert bad(["I1", "two words", "I3"]) == [("ids[1]", "is not a valid id")]
+    assert bad(["I1", "I2\nI3"]) == [("ids[1]", "is not a valid id")]   # a newline cannot smuggle two ids
+    assert bad(["I1\n"]) == [("ids[0]", "is not a valid id")]           # nor trail an id
+    assert bad(["I1", ""]) == [("ids[1]", "is not a valid id")]
+    assert bad(["x" * 65]) == [("ids[0]", "is not a valid id")]
