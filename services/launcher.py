@@ -163,6 +163,19 @@ def ensure_ready(home: Path, data: Path, bundles: Path, runs: Path) -> None:
     if have != set(COMPONENT_MODULES):
         print("no champion bundles: training (about two minutes)", flush=True)
         pmis(["train", "--data", str(data), "--bundles", str(bundles), "--runs", str(runs), "--quiet"])
+    elif not _current_schema(Registry(registry).resolve("ranker", "champion")["path"]):
+        print("the champion ranker was trained on an older feature schema: retraining (about two minutes)",
+              flush=True)
+        pmis(["train", "--data", str(data), "--bundles", str(bundles), "--runs", str(runs), "--quiet"])
+
+
+def _current_schema(ranker_bundle) -> bool:
+    """Whether a ranker bundle was trained on this code's features (bundles written before a
+    feature change cannot be served)."""
+    from models.bundle import load_bundle
+    from models.ranker import FEATURES
+
+    return load_bundle(ranker_bundle).documents["model"]["features"] == FEATURES
 
 
 def up(home: Path, data: Path, bundles: Path, runs: Path, ports: Ports, demo: bool = True, exit_after: bool = False) -> int:
