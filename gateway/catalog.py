@@ -156,66 +156,6 @@ class SqliteCatalog:
         row = c.execute(f"SELECT value FROM {STATS_TABLE} WHERE key = ?", (LATEST,)).fetchone()
         return row[0] if row else None
 
-    def latest_timestamp(self) -> int: ...
-
-
-def _split(v) -> list[str]:
-    return [t for t in (v or "").split(";") if t]
-
-
-class SqliteCatalog:
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        if not self.path.exists():
-            raise FileNotFoundError(f"catalog database {self.path} not found; run `pmis generate` first")
-        self._local = threading.local()
-        self._write_lock = threading.Lock()
-        # The students table's columns, read once: per-request lookups select only what exists.
-        self._student_columns = {r[1] for r in self._conn().execute("PRAGMA table_info(students)")}
-        self.refresh()
-
-    def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, timeout=10, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            self._local.conn = conn
-        return conn
-
-    def refresh(self) -> None:
-        """(Re)load the internship table and its application/offer counts into memory."""
-        c = self._conn()
-        cols = {r[1] for r in c.execute("PRAGMA table_info(internships)")}
-        want = ["internship_id", "title", "company_id", "sector", "district", "state", "latitude", "longitude",
-                "remote", "stipend", "slots", "deadline"]
-        select = ", ".join(w if w in cols else f"NULL AS {w}" for w in want)
-        rows = c.execute(f"SELECT {select} FROM internships ORDER BY internship_id").fetchall()
-        col = lambda j: [r[j] for r in rows]  # noqa: E731
-        ids = np.asarray(col(0), dtype=str)
-        position = {i: p for p, i in enumerate(ids.tolist())}
-        applicants = np.zeros(len(ids), dtype=np.int64)
-        for iid, n in c.execute("SELECT internship_id, COUNT(*) FROM interactions WHERE event='apply' "
-                                "GROUP BY internship_id"):
-            if iid in position:
-                applicants[position[iid]] = n
-        selected = np.zeros(len(ids), dtype=np.int64)
-        if c.execute("SELECT 1 FROM sqlite_master WHERE name='outcomes'").fetchone():
-            for iid, n in c.execute("SELECT internship_id, SUM(selected) FROM outcomes GROUP BY internship_id"):
-                if iid in position:
-                    selected[position[iid]] = n or 0
-        msme = np.zeros(len(ids), dtype=bool)
-        if c.execute("SELECT 1 FROM sqlite_master WHERE name='companies'").fetchone():
-            sizes = dict(c.execute("SELECT company_id, size FROM companies"))
-            msme = np.array([sizes.get(cid) in ("Micro", "Small", "Medium") for cid in col(2)], dtype=bool)
-        f = lambda j: np.array([np.nan if v is None else float(v) for v in col(j)], dtype=np.float64)  # noqa: E731
-        s = lambda j: np.asarray([(v or "") for v in col(j)], dtype=str)  # noqa: E731
-        deadline = np.array([np.iinfo(np.int64).max if v is None else int(v) for v in col(11)], dtype=np.int64)
-        self.internships = InternshipTable(
-            ids=ids, position=position, title=s(1), company_id=s(2), sector=s(3), district=s(4), state=s(5),
-            latitude=f(6), longitude=f(7), remote=np.array([bool(v) for v in col(8)]), stipend=f(9),
-            slots=f(10), deadline=deadline, applicants=applicants, selected=selected, msme=msme)
-        self._latest = c.execute("SELECT MAX(timestamp) FROM interactions").fetchone()[0] or int(time.time())
-
     def latest_timestamp(self) -> int:
         return int(self._latest)
 

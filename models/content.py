@@ -96,10 +96,13 @@ class ContentModel:
         this arithmetic. One code path for every caller, so retrieval, scoring of given items and
         the evaluation agree to the bit.
         """
+        q = q.tocsr()
+        few = item_pos is not None and len(item_pos) * 20 < self.item_matrix.shape[0]
+        if few and self.item_matrix.has_sorted_indices:  # a few items of a large catalogue: their rows
+            return self._similarity_of_rows(q, np.asarray(item_pos, dtype=np.int64))
         if self._postings is None:
             self._postings = self.item_matrix.T.tocsr()
         post, n_items = self._postings, self.item_matrix.shape[0]
-        q = q.tocsr()
         out = np.empty((q.shape[0], n_items), dtype=np.float32)
         for r in range(q.shape[0]):
             terms = q.indices[q.indptr[r]:q.indptr[r + 1]]
@@ -108,6 +111,28 @@ class ContentModel:
             weights = np.repeat(q.data[q.indptr[r]:q.indptr[r + 1]].astype(np.float64), lengths) * post.data[at]
             out[r] = np.bincount(post.indices[at], weights=weights, minlength=n_items)
         return out if item_pos is None else out[:, np.asarray(item_pos, dtype=np.int64)]
+
+    def _similarity_of_rows(self, q: sp.csr_matrix, item_pos: np.ndarray) -> np.ndarray:
+        """`similarity` for a few given internships: their own rows, not the whole catalogue's
+        postings. Each internship's terms are added in ascending term order, as through the
+        postings, so the two agree to the bit."""
+        m = self.item_matrix
+        starts, lengths = m.indptr[item_pos], m.indptr[item_pos + 1] - m.indptr[item_pos]
+        at = np.arange(lengths.sum()) + np.repeat(starts - np.cumsum(lengths) + lengths, lengths)
+        columns, values = m.indices[at], m.data[at]
+        rows = np.repeat(np.arange(len(item_pos)), lengths)
+        out = np.zeros((q.shape[0], len(item_pos)), dtype=np.float32)
+        for r in range(q.shape[0]):
+            terms, weights = q.indices[q.indptr[r]:q.indptr[r + 1]], q.data[q.indptr[r]:q.indptr[r + 1]]
+            if not len(terms):
+                continue
+            order = np.argsort(terms, kind="stable")
+            terms, weights = terms[order], weights[order]
+            k = np.minimum(np.searchsorted(terms, columns), len(terms) - 1)
+            hit = terms[k] == columns
+            out[r] = np.bincount(rows[hit], weights=weights[k[hit]].astype(np.float64) * values[hit],
+                                 minlength=len(item_pos))
+        return out
 
     def _skill_columns(self, skills: list[str]) -> np.ndarray:
         """Vocabulary column of each skill's whole-phrase token (-1 when the vectoriser lacks it)."""

@@ -433,9 +433,12 @@ def test_content_embedding_and_cosine_equal_the_library(content_model):
     assert np.abs(ours.toarray() - library.toarray()).max() <= 1e-6
     expected = (library @ content_model.item_matrix.T).toarray()
     assert np.abs(content_model.similarity(ours) - expected).max() <= 1e-6
-    # given items: the same numbers, to the bit, as the whole-catalogue scores
+    # given items: the same numbers, to the bit, as the whole-catalogue scores, whether through
+    # the postings or (a few items of a large catalogue) through the items' own rows
     np.testing.assert_array_equal(content_model.similarity(ours, np.array([3, 0])),
                                   content_model.similarity(ours)[:, [3, 0]])
+    np.testing.assert_array_equal(content_model._similarity_of_rows(ours, np.array([3, 0, 2])),
+                                  content_model.similarity(ours)[:, [3, 0, 2]])
 
 
 def test_batched_fold_in_equals_one_student_at_a_time(interactions):
