@@ -31,7 +31,6 @@ import threading
 from functools import lru_cache
 
 import numpy as np
-from scipy import stats
 
 __all__ = [
     "plain_order",
@@ -379,6 +378,10 @@ def fair_mtable(k: int, p: float, alpha: float) -> np.ndarray:
 
 @lru_cache(maxsize=256)
 def _mtable_cached(k: int, p: float, alpha: float) -> np.ndarray:
+    # Imported here: scipy.stats takes over a second to import and only FA*IR needs it, not the
+    # gateway's start-up.
+    from scipy import stats
+
     t = np.arange(1, k + 1)
     if alpha <= 0.0:
         return np.zeros(k, dtype=np.int64)
