@@ -55,8 +55,8 @@ OVERLOAD, DEADLINE = "overload", "deadline"  # the `reason` label of pmis_grpc_s
 # Component servers (sync, `--workers` threads): twice the workers. One worker-pool's worth of
 # calls may wait in the pool queue, so a worker that finishes is handed the next call at once
 # (no idle gap while a client's retry or the next request crosses the network), and a queued call
-# waits at most about one service time (p50 12-21 ms for Score/contributions) -- far inside the
-# gateway's 300-400 ms budgets. Beyond that, queueing only turns into deadline expiry.
+# waits at most about one service time, far inside the gateway's per-component budgets. Beyond
+# that, queueing only turns into deadline expiry.
 COMPONENT_IN_FLIGHT_PER_WORKER = 2
 # A component call with less time than this left cannot be answered before its caller has moved
 # on: refusing it costs nothing that was going to be used.
