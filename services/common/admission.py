@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import inspect
 import threading
-import time
 from concurrent import futures
 from dataclasses import dataclass
 
