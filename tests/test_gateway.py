@@ -35,7 +35,6 @@ from services.common.server import ComponentServer, ServerConfig
 from services.content import server as content_server
 from services.ranker import server as ranker_server
 from services.success import server as success_server
-from tests.conftest import free_port
 
 SERVERS = {
     "content": (content_server, content_pb2_grpc.add_ContentServiceServicer_to_server),
@@ -200,7 +199,8 @@ def test_parse_profile():
 
 
 def _component_config(component: str, bundles: Path) -> ServerConfig:
-    return ServerConfig(component=component, host="127.0.0.1", port=free_port(), metrics_port=0, bundles=bundles,
+    # port 0: the server binds a free port itself (ComponentServer.port), no bind-then-release race
+    return ServerConfig(component=component, host="127.0.0.1", port=0, metrics_port=0, bundles=bundles,
                         alias="champion", version=None, path=None, grace=0.2, drain=0.0, workers=4,
                         max_connection_age_ms=60_000)
 
