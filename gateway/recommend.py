@@ -106,7 +106,7 @@ async def retrieve(gw, r: InFlight, request) -> None:
         raise unavailable("no retrieval component answered: " + ", ".join(r.degraded))
     r.candidates = Candidates.union(*(table_positions(r.table, resp.internship_ids)[None, :]
                                       for resp in found.values()))
-    keep = filters.allowed(r.table, r.candidates.items[0], now=gw.now(), applied=set(s.seen),
+    keep = filters.allowed(r.table, r.candidates.items[0], now=now, applied=set(s.seen),
                            filters=request.filters if request.HasField("filters") else None,
                            student_lat=s.profile.latitude if s.profile.HasField("latitude") else None,
                            student_lon=s.profile.longitude if s.profile.HasField("longitude") else None)

@@ -64,6 +64,15 @@ class Violations:
             if len(getattr(profile, name)) > MAX_TEXT:
                 self.add(f"{field}.{name}", f"must be at most {MAX_TEXT} characters")
 
+    def check_pairs(self, request, most: int) -> None:
+        """A PairsRequest (many profiles against one internship): raises with every violation."""
+        self.check_id("internship_id", request.internship_id)
+        if not 1 <= len(request.profiles) <= most:
+            self.add("profiles", f"must hold 1..{most} profiles, got {len(request.profiles)}")
+        for i, profile in enumerate(request.profiles):
+            self.check_profile(f"profiles[{i}]", profile, require_skills=False)
+        self.raise_if_any()
+
     def raise_if_any(self) -> None:
         if self.items:
             raise invalid_argument(self.items)

@@ -122,13 +122,7 @@ class ContentServicer(ModelAdmin, content_pb2_grpc.ContentServiceServicer):
 
     @rpc
     def ScorePairs(self, request, context):
-        v = Violations()
-        v.check_id("internship_id", request.internship_id)
-        if not 1 <= len(request.profiles) <= MAX_PAIRS:
-            v.add("profiles", f"must hold 1..{MAX_PAIRS} profiles, got {len(request.profiles)}")
-        for i, profile in enumerate(request.profiles):
-            v.check_profile(f"profiles[{i}]", profile, require_skills=False)
-        v.raise_if_any()
+        Violations().check_pairs(request, MAX_PAIRS)
         loaded = self.slot.get()
         rt: ContentRuntime = loaded.model
         p = rt.index.position.get(request.internship_id)
