@@ -8,41 +8,26 @@ components get a fresh set of servers of their own; the others share one module-
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import sqlite3
-import threading
 import time
-from contextlib import closing, contextmanager
-from dataclasses import dataclass
+from contextlib import closing
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
 from google.protobuf import timestamp_pb2
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway import explain, filters
-from gateway.catalog import InternshipTable, SqliteCatalog
-from gateway.server import COMPONENTS, AioMetricsInterceptor, Gateway, GatewayConfig
-from pmis.v1 import (collaborative_pb2_grpc, common_pb2, content_pb2_grpc, gateway_pb2, gateway_pb2_grpc,
-                     ranker_pb2_grpc, success_pb2_grpc)
+from gateway.catalog import InternshipTable
+from gateway.server import COMPONENTS, Gateway
+from pmis.v1 import common_pb2, gateway_pb2
 from services.client import parse_profile
-from services.collaborative import server as collaborative_server
-from services.common.errors import field_violations
-from services.common.server import ComponentServer, ServerConfig
+from services.common.server import ComponentServer
 from services.content import server as content_server
-from services.ranker import server as ranker_server
-from services.success import server as success_server
+from tests.support.loopback import SERVERS, TIMEOUT, GatewayRunner, component_config, running_system
 
-SERVERS = {
-    "content": (content_server, content_pb2_grpc.add_ContentServiceServicer_to_server),
-    "collaborative": (collaborative_server, collaborative_pb2_grpc.add_CollaborativeServiceServicer_to_server),
-    "success": (success_server, success_pb2_grpc.add_SuccessServiceServicer_to_server),
-    "ranker": (ranker_server, ranker_pb2_grpc.add_RankerServiceServicer_to_server),
-}
-TIMEOUT = 30.0
 APPLY = common_pb2.EVENT_TYPE_APPLY
 
 
@@ -195,124 +180,6 @@ def test_parse_profile():
         parse_profile(["college_tier=2.5"])
 
 
-# =========================================================================== loopback integration
-
-
-def _component_config(component: str, bundles: Path) -> ServerConfig:
-    # port 0: the server binds a free port itself (ComponentServer.port), no bind-then-release race
-    return ServerConfig(component=component, host="127.0.0.1", port=0, metrics_port=0, bundles=bundles,
-                        alias="champion", version=None, path=None, grace=0.2, drain=0.0, workers=4,
-                        max_connection_age_ms=60_000)
-
-
-def _wait_serving(port: int, service: str, server: ComponentServer, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
-        stub = health_pb2_grpc.HealthStub(ch)
-        while time.monotonic() < deadline:
-            if server.load_error is not None:
-                raise RuntimeError(f"{service}: {server.load_error}")
-            try:
-                if stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=2).status == \
-                        health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.05)
-    raise TimeoutError(f"{service} on {port} not SERVING after {timeout}s")
-
-
-class Components:
-    """The four component servers, in-process, each on its own free port."""
-
-    def __init__(self, bundles: Path):
-        self.servers: dict[str, ComponentServer] = {}
-        for name, (module, add) in SERVERS.items():
-            cfg = _component_config(name, bundles)
-            self.servers[name] = ComponentServer(cfg, module.SERVICE, module.make_servicer(cfg), add).start()
-        for name, s in self.servers.items():
-            _wait_serving(s.port, s.service_name, s)
-
-    @property
-    def targets(self) -> dict[str, str]:
-        return {n: f"127.0.0.1:{s.port}" for n, s in self.servers.items()}
-
-    def stop(self, *names: str) -> None:
-        for n in names or list(self.servers):
-            self.servers[n].stop()
-
-
-class GatewayRunner:
-    """Gateway on a grpc.aio server inside an event loop on a background thread."""
-
-    def __init__(self, targets: dict, catalog: Path, **config):
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True, name="gateway-loop")
-        self.thread.start()
-        self.cfg = GatewayConfig(host="127.0.0.1", port=0, metrics_port=0, catalog=catalog, targets=dict(targets),
-                                 # generous budgets: a busy 2-core CI box must not turn into "degraded"
-                                 budgets_ms={c: 10_000 for c in COMPONENTS}, default_deadline_ms=20_000,
-                                 **config)
-        self.gateway, self.server, self.port = self.run(self._start())
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
-        self.stub = gateway_pb2_grpc.RecommendationGatewayStub(self.channel)
-
-    def run(self, coro, timeout: float = 60.0):
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    async def _start(self):
-        gw = Gateway(self.cfg, SqliteCatalog(self.cfg.catalog))  # its aio channels bind to this loop
-        server = grpc.aio.server(interceptors=[AioMetricsInterceptor()], options=[("grpc.so_reuseport", 0)])
-        gateway_pb2_grpc.add_RecommendationGatewayServicer_to_server(gw, server)
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        return gw, server, port
-
-    async def _stop(self):
-        await self.server.stop(0.2)
-        await self.gateway.fanout.close()
-
-    def close(self) -> None:
-        self.channel.close()
-        try:
-            self.run(self._stop())
-        finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join(10)
-            self.loop.close()
-
-    # ------------------------------------------------------------------ calls
-    def recommend(self, metadata=None, **kw) -> gateway_pb2.RecommendResponse:
-        return self.stub.Recommend(gateway_pb2.RecommendRequest(**kw), timeout=TIMEOUT, metadata=metadata)
-
-    def fails(self, method: str, request, code: grpc.StatusCode) -> tuple[str, list[tuple[str, str]]]:
-        with pytest.raises(grpc.RpcError) as info:
-            getattr(self.stub, method)(request, timeout=TIMEOUT)
-        e = info.value
-        assert e.code() == code, f"{method}: expected {code.name}, got {e.code().name}: {e.details()}"
-        return e.details(), field_violations(e)
-
-
-@dataclass
-class System:
-    components: Components
-    gateway: GatewayRunner
-    catalog: Path
-
-
-@contextmanager
-def _running_system(small_system, **config):
-    components = Components(small_system.bundles)
-    runner = None
-    try:
-        runner = GatewayRunner(components.targets, small_system.catalog, **config)
-        yield System(components, runner, small_system.catalog)
-    finally:
-        if runner is not None:
-            runner.close()
-        components.stop()
-
-
 # Most tests here check relevance order, explanations and degradation: the operator's fairness
 # policy is set to 0 for them (a request may still ask for fairness). The policy itself is tested
 # on `policy_system`, a gateway with the default configuration.
@@ -321,21 +188,21 @@ PLAIN = {"fairness_strength": 0.0}
 
 @pytest.fixture(scope="module")
 def system(small_system):
-    with _running_system(small_system, **PLAIN) as running:
+    with running_system(small_system, **PLAIN) as running:
         yield running
 
 
 @pytest.fixture()
 def fresh_system(small_system):
     """Servers of this test's own, which it may stop."""
-    with _running_system(small_system, **PLAIN) as running:
+    with running_system(small_system, **PLAIN) as running:
         yield running
 
 
 @pytest.fixture()
 def policy_system(small_system):
     """The default configuration: the fairness policy applies to every Recommend."""
-    with _running_system(small_system) as running:
+    with running_system(small_system) as running:
         yield running
 
 
@@ -705,7 +572,7 @@ def test_recommend_without_collaborative_only(fresh_system, students):
 
 def test_component_without_a_bundle_never_serves(tmp_path):
     """A server whose bundle cannot be loaded stops instead of pretending to be healthy."""
-    cfg = _component_config("content", tmp_path)  # no registry.db here
+    cfg = component_config("content", tmp_path)  # no registry.db here
     server = ComponentServer(cfg, content_server.SERVICE, content_server.make_servicer(cfg),
                              SERVERS["content"][1]).start()
     try:

@@ -16,8 +16,8 @@ from models.evaluate import _pipeline_top_k, candidate_block, pipeline_scores
 from models.holdout import components_from_bundles, load_champions
 from models.pipeline import open_items
 from models.ranker import RankerModel
-from tests.test_gateway import Components as Servers
-from tests.test_gateway import GatewayRunner
+from tests.support.loopback import Components as Servers
+from tests.support.loopback import GatewayRunner
 
 K = 10
 

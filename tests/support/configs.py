@@ -1,0 +1,17 @@
+"""The small training configuration of the tests: one collaborative candidate, one search trial."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from models.train import TrainConfig
+
+
+def small_train_config(data: Path, root: Path, **overrides) -> TrainConfig:
+    """Bundles in `root/bundles`, reports in `root/runs`; quick enough to train in the suite."""
+    settings = dict(data_dir=data, bundles_dir=root / "bundles", runs_dir=root / "runs", search_budget=1,
+                    progress=False,
+                    als_grid=[{"factors": 16, "regularization": 0.05, "alpha": 1.0, "iterations": 10}],
+                    ease_grid=[{"lambda": 200.0}])
+    settings.update(overrides)
+    return TrainConfig(**settings)

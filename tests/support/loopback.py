@@ -1,0 +1,146 @@
+"""The four component servers and the asyncio gateway in-process, on loopback.
+
+Each component is a real `ComponentServer` on a port it binds itself; the gateway serves on a
+grpc.aio server inside an event loop on a background thread. Tests talk to them over plain
+synchronous channels, as a client would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+
+from gateway.catalog import SqliteCatalog
+from gateway.server import COMPONENTS, AioMetricsInterceptor, Gateway, GatewayConfig
+from pmis.v1 import (collaborative_pb2_grpc, content_pb2_grpc, gateway_pb2, gateway_pb2_grpc, ranker_pb2_grpc,
+                     success_pb2_grpc)
+from services.collaborative import server as collaborative_server
+from services.common.errors import field_violations
+from services.common.server import ComponentServer, ServerConfig
+from services.content import server as content_server
+from services.ranker import server as ranker_server
+from services.success import server as success_server
+from tests.support.waiting import wait_serving
+
+SERVERS = {
+    "content": (content_server, content_pb2_grpc.add_ContentServiceServicer_to_server),
+    "collaborative": (collaborative_server, collaborative_pb2_grpc.add_CollaborativeServiceServicer_to_server),
+    "success": (success_server, success_pb2_grpc.add_SuccessServiceServicer_to_server),
+    "ranker": (ranker_server, ranker_pb2_grpc.add_RankerServiceServicer_to_server),
+}
+TIMEOUT = 30.0
+
+
+def component_config(component: str, bundles: Path) -> ServerConfig:
+    # port 0: the server binds a free port itself (ComponentServer.port), no bind-then-release race
+    return ServerConfig(component=component, host="127.0.0.1", port=0, metrics_port=0, bundles=bundles,
+                        alias="champion", version=None, path=None, grace=0.2, drain=0.0, workers=4,
+                        max_connection_age_ms=60_000)
+
+
+class Components:
+    """The four component servers, in-process, each on its own free port."""
+
+    def __init__(self, bundles: Path):
+        self.servers: dict[str, ComponentServer] = {}
+        try:
+            for name, (module, add) in SERVERS.items():
+                cfg = component_config(name, bundles)
+                self.servers[name] = ComponentServer(cfg, module.SERVICE, module.make_servicer(cfg), add).start()
+            for name, s in self.servers.items():
+                wait_serving(f"127.0.0.1:{s.port}", s.service_name, failed=lambda s=s: s.load_error)
+        except BaseException:
+            self.stop()  # no server left behind when one fails to start
+            raise
+
+    @property
+    def targets(self) -> dict[str, str]:
+        return {n: f"127.0.0.1:{s.port}" for n, s in self.servers.items()}
+
+    def stop(self, *names: str) -> None:
+        for n in names or list(self.servers):
+            self.servers[n].stop()
+
+
+class GatewayRunner:
+    """Gateway on a grpc.aio server inside an event loop on a background thread."""
+
+    def __init__(self, targets: dict, catalog: Path, **config):
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True, name="gateway-loop")
+        self.thread.start()
+        self.cfg = GatewayConfig(host="127.0.0.1", port=0, metrics_port=0, catalog=catalog, targets=dict(targets),
+                                 # generous budgets: a busy 2-core CI box must not turn into "degraded"
+                                 budgets_ms={c: 10_000 for c in COMPONENTS}, default_deadline_ms=20_000,
+                                 **config)
+        try:
+            self.gateway, self.server, self.port = self.run(self._start())
+        except BaseException:
+            self._stop_loop()
+            raise
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
+        self.stub = gateway_pb2_grpc.RecommendationGatewayStub(self.channel)
+
+    def run(self, coro, timeout: float = 60.0):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    async def _start(self):
+        gw = Gateway(self.cfg, SqliteCatalog(self.cfg.catalog))  # its aio channels bind to this loop
+        server = grpc.aio.server(interceptors=[AioMetricsInterceptor()], options=[("grpc.so_reuseport", 0)])
+        gateway_pb2_grpc.add_RecommendationGatewayServicer_to_server(gw, server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        return gw, server, port
+
+    async def _stop(self):
+        await self.server.stop(0.2)
+        await self.gateway.fanout.close()
+
+    def close(self) -> None:
+        self.channel.close()
+        try:
+            self.run(self._stop())
+        finally:
+            self._stop_loop()
+
+    def _stop_loop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+    # ------------------------------------------------------------------ calls
+    def recommend(self, metadata=None, **kw) -> gateway_pb2.RecommendResponse:
+        return self.stub.Recommend(gateway_pb2.RecommendRequest(**kw), timeout=TIMEOUT, metadata=metadata)
+
+    def fails(self, method: str, request, code: grpc.StatusCode) -> tuple[str, list[tuple[str, str]]]:
+        with pytest.raises(grpc.RpcError) as info:
+            getattr(self.stub, method)(request, timeout=TIMEOUT)
+        e = info.value
+        assert e.code() == code, f"{method}: expected {code.name}, got {e.code().name}: {e.details()}"
+        return e.details(), field_violations(e)
+
+
+@dataclass
+class System:
+    components: Components
+    gateway: GatewayRunner
+    catalog: Path
+
+
+@contextmanager
+def running_system(small_system, **config):
+    components = Components(small_system.bundles)
+    runner = None
+    try:
+        runner = GatewayRunner(components.targets, small_system.catalog, **config)
+        yield System(components, runner, small_system.catalog)
+    finally:
+        if runner is not None:
+            runner.close()
+        components.stop()
