@@ -32,11 +32,11 @@ from models.pipeline import COLLABORATIVE, CONTENT, POPULARITY, SCORE_COLUMNS, S
 from models import shortlist as shortlists
 from pmis.v1 import (collaborative_pb2_grpc, common_pb2, content_pb2_grpc, gateway_pb2, gateway_pb2_grpc, ranker_pb2,
                      ranker_pb2_grpc, success_pb2, success_pb2_grpc)
-from services.common import admission, telemetry
+from services.common import admission, listening, telemetry
 from services.common.auth import check_admin
 from services.common.errors import RpcError, not_found, unavailable
 from services.common.profiles import EVENT_NAMES, EVENT_TYPES, profile_message
-from services.common.server import env
+from services.common.server import add_listen_args, env
 from services.common.validation import Violations
 
 log = logging.getLogger("pmis.gateway")
@@ -70,6 +70,7 @@ class GatewayConfig:
     fairness_strength: float = 1.0          # the policy every Recommend gets; 0 = off unless a request asks
     max_in_flight: int = admission.GATEWAY_MAX_IN_FLIGHT      # more: RESOURCE_EXHAUSTED at once; 0 = unlimited
     min_deadline_ms: int = admission.GATEWAY_MIN_DEADLINE_MS  # less time left: refused before any work
+    ports_file: Path | None = None          # listening.write_ports: where the bound ports are reported
 
 
 def _channel_options(component: str) -> list:
@@ -443,9 +444,7 @@ class AioMetricsInterceptor(grpc.aio.ServerInterceptor):
 def parse_config(argv=None) -> GatewayConfig:
     d = GatewayConfig()
     p = argparse.ArgumentParser(prog="pmis-gateway", description="PMIS recommendation gateway")
-    p.add_argument("--host", default=env("HOST", d.host))
-    p.add_argument("--port", type=int, default=int(env("PORT", d.port)))
-    p.add_argument("--metrics-port", type=int, default=int(env("METRICS_PORT", d.metrics_port)))
+    add_listen_args(p, d.port, d.metrics_port)
     p.add_argument("--catalog", type=Path, default=Path(env("CATALOG", d.catalog)), help="catalog SQLite (env PMIS_CATALOG)")
     for c in COMPONENTS:
         p.add_argument(f"--{c}-target", default=env(f"{c.upper()}_TARGET", d.targets[c]),
@@ -484,7 +483,7 @@ def parse_config(argv=None) -> GatewayConfig:
                          {c: getattr(a, f"{c}_budget_ms") for c in COMPONENTS}, a.default_deadline_ms, a.candidates,
                          json.loads(a.blend_weights), a.as_of, a.grace, fairness.FairnessConfig.from_json(a.fairness),
                          json.loads(a.shortlist_groups), a.catalog_refresh_seconds, a.max_connection_age_ms,
-                         a.fairness_strength, a.max_in_flight, a.min_deadline_ms)
+                         a.fairness_strength, a.max_in_flight, a.min_deadline_ms, a.ports_file)
 
 
 async def serve(cfg: GatewayConfig, ready: asyncio.Event | None = None) -> None:
@@ -501,14 +500,15 @@ async def serve(cfg: GatewayConfig, ready: asyncio.Event | None = None) -> None:
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection((SERVICE, "grpc.health.v1.Health", reflection.SERVICE_NAME), server)
-    server.add_insecure_port(f"{cfg.host}:{cfg.port}")
+    port = server.add_insecure_port(f"{cfg.host}:{cfg.port}")
     await server.start()
-    if cfg.metrics_port:
-        telemetry.start_metrics_server(cfg.metrics_port, cfg.host)
+    metrics_port = telemetry.start_metrics_server(cfg.metrics_port, cfg.host) if cfg.metrics_port else 0
     # The gateway itself is ready once its catalog is loaded: missing components degrade answers.
     for name in ("", SERVICE):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info("gateway serving", extra={"fields": {"port": cfg.port, "internships": len(catalog.internships.ids)}})
+    listening.write_ports(cfg.ports_file, port, metrics_port)
+    log.info("gateway serving", extra={"fields": {"port": port, "metrics_port": metrics_port,
+                                                  "internships": len(catalog.internships.ids)}})
     refresher = asyncio.create_task(gateway.refresh_periodically()) if cfg.catalog_refresh_seconds > 0 else None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

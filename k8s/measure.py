@@ -90,7 +90,7 @@ def main(argv=None) -> int:
     with sqlite3.connect(f"file:{catalog}?mode=ro", uri=True) as c:
         students = [r[0] for r in c.execute("SELECT DISTINCT student_id FROM interactions LIMIT 2000")]
     logs = home / "logs" / "measure"
-    cluster = Cluster(home, bundles, catalog, Ports.free(), log_dir=logs,
+    cluster = Cluster(home, bundles, catalog, Ports.any(), log_dir=logs,
                       extra_env={f"PMIS_{c.upper()}_BUDGET_MS": "5000"
                                  for c in ("content", "collaborative", "success", "ranker")})
     try:

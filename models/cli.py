@@ -286,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     u = sub.add_parser("up", help="prepare data and bundles if missing, start all servers, answer real requests")
     common(u, bundles=True, runs=True)
-    u.add_argument("--port", type=int, default=50050, help="gateway port; components use the next four, the trainer the one after")
+    u.add_argument("--port", type=int, default=50050, help="gateway port; components use the next four, the trainer the one after; 0 = any free ports")
     u.add_argument("--metrics-port", type=int, default=9100, help="gateway metrics port; components and trainer use the next five")
     u.add_argument("--no-demo", action="store_true", help="do not send the demo requests")
     u.add_argument("--exit-after-demo", action="store_true", help="stop everything after the demo requests")

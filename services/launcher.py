@@ -15,6 +15,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.common.listening import read_ports
+
 COMPONENT_MODULES = {"content": "services.content.server", "collaborative": "services.collaborative.server",
                      "success": "services.success.server", "ranker": "services.ranker.server"}
 SERVICE_NAMES = {"content": "pmis.v1.ContentService", "collaborative": "pmis.v1.CollaborativeService",
@@ -27,26 +29,24 @@ SERVERS = [*COMPONENT_MODULES, "gateway", "trainer"]
 
 @dataclass
 class Ports:
+    """gRPC and metrics port per server; 0 = the server picks a free one and reports it
+    (services/common/listening.py), and the cluster records what it got."""
     grpc: dict
     metrics: dict
 
     @classmethod
     def consecutive(cls, gateway: int = 50050, metrics: int = 9100) -> "Ports":
         """Gateway on `gateway`, content/collaborative/success/ranker on the next four, the trainer on
-        the one after (50055 / 9105 by default); the same for metrics."""
+        the one after (50055 / 9105 by default); the same for metrics. `gateway` 0: `any()`."""
+        if gateway == 0:
+            return cls.any()
         order = ["gateway", *COMPONENT_MODULES, "trainer"]
         return cls({n: gateway + i for i, n in enumerate(order)}, {n: metrics + i for i, n in enumerate(order)})
 
     @classmethod
-    def free(cls) -> "Ports":
-        """Ports the OS says are free now (tests)."""
-        import socket
-
-        def one() -> int:
-            with socket.socket() as sock:
-                sock.bind(("127.0.0.1", 0))
-                return sock.getsockname()[1]
-        return cls({n: one() for n in SERVERS}, {n: one() for n in SERVERS})
+    def any(cls) -> "Ports":
+        """Every server binds ports the OS picks (tests, several clusters on one machine)."""
+        return cls({n: 0 for n in SERVERS}, {n: 0 for n in SERVERS})
 
     def of(self, name: str) -> int:
         return self.grpc[name]
@@ -97,32 +97,54 @@ class Cluster:
 
     def command(self, name: str) -> list[str]:
         p = self.ports
+        listen = ["--port", str(p.of(name)), "--metrics-port", str(p.metrics[name] or "auto"),
+                  "--ports-file", str(self.ports_file(name))]
         if name == "gateway":
-            cmd = [sys.executable, "-m", "gateway.server", "--port", str(p.of(name)), "--metrics-port",
-                   str(p.metrics[name]), "--catalog", str(self.catalog)]
+            cmd = [sys.executable, "-m", "gateway.server", *listen, "--catalog", str(self.catalog)]
             for c in COMPONENT_MODULES:
                 cmd += [f"--{c}-target", f"127.0.0.1:{p.of(c)}"]
             return cmd
         if name == "trainer":
-            return [sys.executable, "-m", "services.trainer.server", "--port", str(p.of(name)), "--metrics-port",
-                    str(p.metrics[name]), "--bundles", str(self.bundles), "--runs", str(self.runs),
-                    "--data", str(Path(self.catalog).parent)]
-        return [sys.executable, "-m", COMPONENT_MODULES[name], "--port", str(p.of(name)), "--metrics-port",
-                str(p.metrics[name]), "--bundles", str(self.bundles)]
+            return [sys.executable, "-m", "services.trainer.server", *listen, "--bundles", str(self.bundles),
+                    "--runs", str(self.runs), "--data", str(Path(self.catalog).parent)]
+        return [sys.executable, "-m", COMPONENT_MODULES[name], *listen, "--bundles", str(self.bundles)]
 
-    def start(self, name: str) -> subprocess.Popen:
+    def ports_file(self, name: str) -> Path:
+        return self.log_dir / f"{name}.ports"
+
+    def start(self, name: str, timeout: float = 60) -> subprocess.Popen:
+        """Start one server and wait until it listens; its ports are then in `self.ports` (a
+        restarted server asks for the ports it had)."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_dir / f"{name}.log", "ab")
-        proc = subprocess.Popen(self.command(name), stdout=log, stderr=subprocess.STDOUT, env=self.env,
-                                cwd=Path(__file__).resolve().parents[1])
+        self.ports_file(name).unlink(missing_ok=True)
+        with open(self.log_dir / f"{name}.log", "ab") as log:
+            proc = subprocess.Popen(self.command(name), stdout=log, stderr=subprocess.STDOUT, env=self.env,
+                                    cwd=Path(__file__).resolve().parents[1])
         self.procs[name] = proc
+        listening_on = self._wait_listening(name, proc, timeout)
+        self.ports.grpc[name], self.ports.metrics[name] = listening_on["grpc"], listening_on["metrics"]
         return proc
 
+    def _wait_listening(self, name: str, proc: subprocess.Popen, timeout: float) -> dict:
+        end = time.monotonic() + timeout
+        while (ports := read_ports(self.ports_file(name))) is None:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with status {proc.returncode}; see {self.log_dir}/{name}.log")
+            if time.monotonic() > end:
+                raise TimeoutError(f"{name} not listening after {timeout:.0f}s; see {self.log_dir}/{name}.log")
+            time.sleep(0.05)
+        return ports
+
     def start_all(self, timeout: float = 120) -> None:
-        for name in SERVERS:
-            self.start(name)
-        for name, proc in self.procs.items():
-            wait_serving(f"127.0.0.1:{self.ports.of(name)}", SERVICE_NAMES[name], timeout, proc)
+        """Components and trainer first: the gateway is started with the ports they got."""
+        try:
+            for name in [*COMPONENT_MODULES, "trainer", "gateway"]:
+                self.start(name, timeout)
+            for name, proc in self.procs.items():
+                wait_serving(f"127.0.0.1:{self.ports.of(name)}", SERVICE_NAMES[name], timeout, proc)
+        except BaseException:
+            self.stop_all()  # nothing left running when start-up fails
+            raise
 
     def stop(self, name: str, timeout: float = 15) -> int:
         proc = self.procs.pop(name)

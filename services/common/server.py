@@ -32,7 +32,7 @@ from grpc_reflection.v1alpha import reflection
 from models.bundle import Bundle, BundleError, load_bundle
 from models.registry import Registry, RegistryError
 from pmis.v1 import common_pb2
-from services.common import admission, telemetry
+from services.common import admission, listening, telemetry
 from services.common.auth import admin_only
 from services.common.errors import RpcError, failed_precondition, invalid_argument, unavailable
 
@@ -63,14 +63,12 @@ class ServerConfig:
     # (2 x workers); 0 = unlimited.
     max_in_flight: int | None = None
     min_deadline_ms: int = admission.COMPONENT_MIN_DEADLINE_MS  # less time left: refused unstarted; 0 = off
+    ports_file: Path | None = None  # listening.write_ports: where the bound ports are reported
 
 
 def parse_config(component: str, default_port: int, default_metrics_port: int, argv=None) -> ServerConfig:
     p = argparse.ArgumentParser(prog=f"pmis-{component}", description=f"PMIS {component} gRPC server")
-    p.add_argument("--host", default=env("HOST", "127.0.0.1"), help="bind address (env PMIS_HOST)")
-    p.add_argument("--port", type=int, default=int(env("PORT", default_port)), help="gRPC port (env PMIS_PORT)")
-    p.add_argument("--metrics-port", type=int, default=int(env("METRICS_PORT", default_metrics_port)),
-                   help="Prometheus port, 0 = off (env PMIS_METRICS_PORT)")
+    add_listen_args(p, default_port, default_metrics_port)
     p.add_argument("--bundles", type=Path, default=Path(env("BUNDLES", "var/bundles")),
                    help="bundle root holding registry.db (env PMIS_BUNDLES)")
     p.add_argument("--alias", default=env("BUNDLE_ALIAS", "champion"), help="registry alias to serve (env PMIS_BUNDLE_ALIAS)")
@@ -104,7 +102,19 @@ def parse_config(component: str, default_port: int, default_metrics_port: int, a
         p.error("--min-deadline-ms must be >= 0 (0 = off)")
     return ServerConfig(component, a.host, a.port, a.metrics_port, a.bundles, a.alias,
                         None if a.version is None else int(a.version), a.bundle_path, a.grace, a.drain, a.workers,
-                        a.max_connection_age_ms, a.watch, max_in_flight, a.min_deadline_ms)
+                        a.max_connection_age_ms, a.watch, max_in_flight, a.min_deadline_ms, a.ports_file)
+
+
+def add_listen_args(p: argparse.ArgumentParser, default_port: int, default_metrics_port: int) -> None:
+    """--host, --port, --metrics-port and --ports-file, the same for every server."""
+    p.add_argument("--host", default=env("HOST", "127.0.0.1"), help="bind address (env PMIS_HOST)")
+    p.add_argument("--port", type=int, default=int(env("PORT", default_port)),
+                   help="gRPC port, 0 = any free one (env PMIS_PORT)")
+    p.add_argument("--metrics-port", type=listening.metrics_port_arg,
+                   default=listening.metrics_port_arg(env("METRICS_PORT", default_metrics_port)),
+                   help="Prometheus port, 0 = off, auto = any free one (env PMIS_METRICS_PORT)")
+    p.add_argument("--ports-file", type=Path, default=env("PORTS_FILE"),
+                   help='once listening, write {"grpc": PORT, "metrics": PORT} here (env PMIS_PORTS_FILE)')
 
 
 @dataclass
@@ -286,9 +296,11 @@ class ComponentServer:
 
     def start(self) -> "ComponentServer":
         self.server.start()
-        if self.cfg.metrics_port:
-            telemetry.start_metrics_server(self.cfg.metrics_port, self.cfg.host)
-        log.info("listening", extra={"fields": {"component": self.cfg.component, "port": self.port}})
+        self.metrics_port = (telemetry.start_metrics_server(self.cfg.metrics_port, self.cfg.host)
+                             if self.cfg.metrics_port else 0)
+        listening.write_ports(self.cfg.ports_file, self.port, self.metrics_port)
+        log.info("listening", extra={"fields": {"component": self.cfg.component, "port": self.port,
+                                                "metrics_port": self.metrics_port}})
         threading.Thread(target=self._initial_load, daemon=True, name="initial-load").start()
         return self
 

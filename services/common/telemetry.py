@@ -23,13 +23,15 @@ IN_FLIGHT = Gauge("pmis_grpc_in_flight", "Admitted unary gRPC requests not finis
 MAX_IN_FLIGHT = Gauge("pmis_grpc_max_in_flight", "Admission limit on requests in flight (0 = unlimited)",
                       ["component"])
 
-_started_ports: set[int] = set()
+_started_ports: dict[int, int] = {}  # asked for -> bound (one metrics server per process and port)
 
 
-def start_metrics_server(port: int, host: str = "127.0.0.1") -> None:
+def start_metrics_server(port: int, host: str = "127.0.0.1") -> int:
+    """Serve /metrics on `port` (listening.ANY_METRICS_PORT: any free one); the port it listens on."""
     if port not in _started_ports:
-        start_http_server(port, addr=host)
-        _started_ports.add(port)
+        httpd, _ = start_http_server(max(port, 0), addr=host)
+        _started_ports[port] = httpd.server_port
+    return _started_ports[port]
 
 
 def bundle_loaded(component: str, ref) -> None:

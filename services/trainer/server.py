@@ -41,7 +41,7 @@ from models.report import plots_for
 from pmis.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
 from services.common.auth import admin_only, check_admin
 from services.common.errors import failed_precondition, invalid_argument, not_found, unavailable
-from services.common.server import ComponentServer, ServerConfig, env, rpc
+from services.common.server import ComponentServer, ServerConfig, add_listen_args, env, rpc
 from services.common.validation import Violations
 
 log = logging.getLogger("pmis.trainer")
@@ -85,10 +85,7 @@ class TrainerConfig:
 
 def parse_config(argv=None) -> TrainerConfig:
     p = argparse.ArgumentParser(prog="pmis-trainer", description="PMIS trainer gRPC server (model lifecycle)")
-    p.add_argument("--host", default=env("HOST", "127.0.0.1"), help="bind address (env PMIS_HOST)")
-    p.add_argument("--port", type=int, default=int(env("PORT", 50055)), help="gRPC port (env PMIS_PORT)")
-    p.add_argument("--metrics-port", type=int, default=int(env("METRICS_PORT", 9105)),
-                   help="Prometheus port, 0 = off (env PMIS_METRICS_PORT)")
+    add_listen_args(p, 50055, 9105)
     p.add_argument("--bundles", type=Path, default=Path(env("BUNDLES", "var/bundles")),
                    help="bundle root holding registry.db, where jobs and versions are recorded (env PMIS_BUNDLES)")
     p.add_argument("--runs", type=Path, default=Path(env("RUNS", "var/runs")),
@@ -120,7 +117,7 @@ def parse_config(argv=None) -> TrainerConfig:
         p.error("--max-jobs must be at least 1")
     roots = [Path(r) for r in a.data_roots.split(os.pathsep) if r] or [Path(a.data).resolve().parent]
     server = ServerConfig("trainer", a.host, a.port, a.metrics_port, a.bundles, "", None, None, a.grace, a.drain,
-                          a.workers, a.max_connection_age_ms)
+                          a.workers, a.max_connection_age_ms, ports_file=a.ports_file)
     return TrainerConfig(server, a.data, a.runs, roots, a.max_jobs, a.kill_after, a.poll, a.min_new_interactions,
                          a.min_new_outcomes, a.max_age_hours)
 
