@@ -36,8 +36,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from pmis.v1 import common_pb2, content_pb2_grpc, gateway_pb2, gateway_pb2_grpc
-from services.launcher import COMPONENT_MODULES, SERVICE_NAMES, wait_serving
-from tests.conftest import free_port
+from services.common.listening import read_ports
+from services.launcher import COMPONENT_MODULES, SERVICE_NAMES
+from tests.support.waiting import wait_serving, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 # Generous budgets, as in test_e2e: on a busy 2-core machine a 300 ms budget could lapse and turn
@@ -49,13 +50,20 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 @dataclass
 class Server:
     name: str
-    port: int
-    metrics_port: int
     proc: subprocess.Popen
+    ports_file: Path
+    port: int = 0
+    metrics_port: int = 0
 
     @property
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    def wait_listening(self, timeout: float = 60) -> "Server":
+        """Until the server reports the ports it bound (it asked for any free ones)."""
+        ports = wait_until(lambda: read_ports(self.ports_file), timeout, f"{self.name} listening", self.proc)
+        self.port, self.metrics_port = ports["grpc"], ports["metrics"]
+        return self
 
     def wait_serving(self, timeout: float = 90) -> "Server":
         wait_serving(self.target, SERVICE_NAMES[self.name], timeout, self.proc)
@@ -95,33 +103,37 @@ class Deployment:
         with open(self.logs / f"{log_name}.log", "ab") as log:
             return subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT)
 
-    def component(self, name: str, port: int | None = None, *extra: str, log_name: str | None = None,
+    def component(self, name: str, port: int = 0, *extra: str, log_name: str | None = None,
                   prefix: list[str] | None = None, env: dict | None = None) -> Server:
-        port, metrics = port or free_port(), free_port()
+        """A component process on `port` (0: any free one), listening when this returns."""
+        log_name = log_name or f"{name}-{len(self.servers)}"
+        ports_file = self.logs / f"{log_name}.ports"
         cmd = (prefix or [sys.executable, "-m", COMPONENT_MODULES[name]]) + [
-            "--port", str(port), "--metrics-port", str(metrics), "--bundles", str(self.bundles), *extra]
-        server = Server(name, port, metrics, self.spawn(cmd, log_name or f"{name}-{port}", env))
-        self.servers.append(server)
-        return server
+            "--port", str(port), "--metrics-port", "auto", "--ports-file", str(ports_file),
+            "--bundles", str(self.bundles), *extra]
+        return self._started(Server(name, self.spawn(cmd, log_name, env), ports_file))
 
     def gateway(self, targets: dict) -> Server:
-        port, metrics = free_port(), free_port()
-        cmd = [sys.executable, "-m", "gateway.server", "--port", str(port), "--metrics-port", str(metrics),
-               "--catalog", str(self.catalog)]
+        ports_file = self.logs / "gateway.ports"
+        cmd = [sys.executable, "-m", "gateway.server", "--port", "0", "--metrics-port", "auto",
+               "--ports-file", str(ports_file), "--catalog", str(self.catalog)]
         for c, t in targets.items():
             cmd += [f"--{c}-target", t]
-        server = Server("gateway", port, metrics, self.spawn(cmd, "gateway"))
-        self.servers.append(server)
-        return server
+        return self._started(Server("gateway", self.spawn(cmd, "gateway"), ports_file))
+
+    def _started(self, server: Server) -> Server:
+        self.servers.append(server)  # stopped by stop_all even if it never comes up
+        return server.wait_listening()
 
     def stop_all(self) -> None:
         for s in reversed(self.servers):
             s.terminate()
 
 
-# Replicas drain for 1 s after SIGTERM (NOT_SERVING, still answering), then stop with a 5 s grace:
-# the PMIS_DRAIN_SECONDS / PMIS_GRACE_SECONDS the manifests set.
-REPLICA_ARGS = ("--drain", "1", "--grace", "5")
+# Replicas drain for 3 s after SIGTERM (NOT_SERVING, still answering), then stop with a grace
+# period: the PMIS_DRAIN_SECONDS the manifests set (k8s/base/config.yaml); the gateway's health
+# watch must stop routing to a draining replica within it.
+REPLICA_ARGS = ("--drain", "3", "--grace", "5")
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +141,7 @@ def deployment(small_system, tmp_path_factory):
     d = Deployment(small_system.bundles, small_system.catalog, tmp_path_factory.mktemp("rollout-logs"))
     try:
         singles = {c: d.component(c) for c in ("collaborative", "success", "ranker")}
-        replicas = [d.component("content", None, *REPLICA_ARGS) for _ in range(2)]
+        replicas = [d.component("content", 0, *REPLICA_ARGS) for _ in range(2)]
         for s in [*singles.values(), *replicas]:
             s.wait_serving()
         targets = {c: s.target for c, s in singles.items()}
@@ -185,6 +197,12 @@ class Load:
         for t in self._threads:
             t.join(30)
 
+    def wait_answered(self, n: int, timeout: float = 60) -> None:
+        """Until `n` more calls have finished."""
+        with self._lock:
+            target = len(self.records) + n
+        wait_until(lambda: len(self.records) >= target, timeout, f"{n} calls answered")
+
     def between(self, start: float, end: float) -> list[tuple[float, float, str | None]]:
         with self._lock:
             return [r for r in self.records if start <= r[0] <= end]
@@ -193,17 +211,6 @@ class Load:
 def percentile_ms(seconds: list[float], q: float) -> float:
     ordered = sorted(seconds)
     return 1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
-
-
-def wait_until(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"process exited ({proc.returncode}) while waiting for {what}")
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 def test_two_replicas_behind_one_target_both_receive_calls(deployment):
@@ -229,7 +236,7 @@ def test_restart_of_a_replica_under_load_fails_no_call(deployment):
     old, other = d.replicas
     other_before = other.served()
     with Load(d.gw.target, ids, threads=4) as load:
-        time.sleep(1.5)  # steady state first
+        load.wait_answered(20)  # steady state first
         restart_start = time.monotonic()
         # Kubernetes: the pod leaves the endpoints, preStop sleeps, SIGTERM; the server goes
         # NOT_SERVING (the gateway's health watch stops routing to it), drains, stops with grace.
@@ -244,7 +251,7 @@ def test_restart_of_a_replica_under_load_fails_no_call(deployment):
         # traffic (the gateway reconnects to it within its 2 s back-off cap).
         wait_until(lambda: new.served() > 0, 30, "the gateway to route calls to the replacement", new.proc)
         restart_end = time.monotonic()
-        time.sleep(1.5)  # and steady state after
+        load.wait_answered(20)  # and steady state after
     d.replicas = [new, other]
     everything = load.records
     during = load.between(restart_start, restart_end)
@@ -283,7 +290,7 @@ def _log_time(log: str, message: str) -> float:
 
 def test_replica_is_not_serving_until_its_bundle_is_loaded(deployment):
     delay = 3.0
-    slow = deployment.component("content", None, log_name="content-slow",
+    slow = deployment.component("content", 0, log_name="content-slow",
                                 prefix=[sys.executable, "-c", SLOW_LOAD.format(delay=delay)])
     seen: list[tuple[float, int]] = []  # (wall clock, health status)
     rpc_while_loading = None
@@ -297,7 +304,7 @@ def test_replica_is_not_serving_until_its_bundle_is_loaded(deployment):
                     status = health.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAMES["content"]),
                                           timeout=1).status
                 except grpc.RpcError:
-                    time.sleep(0.05)  # not listening yet
+                    time.sleep(0.05)  # a poll: not answering yet
                     continue
                 seen.append((time.time(), status))
                 if status == SERVING:
@@ -348,7 +355,7 @@ def test_replica_loads_bundle_from_read_only_volume(deployment, tmp_path):
     # A private mount namespace: the read-only bind mount exists only for this server process.
     script = (f'mount --bind "{bundles}" "{bundles}" && mount -o remount,bind,ro "{bundles}" '
               f'&& ! touch "{bundles}/.write-probe" 2>/dev/null && exec "$@"')
-    ro = deployment.component("ranker", None, log_name="ranker-readonly",
+    ro = deployment.component("ranker", 0, log_name="ranker-readonly",
                               prefix=["unshare", "-m", "sh", "-c", script, "sh", sys.executable, "-m",
                                       COMPONENT_MODULES["ranker"]])
     try:
