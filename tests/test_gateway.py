@@ -446,7 +446,7 @@ def test_stream_recommend_in_order_and_survives_a_bad_request(system, students):
     assert len(answers) == 4
     assert [r.student_id for r in answers] == [a, "S0000001", b, "S9999999"]
     assert answers[0].error == "" and len(answers[0].items) == 3 and answers[0].ranking == "ranker"
-    assert answers[1].error.startswith("INVALID_ARGUMENT") and "k" in answers[1].error and not answers[1].items
+    assert answers[1].error.startswith("INVALID_ARGUMENT") and "k: must be in 1..100, got 101" in answers[1].error and not answers[1].items
     assert answers[2].error == "" and len(answers[2].items) == 4
     assert answers[3].error.startswith("NOT_FOUND") and not answers[3].items
     # the same answers as one Recommend each

@@ -31,11 +31,15 @@ def trained(small_system):
 def test_report_has_every_model_and_sane_numbers(trained):
     _, _, report = trained
     ranking = report["ranking"]
-    for name in ("popularity", "content", "collaborative", "success_only", "blend", "ranker"):
+    names = ("popularity", "content", "collaborative", "success_only", "blend", "ranker")
+    # every model on the same test students, and each one finds some of what they applied to
+    assert len({ranking[name]["students"] for name in names}) == 1 and ranking["ranker"]["students"] > 50
+    for name in names:
         m = ranking[name]
-        assert 0.0 <= m["ndcg@10"] <= 1.0 and 0.0 <= m["recall@10"] <= 1.0 and 0.0 < m["coverage"] <= 1.0
-        assert m["students"] > 50
+        assert m["ndcg@10"] > 0.01 and m["recall@10"] >= m["ndcg@10"] * 0.5, (name, m)
         assert set(m["groups"]) >= {"gender", "social_category", "rural", "college_tier"}
+    # popularity shows everyone the same few internships; personalised models spread over the catalogue
+    assert ranking["popularity"]["coverage"] < 0.2 < 0.5 < ranking["content"]["coverage"]
     # The planted signal is strong enough that learning must beat popularity and the blend.
     assert ranking["ranker"]["ndcg@10"] > ranking["popularity"]["ndcg@10"]
     assert ranking["ranker"]["ndcg@10"] > ranking["content"]["ndcg@10"]
@@ -52,19 +56,24 @@ def test_report_has_fairness_before_and_after(trained):
     for mode in ("before", "after"):
         assert set(f[mode]["group_exposure_share"]) == {"msme", "local", "other"}
         assert abs(sum(f[mode]["group_exposure_share"].values()) - 1) < 1e-3
-        assert 0 <= f[mode]["gini_exposure"] <= 1 and 0 < f[mode]["ndcg@10"] <= 1
     # The controller moves the MSME share from where relevance left it towards its target (up or down).
     target = f["exposure_targets"]["msme"]
     before, after = f["before"]["group_exposure_share"]["msme"], f["after"]["group_exposure_share"]["msme"]
     assert abs(after - target) < abs(before - target), (before, after, target)
     assert f["summary"]["group_share_vs_target"]["msme"]["target"] == target
     for attr in ("gender", "social_category"):
-        assert 0 <= f["after"]["consumer_groups"][attr]["ratio_null_p"]["ndcg@10"] <= 1
+        groups = f["after"]["consumer_groups"][attr]
+        ndcgs = [g["ndcg@10"] for g in groups["groups"].values() if "ndcg@10" in g]  # small groups: none
+        assert groups["min_max_ratio"]["ndcg@10"] == pytest.approx(min(ndcgs) / max(ndcgs))
+    # re-ranking for exposure costs relevance, but little
+    assert 0.85 * f["before"]["ndcg@10"] <= f["after"]["ndcg@10"] <= f["before"]["ndcg@10"] * 1.01
     assert f["after"]["gini_exposure"] < f["before"]["gini_exposure"]
     assert f["promoted_items_per_list"] > 0
     sl = f["shortlists"]
     assert sl["shortlists"] > 5 and set(sl["mean_share"]) == {"SC", "ST", "OBC", "disability", "female"}
-    assert 0 <= sl["ndcg_by_selection"]["with_minimums"] <= 1
+    cost = sl["ndcg_by_selection"]
+    assert cost["relative_cost"] == pytest.approx(1 - cost["with_minimums"] / cost["plain"], abs=1e-9)
+    assert cost["relative_cost"] <= 0.1  # minimums pick other students, but mostly ones that match as well
     assert sl["share_meeting_all_feasible_minimums"] >= sl["share_of_shortlists_meeting_all"]
 
 
