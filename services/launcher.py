@@ -163,6 +163,49 @@ class Cluster:
                 self.stop(name)
 
 
+class Supervisor:
+    """Restarts a server of the cluster that exits, on the ports it had (so the gateway's targets
+    stay right), after a back-off that doubles with each restart in a row (0.5 s up to 30 s) and
+    resets once the server has stayed up for a minute. The others keep serving meanwhile: the
+    gateway degrades around a missing component."""
+
+    FIRST_DELAY, MAX_DELAY, STABLE_AFTER = 0.5, 30.0, 60.0
+
+    def __init__(self, cluster: Cluster, clock=time.monotonic, say=print):
+        self.cluster, self.clock, self.say = cluster, clock, say
+        self.restarts: dict[str, int] = {}        # restarts in a row, per server
+        self.started_at = {name: clock() for name in cluster.procs}
+        self.due: dict[str, float] = {}           # server -> when to restart it
+
+    def check(self) -> None:
+        """One pass: notice exits, restart what is due."""
+        now = self.clock()
+        for name, proc in list(self.cluster.procs.items()):
+            if name in self.due:
+                if now >= self.due[name]:
+                    self._restart(name)
+            elif proc.poll() is not None:
+                if now - self.started_at[name] >= self.STABLE_AFTER:
+                    self.restarts[name] = 0
+                delay = min(self.FIRST_DELAY * 2 ** self.restarts.get(name, 0), self.MAX_DELAY)
+                self.due[name] = now + delay
+                self.say(f"{name} exited with status {proc.returncode}; restarting it in {delay:.1f}s "
+                         f"(see {self.cluster.log_dir}/{name}.log)", flush=True)
+
+    def _restart(self, name: str) -> None:
+        self.restarts[name] = self.restarts.get(name, 0) + 1
+        del self.due[name]
+        try:
+            proc = self.cluster.start(name)
+        except (RuntimeError, TimeoutError) as e:  # exited again before listening: the next check backs off
+            self.say(f"{name} failed to restart: {e}", flush=True)
+            self.started_at[name] = self.clock()
+            return
+        self.started_at[name] = self.clock()
+        self.say(f"{name} restarted (pid {proc.pid}, restart {self.restarts[name]} in a row) on "
+                 f"127.0.0.1:{self.cluster.ports.of(name)}", flush=True)
+
+
 def ensure_ready(home: Path, data: Path, bundles: Path, runs: Path) -> None:
     """Generate the default dataset and train bundles when they are missing."""
     from models.cli import main as pmis
@@ -232,13 +275,11 @@ def up(home: Path, data: Path, bundles: Path, runs: Path, ports: Ports, demo: bo
         print("Serving; Ctrl-C stops everything.", flush=True)
         stop = []
         signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
+        supervisor = Supervisor(cluster)
         try:
             while not stop:
-                for name, proc in cluster.procs.items():
-                    if proc.poll() is not None:
-                        print(f"{name} exited with status {proc.returncode}; see {cluster.log_dir}/{name}.log")
-                        return 1
-                time.sleep(0.5)
+                supervisor.check()
+                time.sleep(0.1)
         except KeyboardInterrupt:
             pass
         return 0

@@ -1,6 +1,6 @@
 """Where a server listens, reported back: with `--port 0` the OS picks the gRPC port, with
 `--metrics-port auto` the Prometheus port, and `--ports-file PATH` (env PMIS_PORTS_FILE) gets
-`{"grpc": PORT, "metrics": PORT}` once both listen. Launchers and tests start servers this way and
+`{"grpc": PORT, "metrics": PORT, "pid": PID}` once both listen. Launchers and tests start servers this way and
 never race another process for a port they picked."""
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def write_ports(path: Path | str | None, grpc_port: int, metrics_port: int) -> N
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"grpc": grpc_port, "metrics": metrics_port}))
+    tmp.write_text(json.dumps({"grpc": grpc_port, "metrics": metrics_port, "pid": os.getpid()}))
     os.replace(tmp, path)
 
 
