@@ -1,33 +1,33 @@
-"""Unit tests of the four component servicers, in-process with grpc_testing (no sockets).
+"""Unit tests of the four component servicers, each on an in-process loopback server.
 
 Each servicer is built with its own `make_servicer(cfg)` over the session's trained bundles and
-called through `grpc_testing`, so the real request handling, validation and status mapping run.
+served behind the servers' own guard interceptor (services/common/guard.py), so the real request
+handling, validation and status mapping run.
 Errors are checked down to the google.rpc BadRequest field names a client would see.
 """
 
 from __future__ import annotations
 
+import sqlite3
+from concurrent import futures
+from contextlib import closing
 from dataclasses import dataclass
 
-import sqlite3
-from contextlib import closing
-
 import grpc
-import grpc_testing
 import numpy as np
 import pytest
-from grpc_testing import _common as _testing_common
-from grpc_testing._server import _servicer_context as _testing_context
 
 from models.registry import Registry
 from pmis.v1 import collaborative_pb2, common_pb2, content_pb2, ranker_pb2, success_pb2
 from services.collaborative import server as collaborative_server
 from services.common.errors import field_violations
+from services.common.guard import ServerGuard
 from services.common.profiles import EVENT_TYPES
 from services.common.server import ServerConfig
 from services.content import server as content_server
 from services.ranker import server as ranker_server
 from services.success import server as success_server
+from tests.support.loopback import SERVERS
 
 COMPONENTS = {
     "content": (content_server, content_pb2, "ContentService"),
@@ -51,22 +51,6 @@ def _admin_token(monkeypatch):
     monkeypatch.setenv("PMIS_ADMIN_TOKEN", ADMIN_TOKEN)
 
 
-@pytest.fixture(autouse=True)
-def _abort_with_status(monkeypatch):
-    """grpc_testing's context does not implement abort_with_status (NotImplementedError -> UNKNOWN).
-
-    Give it the real server's behaviour: terminate with the status's code, details and trailing
-    metadata (which carries the google.rpc.Status with its BadRequest details), then raise.
-    """
-    def abort_with_status(self, status):
-        rpc = self._rpc
-        with rpc._condition:
-            rpc._terminate(_testing_common.fuss_with_metadata(status.trailing_metadata), status.code, status.details)
-        raise Exception("aborted with status")  # noqa: TRY002 - what grpc_testing's own abort() raises
-
-    monkeypatch.setattr(_testing_context.ServicerContext, "abort_with_status", abort_with_status)
-
-
 def _config(component: str, bundles) -> ServerConfig:
     return ServerConfig(component=component, host="127.0.0.1", port=0, metrics_port=0, bundles=bundles,
                         alias="champion", version=None, path=None, grace=0.5, drain=0.0, workers=2,
@@ -74,22 +58,39 @@ def _config(component: str, bundles) -> ServerConfig:
 
 
 class Harness:
-    """One component servicer behind a grpc_testing server."""
+    """One component servicer on a loopback server (port 0) behind the servers' own guard
+    interceptor (status codes, safe decoding), called through a real channel."""
 
     def __init__(self, component: str, servicer):
         module, pb2, service_name = COMPONENTS[component]
         self.component, self.servicer = component, servicer
         self.service = pb2.DESCRIPTOR.services_by_name[service_name]
-        self.server = grpc_testing.server_from_dictionary({self.service: servicer}, grpc_testing.strict_real_time())
+        self.server = grpc.server(futures.ThreadPoolExecutor(4), interceptors=[ServerGuard(component)])
+        SERVERS[component][1](servicer, self.server)
+        port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
 
     def call(self, method: str, request):
-        rpc = self.server.invoke_unary_unary(self.service.methods_by_name[method], ADMIN_METADATA, request, TIMEOUT)
-        return rpc.termination()  # (response, trailing_metadata, code, details)
+        """(response, trailing_metadata, code, details), as grpc_testing's termination()."""
+        m = self.service.methods_by_name[method]
+        call = self.channel.unary_unary(f"/{self.service.full_name}/{method}",
+                                        request_serializer=lambda r: r.SerializeToString(),
+                                        response_deserializer=m.output_type._concrete_class.FromString)
+        try:
+            response, rpc = call.with_call(request, timeout=TIMEOUT, metadata=ADMIN_METADATA)
+            return response, rpc.trailing_metadata(), rpc.code(), rpc.details()
+        except grpc.RpcError as e:
+            return None, e.trailing_metadata(), e.code(), e.details()
 
     def ok(self, method: str, request):
         response, _, code, details = self.call(method, request)
         assert code == grpc.StatusCode.OK, details
         return response
+
+    def close(self) -> None:
+        self.channel.close()
+        self.server.stop(None)
 
 
 class _FailedCall(grpc.RpcError):
@@ -124,6 +125,20 @@ def bad_fields(harness: Harness, method: str, request) -> set[str]:
     return {f for f, _ in violations}
 
 
+@pytest.fixture()
+def fresh(small_system):
+    """A harness of a servicer not loaded yet (this test's own), closed after the test."""
+    made = []
+
+    def make(component: str) -> Harness:
+        module, _, _ = COMPONENTS[component]
+        made.append(Harness(component, module.make_servicer(_config(component, small_system.bundles))))
+        return made[-1]
+    yield make
+    for harness in made:
+        harness.close()
+
+
 @pytest.fixture(scope="module")
 def loaded(small_system) -> dict[str, Harness]:
     out = {}
@@ -131,7 +146,9 @@ def loaded(small_system) -> dict[str, Harness]:
         servicer = module.make_servicer(_config(component, small_system.bundles))
         servicer.slot.load()
         out[component] = Harness(component, servicer)
-    return out
+    yield out
+    for harness in out.values():
+        harness.close()
 
 
 @pytest.fixture(scope="module")
@@ -177,9 +194,8 @@ def profile(**kw) -> common_pb2.StudentProfile:
 
 
 @pytest.mark.parametrize("component", list(COMPONENTS))
-def test_unavailable_until_loaded(small_system, component):
-    module, _, _ = COMPONENTS[component]
-    h = Harness(component, module.make_servicer(_config(component, small_system.bundles)))
+def test_unavailable_until_loaded(fresh, component):
+    h = fresh(component)
     request = {
         "content": ("Retrieve", common_pb2.RetrieveRequest(profile=profile(), n=5)),
         "collaborative": ("Retrieve", common_pb2.RetrieveRequest(student_id="S0000001", n=5)),
@@ -198,9 +214,8 @@ def test_unavailable_until_loaded(small_system, component):
 # so the generated "Method not implemented!" stubs shadow it: both RPCs answer UNIMPLEMENTED.
 
 @pytest.mark.parametrize("component", list(COMPONENTS))
-def test_model_info_unavailable_until_loaded(small_system, component):
-    module, _, _ = COMPONENTS[component]
-    h = Harness(component, module.make_servicer(_config(component, small_system.bundles)))
+def test_model_info_unavailable_until_loaded(fresh, component):
+    h = fresh(component)
     details, _ = fails(h, "ModelInfo", common_pb2.ModelInfoRequest(), grpc.StatusCode.UNAVAILABLE)
     assert "not loaded" in details
     h.servicer.slot.load()

@@ -20,7 +20,7 @@ from models.pipeline import open_items, top_n
 from pmis.v1 import collaborative_pb2, collaborative_pb2_grpc, common_pb2
 from services.common.items import ItemIndex
 from services.common.profiles import EVENT_NAMES
-from services.common.server import ModelAdmin, ModelSlot, rpc, run_component
+from services.common.server import ModelAdmin, ModelSlot, run_component
 from services.common.validation import Violations
 
 SERVICE = collaborative_pb2.DESCRIPTOR.services_by_name["CollaborativeService"].full_name
@@ -117,7 +117,6 @@ class CollaborativeServicer(ModelAdmin, collaborative_pb2_grpc.CollaborativeServ
     def __init__(self, slot: ModelSlot):
         self.slot = slot
 
-    @rpc
     def Retrieve(self, request, context):
         _validate(request, None)
         loaded = self.slot.get()
@@ -130,7 +129,6 @@ class CollaborativeServicer(ModelAdmin, collaborative_pb2_grpc.CollaborativeServ
                                       student_vector=rt.vector_message(student), model=loaded.version_message(),
                                       basis=student.basis)
 
-    @rpc
     def Score(self, request, context):
         loaded = self.slot.get()
         rt: CollaborativeRuntime = loaded.model

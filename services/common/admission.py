@@ -89,7 +89,7 @@ def is_exempt(method: str) -> bool:
 
 
 def _short(method: str) -> str:
-    return method.rsplit("/", 1)[-1]  # the `method` label, as in telemetry.MetricsInterceptor
+    return method.rsplit("/", 1)[-1]  # the `method` label, as in guard.ServerGuard
 
 
 class Limiter:
@@ -181,7 +181,7 @@ class AdmissionInterceptor(grpc.ServerInterceptor):
     to it (through `_ReleaseWhenDone`). List this interceptor FIRST: an outer interceptor that
     wraps the handler would drop the `experimental_thread_pool` this one sets, and refusals would
     queue in the server's pool again. Since it is first, refusals never reach
-    `telemetry.MetricsInterceptor`; with `record_requests` (default) they are counted in
+    `guard.ServerGuard`; with `record_requests` (default) they are counted in
     `pmis_grpc_requests_total` here instead, with their status code.
     """
 

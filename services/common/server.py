@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import argparse
-import functools
 import logging
 import os
 import signal
@@ -32,7 +31,7 @@ from grpc_reflection.v1alpha import reflection
 from models.bundle import Bundle, BundleError, load_bundle
 from models.registry import Registry, RegistryError
 from pmis.v1 import common_pb2
-from services.common import admission, listening, telemetry
+from services.common import admission, guard, listening, telemetry
 from services.common.auth import admin_only
 from services.common.errors import RpcError, failed_precondition, invalid_argument, unavailable
 
@@ -225,20 +224,6 @@ class ModelSlot:
         return current
 
 
-def rpc(method):
-    """Turn RpcError into its status and anything unexpected into INTERNAL without a trace."""
-    @functools.wraps(method)
-    def wrapper(self, request, context):
-        try:
-            return method(self, request, context)
-        except RpcError as e:
-            context.abort_with_status(e.to_status())
-        except Exception:
-            log.exception("unhandled error", extra={"fields": {"method": method.__name__}})
-            context.abort(grpc.StatusCode.INTERNAL, "internal error")
-    return wrapper
-
-
 class ModelAdmin:
     """ModelInfo and Reload, identical on every component server.
 
@@ -247,11 +232,9 @@ class ModelAdmin:
     """
     slot: ModelSlot
 
-    @rpc
     def ModelInfo(self, request, context):
         return self.slot.get().version_message()
 
-    @rpc
     @admin_only
     def Reload(self, request, context):
         which = request.WhichOneof("target")
@@ -276,8 +259,7 @@ class ComponentServer:
             pool,
             # Admission FIRST: it must see every call before anything wraps the handler (see
             # admission.AdmissionInterceptor); refusals never reach the pool or the servicer.
-            interceptors=[admission.AdmissionInterceptor(self.limiter, pool),
-                          telemetry.MetricsInterceptor(cfg.component)],
+            interceptors=[admission.AdmissionInterceptor(self.limiter, pool), guard.ServerGuard(cfg.component)],
             options=[("grpc.so_reuseport", 0),
                      ("grpc.max_connection_age_ms", cfg.max_connection_age_ms),
                      ("grpc.max_connection_age_grace_ms", int(cfg.grace * 1000) + 1000)])

@@ -43,32 +43,3 @@ def bundle_loaded(component: str, ref) -> None:
 def observe(component: str, method: str, code: str, seconds: float) -> None:
     REQUESTS.labels(component, method, code).inc()
     LATENCY.labels(component, method, code).observe(seconds)
-
-
-def _code_name(context) -> str:
-    code = context.code() if hasattr(context, "code") else None
-    return "OK" if code is None else getattr(code, "name", str(code))
-
-
-class MetricsInterceptor(grpc.ServerInterceptor):
-    """Times unary calls of a sync server (health Watch and reflection streams pass through)."""
-
-    def __init__(self, component: str):
-        self.component = component
-
-    def intercept_service(self, continuation, handler_call_details):
-        handler = continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
-            return handler
-        method = handler_call_details.method.rsplit("/", 1)[-1]
-        inner = handler.unary_unary
-
-        def timed(request, context):
-            start = time.perf_counter()
-            try:
-                return inner(request, context)
-            finally:
-                observe(self.component, method, _code_name(context), time.perf_counter() - start)
-
-        return grpc.unary_unary_rpc_method_handler(timed, request_deserializer=handler.request_deserializer,
-                                                   response_serializer=handler.response_serializer)

@@ -14,7 +14,7 @@ from models.features import FeatureSpace
 from models.pipeline import open_items, top_n
 from pmis.v1 import common_pb2, content_pb2, content_pb2_grpc
 from services.common.items import ItemIndex
-from services.common.server import ModelAdmin, ModelSlot, rpc, run_component
+from services.common.server import ModelAdmin, ModelSlot, run_component
 from services.common.validation import Violations
 
 SERVICE = content_pb2.DESCRIPTOR.services_by_name["ContentService"].full_name
@@ -84,7 +84,6 @@ class ContentServicer(ModelAdmin, content_pb2_grpc.ContentServiceServicer):
     def __init__(self, slot: ModelSlot):
         self.slot = slot
 
-    @rpc
     def Retrieve(self, request, context):
         v = Violations()
         v.check_id("student_id", request.student_id, required=False)
@@ -102,7 +101,6 @@ class ContentServicer(ModelAdmin, content_pb2_grpc.ContentServiceServicer):
                                       student_vector=rt.vector_message(vector), model=loaded.version_message(),
                                       basis="profile")
 
-    @rpc
     def Score(self, request, context):
         v = Violations()
         v.check_profile("profile", request.profile)
@@ -120,7 +118,6 @@ class ContentServicer(ModelAdmin, content_pb2_grpc.ContentServiceServicer):
             response.items.extend(rt.details(request.profile, vector, positions, scores))
         return response
 
-    @rpc
     def ScorePairs(self, request, context):
         Violations().check_pairs(request, MAX_PAIRS)
         loaded = self.slot.get()

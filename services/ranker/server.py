@@ -12,7 +12,7 @@ from models.ranker import COMPONENT_SCORES, FEATURES, RankerModel, ranker_featur
 from pmis.v1 import common_pb2, ranker_pb2, ranker_pb2_grpc
 from services.common.items import ItemIndex
 from services.common.profiles import profile_columns
-from services.common.server import ModelAdmin, ModelSlot, env, rpc, run_component
+from services.common.server import ModelAdmin, ModelSlot, env, run_component
 from services.common.validation import Violations
 
 SERVICE = ranker_pb2.DESCRIPTOR.services_by_name["RankerService"].full_name
@@ -67,7 +67,6 @@ class RankerServicer(ModelAdmin, ranker_pb2_grpc.RankerServiceServicer):
     def __init__(self, slot: ModelSlot):
         self.slot = slot
 
-    @rpc
     def Rank(self, request, context):
         v = Violations()
         v.check_profile("profile", request.profile, require_skills=False)

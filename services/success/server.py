@@ -12,7 +12,7 @@ from models.success import SuccessModel
 from pmis.v1 import common_pb2, success_pb2, success_pb2_grpc
 from services.common.items import ItemIndex
 from services.common.profiles import profile_columns, profiles_columns
-from services.common.server import ModelAdmin, ModelSlot, rpc, run_component
+from services.common.server import ModelAdmin, ModelSlot, run_component
 from services.common.validation import Violations
 
 SERVICE = success_pb2.DESCRIPTOR.services_by_name["SuccessService"].full_name
@@ -37,7 +37,6 @@ class SuccessServicer(ModelAdmin, success_pb2_grpc.SuccessServiceServicer):
     def __init__(self, slot: ModelSlot):
         self.slot = slot
 
-    @rpc
     def Predict(self, request, context):
         v = Violations()
         v.check_profile("profile", request.profile, require_skills=False)
@@ -63,7 +62,6 @@ class SuccessServicer(ModelAdmin, success_pb2_grpc.SuccessServiceServicer):
                                                       for n, val, c in fs])
         return response
 
-    @rpc
     def PredictPairs(self, request, context):
         Violations().check_pairs(request, MAX_PAIRS)
         loaded = self.slot.get()

@@ -41,7 +41,7 @@ from models.report import plots_for
 from pmis.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
 from services.common.auth import admin_only, check_admin
 from services.common.errors import failed_precondition, invalid_argument, not_found, unavailable
-from services.common.server import ComponentServer, ServerConfig, add_listen_args, env, rpc
+from services.common.server import ComponentServer, ServerConfig, add_listen_args, env
 from services.common.validation import Violations
 
 log = logging.getLogger("pmis.trainer")
@@ -470,7 +470,6 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             raise not_found(str(e)) from None
 
     # ------------------------------------------------------------------ jobs
-    @rpc
     @admin_only
     def StartTraining(self, request, context):
         config, violations = normalise_config(config_dict(request.config), self.cfg.data, self.cfg.data_roots)
@@ -481,11 +480,9 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         log.info("job queued", extra={"fields": {"job_id": job["job_id"], "components": config["components"]}})
         return job_message(job)
 
-    @rpc
     def GetJob(self, request, context):
         return job_message(self._get_job(request.job_id))
 
-    @rpc
     def ListJobs(self, request, context):
         v = Violations()
         statuses = []
@@ -500,13 +497,11 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         return trainer_pb2.ListJobsResponse(jobs=[job_message(j) for j in jobs],
                                             next_page_token=encode_token(next_after) if next_after else "")
 
-    @rpc
     @admin_only
     def CancelJob(self, request, context):
         self._get_job(request.job_id)
         return job_message(self.runner.cancel(request.job_id))
 
-    @rpc
     def WatchJob(self, request, context):
         self._get_job(request.job_id)
         if request.after_sequence < 0:
@@ -533,7 +528,6 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             time.sleep(self.cfg.poll)
 
     # ------------------------------------------------------------------ models
-    @rpc
     def ListModels(self, request, context):
         v = Violations()
         self._component(v, request.component)
@@ -548,7 +542,6 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         token = encode_token(page[-1]["version"]) if len(rows) > size else ""
         return trainer_pb2.ListModelsResponse(models=[summary_message(r) for r in page], next_page_token=token)
 
-    @rpc
     def GetModel(self, request, context):
         v = Violations()
         self._component(v, request.component)
@@ -575,7 +568,6 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
                                      action=h["action"], changed_at=_ts(h["changed_at"]), reason=h["reason"])
         return out
 
-    @rpc
     def CompareModels(self, request, context):
         v = Violations()
         self._component(v, request.component)
@@ -626,7 +618,6 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         return trainer_pb2.AliasChange(component=component, alias="champion", previous=version_message(previous),
                                        current=version_message(current), model=summary_message(current), pickup=PICKUP)
 
-    @rpc
     @admin_only
     def Activate(self, request, context):
         v = Violations()
@@ -652,7 +643,6 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
                                                 "previous": previous["version"] if previous else None}})
         return self._alias_change(request.component, previous, registry.get(request.component, request.version))
 
-    @rpc
     @admin_only
     def Rollback(self, request, context):
         v = Violations()
@@ -672,7 +662,6 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         return self._alias_change(request.component, previous, current)
 
     # ------------------------------------------------------------------ data and triggers
-    @rpc
     def DataQuality(self, request, context):
         from models.data.contract import data_version, validate
 
@@ -698,7 +687,6 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             max_age_hours=d.get("max_age_hours", 0.0), job_id=d.get("job_id") or "",
             checked_at=_ts(d.get("checked_at")), check_id=d.get("check_id", 0), source=d.get("source", ""))
 
-    @rpc
     def CheckTriggers(self, request, context):
         if request.start_if_needed:
             check_admin(context, "CheckTriggers(start_if_needed)")
@@ -733,7 +721,6 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
                 self.runner.wake()
         return self._decision_message(decision)
 
-    @rpc
     def Status(self, request, context):
         store = self._store()
         out = trainer_pb2.StatusResponse(jobs_by_status=store.counts(), bundles_root=str(self.cfg.bundles.resolve()),

@@ -1,0 +1,251 @@
+"""One interceptor per server kind between the network and every method: what a client sent that
+cannot be used becomes INVALID_ARGUMENT, `RpcError`s become their status, a bug of ours becomes
+INTERNAL without its text, and every call -- unary or streaming, OK or not -- is counted and
+timed by method and status code.
+
+- A request that cannot be decoded is answered INVALID_ARGUMENT ("request is not a valid
+  pmis.v1.X message") and logged as one WARNING line without traceback, at most once a second
+  per method (the others are counted in the next line). grpcio would answer INTERNAL (sync) or
+  UNKNOWN with the exception's text (asyncio) and log a traceback per call: a cheap way for
+  anyone to fill a disk. Here the deserializer never raises: it returns `Undecodable`, and the
+  method's handler is never called with it.
+- Servicers raise `RpcError` (services/common/errors.py) and never catch-and-abort themselves.
+
+`ServerGuard` is for the sync `grpc.server` of the components and the trainer; list it after
+admission control (which must be first, see admission.py). `AioServerGuard` is the gateway's.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Callable
+
+import grpc
+
+from services.common import telemetry
+from services.common.errors import RpcError
+
+log = logging.getLogger("pmis.guard")
+
+
+class Undecodable:
+    """What the safe deserializer returns for bytes that are not the method's request message."""
+    __slots__ = ()
+
+
+UNDECODABLE = Undecodable()
+
+
+class _RateLimitedWarning:
+    """One WARNING line per method per `interval` seconds; the suppressed ones are counted in it."""
+
+    def __init__(self, interval: float = 1.0):
+        self.interval, self.lock, self.last, self.suppressed = interval, threading.Lock(), {}, {}
+
+    def __call__(self, component: str, method: str, message: str) -> None:
+        now = time.monotonic()
+        with self.lock:
+            if now - self.last.get(method, -self.interval) < self.interval:
+                self.suppressed[method] = self.suppressed.get(method, 0) + 1
+                return
+            self.last[method], more = now, self.suppressed.pop(method, 0)
+        log.warning(message, extra={"fields": {"component": component, "method": method,
+                                                "suppressed_since_last": more}})
+
+
+warn_undecodable = _RateLimitedWarning()
+
+
+def _request_type(deserializer) -> str:
+    owner = getattr(deserializer, "__self__", None)  # Message.FromString is bound to the class
+    descriptor = getattr(owner, "DESCRIPTOR", None)
+    return descriptor.full_name if descriptor is not None else "request"
+
+
+def _safe(deserializer: Callable | None) -> Callable | None:
+    if deserializer is None:
+        return None
+
+    def deserialize(raw: bytes):
+        try:
+            return deserializer(raw)
+        except Exception:  # noqa: BLE001 - any failure to parse is the client's
+            return UNDECODABLE
+    return deserialize
+
+
+def _code_name(context) -> str:
+    code = context.code()
+    return "OK" if code is None else getattr(code, "name", str(code))
+
+
+def _kind(handler) -> str:
+    if handler.unary_unary:
+        return "unary_unary"
+    if handler.unary_stream:
+        return "unary_stream"
+    return "stream_unary" if handler.stream_unary else "stream_stream"
+
+
+_FACTORIES = {"unary_unary": grpc.unary_unary_rpc_method_handler,
+              "unary_stream": grpc.unary_stream_rpc_method_handler,
+              "stream_unary": grpc.stream_unary_rpc_method_handler,
+              "stream_stream": grpc.stream_stream_rpc_method_handler}
+
+
+def _rewrap(handler, kind: str, behavior):
+    return _FACTORIES[kind](behavior, request_deserializer=_safe(handler.request_deserializer),
+                            response_serializer=handler.response_serializer)
+
+
+class ServerGuard(grpc.ServerInterceptor):
+    """Sync servers: safe decoding, errors to status codes, every method counted."""
+
+    def __init__(self, component: str):
+        self.component = component
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        kind, method = _kind(handler), handler_call_details.method
+        name, inner = method.rsplit("/", 1)[-1], getattr(handler, _kind(handler))
+        type_name = _request_type(handler.request_deserializer)
+        bad = f"request is not a valid {type_name} message"
+
+        def refuse_undecodable(context):
+            warn_undecodable(self.component, method, "undecodable request")
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, bad)
+
+        def requests(iterator, context):
+            for request in iterator:
+                if request is UNDECODABLE:
+                    refuse_undecodable(context)
+                yield request
+
+        def run(call: Callable, context):
+            try:
+                return call()
+            except RpcError as e:
+                context.abort_with_status(e.to_status())
+            except Exception:
+                if context.code() not in (None, grpc.StatusCode.OK):
+                    raise  # context.abort(): the status is already set
+                log.exception("unhandled error", extra={"fields": {"component": self.component, "method": name}})
+                context.abort(grpc.StatusCode.INTERNAL, "internal error")
+
+        def observed(body):
+            def behavior(request_or_iterator, context):
+                start = time.perf_counter()
+                try:
+                    return body(request_or_iterator, context)
+                finally:
+                    telemetry.observe(self.component, name, _code_name(context), time.perf_counter() - start)
+            return behavior
+
+        if kind == "unary_unary":
+            def body(request, context):
+                if request is UNDECODABLE:
+                    refuse_undecodable(context)
+                return run(lambda: inner(request, context), context)
+        elif kind == "stream_unary":
+            def body(iterator, context):
+                return run(lambda: inner(requests(iterator, context), context), context)
+        else:  # streaming answers: the body is a generator; count the call when it ends
+            def body(request_or_iterator, context):
+                if kind == "unary_stream" and request_or_iterator is UNDECODABLE:
+                    refuse_undecodable(context)
+                source = (requests(request_or_iterator, context) if kind == "stream_stream"
+                          else request_or_iterator)
+                answers = run(lambda: inner(source, context), context)
+                while True:
+                    item = run(lambda: next(answers, _END), context)
+                    if item is _END:
+                        return
+                    yield item
+
+            def streaming(request_or_iterator, context):
+                start = time.perf_counter()
+                try:
+                    yield from body(request_or_iterator, context)
+                finally:
+                    telemetry.observe(self.component, name, _code_name(context), time.perf_counter() - start)
+            return _rewrap(handler, kind, streaming)
+        return _rewrap(handler, kind, observed(body))
+
+
+_END = object()
+
+
+class AioServerGuard(grpc.aio.ServerInterceptor):
+    """asyncio servers (the gateway): the same contract as ServerGuard."""
+
+    def __init__(self, component: str):
+        self.component = component
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        kind, method = _kind(handler), handler_call_details.method
+        name, inner = method.rsplit("/", 1)[-1], getattr(handler, kind)
+        bad = f"request is not a valid {_request_type(handler.request_deserializer)} message"
+        component = self.component
+
+        async def refuse_undecodable(context):
+            warn_undecodable(component, method, "undecodable request")
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, bad)
+
+        async def requests(iterator, context):
+            async for request in iterator:
+                if request is UNDECODABLE:
+                    await refuse_undecodable(context)
+                yield request
+
+        async def failed(error: Exception, context):
+            if isinstance(error, RpcError):
+                status = error.to_status()
+                await context.abort(status.code, status.details, status.trailing_metadata)
+            log.exception("unhandled error", extra={"fields": {"component": component, "method": name}})
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+
+        def observe(context, start: float) -> None:
+            telemetry.observe(component, name, _code_name(context), time.perf_counter() - start)
+
+        if kind in ("unary_unary", "stream_unary"):
+            async def behavior(request_or_iterator, context):
+                start = time.perf_counter()
+                try:
+                    if kind == "unary_unary" and request_or_iterator is UNDECODABLE:
+                        await refuse_undecodable(context)
+                    source = (requests(request_or_iterator, context) if kind == "stream_unary"
+                              else request_or_iterator)
+                    try:
+                        return await inner(source, context)
+                    except grpc.aio.AbortError:
+                        raise
+                    except Exception as e:  # noqa: BLE001 - mapped to a status, never its text
+                        await failed(e, context)
+                finally:
+                    observe(context, start)
+            return _rewrap(handler, kind, behavior)
+
+        async def streaming(request_or_iterator, context):
+            start = time.perf_counter()
+            try:
+                if kind == "unary_stream" and request_or_iterator is UNDECODABLE:
+                    await refuse_undecodable(context)
+                source = (requests(request_or_iterator, context) if kind == "stream_stream"
+                          else request_or_iterator)
+                try:
+                    async for item in inner(source, context):
+                        yield item
+                except grpc.aio.AbortError:
+                    raise
+                except Exception as e:  # noqa: BLE001 - mapped to a status, never its text
+                    await failed(e, context)
+            finally:
+                observe(context, start)
+        return _rewrap(handler, kind, streaming)

@@ -1,0 +1,114 @@
+"""The servers' guard interceptors (services/common/guard.py), sync and asyncio: undecodable
+requests are INVALID_ARGUMENT without exception text and logged once without a traceback; our
+RpcErrors keep their status; a bug is INTERNAL without its text; every method kind is counted."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from concurrent import futures
+
+import grpc
+import pytest
+from prometheus_client import REGISTRY
+
+from pmis.v1 import common_pb2, content_pb2_grpc
+from services.common import guard
+from services.common.errors import invalid_argument
+
+SERVICE = "/pmis.v1.ContentService"
+NOT_A_MESSAGE = b"\xff\xff\xff\xff\x0f"  # a varint that never ends
+
+
+class Servicer(content_pb2_grpc.ContentServiceServicer):
+    def Retrieve(self, request, context):
+        if request.n == 1:
+            raise invalid_argument([("n", "must be at least 2")])
+        if request.n == 2:
+            raise ZeroDivisionError("secret internal detail")
+        return common_pb2.ScoredItems(internship_ids=["I1"], scores=[1.0])
+
+
+class AioServicer(content_pb2_grpc.ContentServiceServicer):
+    async def Retrieve(self, request, context):
+        return Servicer.Retrieve(self, request, context)
+
+
+def count(component: str, method: str, code: str) -> float:
+    return REGISTRY.get_sample_value("pmis_grpc_requests_total",
+                                     {"component": component, "method": method, "code": code}) or 0.0
+
+
+def raw(channel: grpc.Channel, payload: bytes):
+    return channel.unary_unary(f"{SERVICE}/Retrieve")(payload, timeout=10)
+
+
+def retrieve(channel: grpc.Channel, n: int):
+    stub = content_pb2_grpc.ContentServiceStub(channel)
+    return stub.Retrieve(common_pb2.RetrieveRequest(profile=common_pb2.StudentProfile(skills=["x"]), n=n), timeout=10)
+
+
+@pytest.fixture(params=["sync", "aio"])
+def server(request):
+    """(channel, component label) of a ContentService behind the guard, sync or asyncio."""
+    component = f"guard-test-{request.param}"
+    if request.param == "sync":
+        srv = grpc.server(futures.ThreadPoolExecutor(2), interceptors=[guard.ServerGuard(component)])
+        content_pb2_grpc.add_ContentServiceServicer_to_server(Servicer(), srv)
+        port = srv.add_insecure_port("127.0.0.1:0")
+        srv.start()
+        try:
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+                yield channel, component
+        finally:
+            srv.stop(None)
+        return
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+
+    async def start():
+        srv = grpc.aio.server(interceptors=[guard.AioServerGuard(component)])
+        content_pb2_grpc.add_ContentServiceServicer_to_server(AioServicer(), srv)
+        port = srv.add_insecure_port("127.0.0.1:0")
+        await srv.start()
+        return srv, port
+    srv, port = asyncio.run_coroutine_threadsafe(start(), loop).result(10)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            yield channel, component
+    finally:
+        asyncio.run_coroutine_threadsafe(srv.stop(None), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
+def test_undecodable_request_is_invalid_argument_logged_once_without_traceback(server, caplog):
+    channel, component = server
+    guard.warn_undecodable.last.clear()
+    before = count(component, "Retrieve", "INVALID_ARGUMENT")
+    with caplog.at_level(logging.WARNING):
+        for _ in range(20):
+            with pytest.raises(grpc.RpcError) as info:
+                raw(channel, NOT_A_MESSAGE)
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert info.value.details() == "request is not a valid pmis.v1.RetrieveRequest message"
+    records = [r for r in caplog.records if r.name in ("pmis.guard", "grpc._server", "grpc._cython.cygrpc")]
+    assert len(records) == 1 and records[0].levelno == logging.WARNING, [r.getMessage() for r in records]
+    assert records[0].exc_info is None
+    assert count(component, "Retrieve", "INVALID_ARGUMENT") == before + 20  # every refusal counted
+
+
+def test_errors_keep_their_status_and_bugs_are_internal_without_text(server, caplog):
+    channel, component = server
+    assert list(retrieve(channel, 5).internship_ids) == ["I1"]
+    with pytest.raises(grpc.RpcError) as info:
+        retrieve(channel, 1)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "n: must be at least 2" in info.value.details()
+    with caplog.at_level(logging.ERROR), pytest.raises(grpc.RpcError) as info:
+        retrieve(channel, 2)
+    assert info.value.code() == grpc.StatusCode.INTERNAL and info.value.details() == "internal error"
+    assert any("unhandled error" in r.getMessage() for r in caplog.records)  # the bug is logged, server side
+    assert count(component, "Retrieve", "OK") >= 1 and count(component, "Retrieve", "INTERNAL") >= 1
