@@ -7,8 +7,14 @@ A bundle is an immutable folder ``<root>/<component>/<version>/`` holding
 * ``<name>.joblib``  small fitted estimators (pickles: they run code when loaded);
 * ``<name>.json``    plain documents (vocabularies, id lists, configs);
 * ``manifest.json``  the sha256 of every file, library versions, run id, data version and
-                     free-form metadata (metrics, feature schema, params ...), optionally
-                     HMAC-signed with ``PMIS_BUNDLE_SIGNING_KEY``.
+                     free-form metadata (metrics, feature schema, params ...), HMAC-SHA256
+                     signed with the bundle signing key.
+
+The signing key is ``PMIS_BUNDLE_SIGNING_KEY``, or the contents of the file named by
+``PMIS_BUNDLE_SIGNING_KEY_FILE`` (a mounted Secret; `pmis` creates ``$PMIS_HOME/signing-key`` the
+first time). Loaders refuse a bundle that is not signed with it, and refuse everything when no key
+is configured, unless ``PMIS_ALLOW_UNSIGNED_BUNDLES=1`` (development only): a manifest whose
+hashes were rewritten to match a changed payload must never load.
 
 Writers build the bundle in a temporary sibling folder and rename it into place, so a reader
 never sees half a bundle. Readers verify the manifest (signature, hashes, no stray files,
@@ -27,6 +33,7 @@ import logging
 import os
 import platform
 import re
+import secrets
 import shutil
 import uuid
 from collections.abc import Mapping
@@ -43,13 +50,16 @@ import scipy.sparse as sp
 __all__ = [
     "BUNDLE_FORMAT",
     "MANIFEST",
+    "ALLOW_UNSIGNED_ENV",
     "SIGNING_KEY_ENV",
+    "SIGNING_KEY_FILE_ENV",
     "Bundle",
     "BundleError",
     "BundleRef",
     "arrays_to_csr",
     "bundle_versions",
     "csr_to_arrays",
+    "ensure_signing_key",
     "load_bundle",
     "verify_bundle",
     "write_bundle",
@@ -60,6 +70,8 @@ log = logging.getLogger(__name__)
 BUNDLE_FORMAT = 1
 MANIFEST = "manifest.json"
 SIGNING_KEY_ENV = "PMIS_BUNDLE_SIGNING_KEY"
+SIGNING_KEY_FILE_ENV = "PMIS_BUNDLE_SIGNING_KEY_FILE"
+ALLOW_UNSIGNED_ENV = "PMIS_ALLOW_UNSIGNED_BUNDLES"
 
 # Libraries whose versions are recorded in every manifest (distribution names).
 RECORDED_LIBRARIES: tuple[str, ...] = (
@@ -154,7 +166,30 @@ def _content_hash(manifest: Mapping[str, Any]) -> str:
 def _signing_key() -> bytes | None:
     # Read on every call (not cached) so a rotated key or a test's monkeypatch takes effect.
     key = os.environ.get(SIGNING_KEY_ENV, "")
+    if not key and os.environ.get(SIGNING_KEY_FILE_ENV):
+        try:
+            key = Path(os.environ[SIGNING_KEY_FILE_ENV]).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise BundleError(f"{SIGNING_KEY_FILE_ENV}: cannot read the signing key: {exc}") from exc
     return key.encode("utf-8") if key else None
+
+
+def _unsigned_allowed() -> bool:
+    return os.environ.get(ALLOW_UNSIGNED_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def ensure_signing_key(path: Path) -> Path:
+    """Create a random signing key at `path` (readable by its owner only) unless one exists;
+    point this process (and the processes it starts) at it unless a key is configured already."""
+    path = Path(path)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32) + "\n")
+    if not os.environ.get(SIGNING_KEY_ENV) and not os.environ.get(SIGNING_KEY_FILE_ENV):
+        os.environ[SIGNING_KEY_FILE_ENV] = str(path.resolve())
+    return path
 
 
 def _sign(manifest: Mapping[str, Any], key: bytes) -> str:
@@ -484,13 +519,24 @@ def _read_manifest(path: Path) -> dict[str, Any]:
 
 
 def _check_signature(path: Path, manifest: Mapping[str, Any]) -> None:
+    mpath = path / MANIFEST
     key = _signing_key()
     if key is None:
-        return  # signing not configured in this process: hashes still protect against rot
-    mpath = path / MANIFEST
+        if _unsigned_allowed():
+            return  # development only: hashes still protect against rot, not against tampering
+        raise BundleError(
+            f"{mpath}: no bundle signing key configured ({SIGNING_KEY_ENV} or {SIGNING_KEY_FILE_ENV}; "
+            f"`pmis` creates $PMIS_HOME/signing-key); refusing to load. Set {ALLOW_UNSIGNED_ENV}=1 to "
+            "accept unsigned bundles (development only)"
+        )
     signature = manifest.get("signature")
     if not isinstance(signature, str) or not signature:
-        raise BundleError(f"{mpath}: not signed, but {SIGNING_KEY_ENV} is set; refusing it")
+        if _unsigned_allowed():
+            return
+        raise BundleError(
+            f"{mpath}: not signed; refusing it (a signing key is configured). Retrain to sign it, or set "
+            f"{ALLOW_UNSIGNED_ENV}=1 to accept unsigned bundles (development only)"
+        )
     if not hmac.compare_digest(signature, _sign(manifest, key)):
         raise BundleError(
             f"{mpath}: signature mismatch (manifest tampered or signed with another key)"
@@ -580,19 +626,10 @@ def _load_object(fpath: Path, expected_sha256: str) -> Any:
     return joblib.load(io.BytesIO(data))
 
 
-def load_bundle(path: Path, *, verify: bool = True, mmap: bool = True) -> Bundle:
-    """Verify (unless ``verify=False``) and load a bundle folder.
-
-    Arrays are memory-mapped read-only when ``mmap`` is true. ``verify=False`` skips the
-    hash scan (for trusted, already-verified folders) but still never loads a file that is
-    not listed in the manifest.
-    """
+def load_bundle(path: Path, *, mmap: bool = True) -> Bundle:
+    """Verify and load a bundle folder; arrays are memory-mapped read-only when ``mmap`` is true."""
     path = Path(path).resolve()
-    if verify:
-        manifest, ref = _verify(path)
-    else:
-        manifest = _read_manifest(path)
-        ref = _ref_from_manifest(path, manifest)
+    manifest, ref = _verify(path)
     bundle = Bundle(ref=ref, manifest=manifest)
     for filename, entry in manifest["files"].items():
         fpath = path / filename

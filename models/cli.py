@@ -25,6 +25,10 @@ def _paths(args) -> None:
         args.bundles = Path(os.environ.get("PMIS_BUNDLES", home / "bundles"))
     if getattr(args, "runs", None) is None:
         args.runs = home / "runs"
+    if hasattr(args, "bundles"):  # every command that writes or loads bundles signs and verifies them
+        from models.bundle import ensure_signing_key
+
+        ensure_signing_key(home / "signing-key")
 
 
 def cmd_generate(args, seed: int | None = None) -> int:

@@ -228,19 +228,26 @@ def ensure_ready(home: Path, data: Path, bundles: Path, runs: Path) -> None:
     if have != set(COMPONENT_MODULES):
         print("no champion bundles: training (about two minutes)", flush=True)
         pmis(["train", "--data", str(data), "--bundles", str(bundles), "--runs", str(runs), "--quiet"])
-    elif not _current_schema(Registry(registry).resolve("ranker", "champion")["path"]):
-        print("the champion ranker was trained on an older feature schema: retraining (about two minutes)",
-              flush=True)
+    elif (problem := _champion_problem(Registry(registry))) is not None:
+        print(f"the champion bundles cannot be served ({problem}): retraining (about a minute)", flush=True)
         pmis(["train", "--data", str(data), "--bundles", str(bundles), "--runs", str(runs), "--quiet"])
 
 
-def _current_schema(ranker_bundle) -> bool:
-    """Whether a ranker bundle was trained on this code's features (bundles written before a
-    feature change cannot be served)."""
-    from models.bundle import load_bundle
+def _champion_problem(registry) -> str | None:
+    """Why the champions could not be served (unsigned or tampered, or a ranker trained on an
+    older feature schema), or None."""
+    from models.bundle import BundleError, load_bundle, verify_bundle
     from models.ranker import FEATURES
 
-    return load_bundle(ranker_bundle).documents["model"]["features"] == FEATURES
+    try:
+        for component in COMPONENT_MODULES:
+            verify_bundle(registry.resolve(component, "champion")["path"])
+        ranker = load_bundle(registry.resolve("ranker", "champion")["path"])
+    except BundleError as e:
+        return str(e)
+    if ranker.documents["model"]["features"] != FEATURES:
+        return "the ranker was trained on an older feature schema"
+    return None
 
 
 def up(home: Path, data: Path, bundles: Path, runs: Path, ports: Ports, demo: bool = True, exit_after: bool = False) -> int:

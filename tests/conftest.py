@@ -21,6 +21,19 @@ from protos.generate import generate
 
 generate()
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+# Bundles are signed and verified, as in production: every bundle the suite trains is signed with
+# this key, and the servers the tests start inherit it.
+os.environ.setdefault("PMIS_BUNDLE_SIGNING_KEY", "pmis-test-suite-signing-key")
+
+
+@pytest.fixture()
+def unsigned_bundles(monkeypatch):
+    """No signing key, unsigned bundles accepted: for tests about the rest of the bundle format."""
+    from models.bundle import ALLOW_UNSIGNED_ENV, SIGNING_KEY_ENV, SIGNING_KEY_FILE_ENV
+
+    monkeypatch.delenv(SIGNING_KEY_ENV, raising=False)
+    monkeypatch.delenv(SIGNING_KEY_FILE_ENV, raising=False)
+    monkeypatch.setenv(ALLOW_UNSIGNED_ENV, "1")
 
 
 @dataclass

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 import threading
 from pathlib import Path
@@ -16,11 +17,14 @@ from sklearn.linear_model import LogisticRegression
 
 import models.bundle as bundle_mod
 from models.bundle import (
+    ALLOW_UNSIGNED_ENV,
     SIGNING_KEY_ENV,
+    SIGNING_KEY_FILE_ENV,
     BundleError,
     arrays_to_csr,
     bundle_versions,
     csr_to_arrays,
+    ensure_signing_key,
     load_bundle,
     verify_bundle,
     write_bundle,
@@ -28,9 +32,8 @@ from models.bundle import (
 
 
 @pytest.fixture(autouse=True)
-def _no_signing_key(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Tests opt in to signing explicitly; a key in the developer's shell must not leak in.
-    monkeypatch.delenv(SIGNING_KEY_ENV, raising=False)
+def _no_signing_key(unsigned_bundles):
+    """Tests opt in to signing explicitly; a key in the environment must not leak in."""
 
 
 def _flip_last_byte(path: Path) -> None:
@@ -294,9 +297,13 @@ def test_manifest_pointing_outside_the_folder_is_refused(tmp_path: Path) -> None
 def test_signing(tmp_path: Path, monkeypatch) -> None:
     meta = {"metrics": {"auc": 0.7}}
     unsigned = write_bundle(tmp_path, "ranker", documents={"d": 1}, metadata=meta)
+    monkeypatch.delenv(ALLOW_UNSIGNED_ENV)  # the default: nothing unsigned loads
 
+    with pytest.raises(BundleError, match=r"manifest\.json: no bundle signing key configured.*"
+                                          r"PMIS_ALLOW_UNSIGNED_BUNDLES=1"):
+        load_bundle(unsigned.path)
     monkeypatch.setenv(SIGNING_KEY_ENV, "s3cret")
-    with pytest.raises(BundleError, match=r"manifest\.json: not signed"):
+    with pytest.raises(BundleError, match=r"manifest\.json: not signed; refusing it"):
         load_bundle(unsigned.path)
 
     signed = write_bundle(tmp_path, "ranker", documents={"d": 1}, metadata=meta)
@@ -316,6 +323,35 @@ def test_signing(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv(SIGNING_KEY_ENV, "another-key")
     with pytest.raises(BundleError, match="signature mismatch"):
         verify_bundle(other.path)
+
+
+def test_key_file_is_created_private_and_used(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv(ALLOW_UNSIGNED_ENV)
+    key = ensure_signing_key(tmp_path / "home" / "signing-key")
+    assert key.stat().st_mode & 0o777 == 0o600 and len(key.read_text().strip()) == 64
+    assert os.environ[SIGNING_KEY_FILE_ENV] == str(key.resolve())
+    assert ensure_signing_key(key).read_text() == key.read_text()  # never replaced
+    signed = write_bundle(tmp_path, "ranker", documents={"d": 1})
+    assert load_bundle(signed.path).manifest["signature"]
+    key.write_text("rotated-to-another-key\n")
+    with pytest.raises(BundleError, match="signature mismatch"):
+        load_bundle(signed.path)
+
+
+def test_rewritten_hash_is_refused_when_signed(tmp_path: Path, monkeypatch) -> None:
+    """The attack of an unsigned deployment: change a payload, rewrite its hash in the manifest."""
+    monkeypatch.delenv(ALLOW_UNSIGNED_ENV)
+    monkeypatch.setenv(SIGNING_KEY_ENV, "k")
+    ref = write_bundle(tmp_path, "ranker", documents={"d": 1})
+    doc = ref.path / "d.json"
+    doc.write_text(json.dumps(2))
+    mpath = ref.path / "manifest.json"
+    manifest = json.loads(mpath.read_text())
+    manifest["files"]["d.json"]["sha256"] = hashlib.sha256(doc.read_bytes()).hexdigest()
+    manifest["files"]["d.json"]["bytes"] = doc.stat().st_size
+    mpath.write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="signature mismatch"):
+        load_bundle(ref.path)
 
 
 def test_signature_does_not_change_content_hash(tmp_path: Path, monkeypatch) -> None:

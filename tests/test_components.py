@@ -9,7 +9,7 @@ from implicit.als import AlternatingLeastSquares
 from sklearn.metrics import ndcg_score, roc_auc_score
 from threadpoolctl import threadpool_limits
 
-from models.bundle import SIGNING_KEY_ENV, BundleError, load_bundle
+from models.bundle import BundleError, load_bundle
 from models.collaborative import EVENT_WEIGHTS, CollaborativeModel, interaction_matrix
 from models.content import ContentModel, internship_text, profile_text
 from models.features import PAIR_FEATURES
@@ -20,8 +20,8 @@ from models.success import SuccessModel, search
 
 
 @pytest.fixture(autouse=True)
-def _no_signing_key(monkeypatch):
-    monkeypatch.delenv(SIGNING_KEY_ENV, raising=False)
+def _no_signing_key(unsigned_bundles):
+    """Tests opt in to signing explicitly; a key in the environment must not leak in."""
 
 
 @pytest.fixture(autouse=True)

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from models.bundle import SIGNING_KEY_ENV, BundleRef, write_bundle
+from models.bundle import BundleRef, write_bundle
 from models.registry import Registry, RegistryError
 
 
 @pytest.fixture(autouse=True)
-def _no_signing_key(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(SIGNING_KEY_ENV, raising=False)
+def _no_signing_key(unsigned_bundles):
+    """Tests opt in to signing explicitly; a key in the environment must not leak in."""
 
 
 @pytest.fixture

@@ -8,6 +8,9 @@ Errors are checked down to the google.rpc BadRequest field names a client would 
 
 from __future__ import annotations
 
+import hashlib
+import json
+import shutil
 import sqlite3
 from concurrent import futures
 from contextlib import closing
@@ -583,7 +586,7 @@ def test_model_info_matches_registry(loaded, registry, component):
 
 
 @pytest.mark.parametrize("component", list(COMPONENTS))
-def test_reload(loaded, registry, small_system, component):
+def test_reload(loaded, registry, small_system, component, tmp_path):
     h = loaded[component]
     before = h.ok("ModelInfo", common_pb2.ModelInfoRequest())
     resp = h.ok("Reload", common_pb2.ReloadRequest(version=1))
@@ -602,6 +605,20 @@ def test_reload(loaded, registry, small_system, component):
     for bad in (common_pb2.ReloadRequest(version=9999), common_pb2.ReloadRequest(alias="no-such-alias"),
                 common_pb2.ReloadRequest(path=str(small_system.root / "no-such-bundle"))):
         fails(h, "Reload", bad, grpc.StatusCode.FAILED_PRECONDITION)
+    assert h.ok("ModelInfo", common_pb2.ModelInfoRequest()).content_hash == row["content_hash"]
+
+    # a copy whose payload was changed and whose manifest hash was rewritten to match: the
+    # signature no longer checks, the copy is refused naming why, the old model keeps serving
+    tampered = tmp_path / "tampered"
+    shutil.copytree(row["path"], tampered)
+    victim = next(f for f in sorted(tampered.iterdir()) if f.name != "manifest.json")
+    victim.write_bytes(victim.read_bytes() + b"\0")
+    manifest = json.loads((tampered / "manifest.json").read_text())
+    manifest["files"][victim.name].update(sha256=hashlib.sha256(victim.read_bytes()).hexdigest(),
+                                          bytes=victim.stat().st_size)
+    (tampered / "manifest.json").write_text(json.dumps(manifest))
+    details, _ = fails(h, "Reload", common_pb2.ReloadRequest(path=str(tampered)), grpc.StatusCode.FAILED_PRECONDITION)
+    assert "bundle refused" in details and "signature mismatch" in details
     assert h.ok("ModelInfo", common_pb2.ModelInfoRequest()).content_hash == row["content_hash"]
 
     # another component's bundle is refused
