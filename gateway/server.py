@@ -32,11 +32,12 @@ from models.pipeline import COLLABORATIVE, CONTENT, POPULARITY, SCORE_COLUMNS, S
 from models import shortlist as shortlists
 from pmis.v1 import (collaborative_pb2_grpc, common_pb2, content_pb2_grpc, gateway_pb2, gateway_pb2_grpc, ranker_pb2,
                      ranker_pb2_grpc, success_pb2, success_pb2_grpc)
-from services.common import admission, listening, telemetry
+from services.common import admission, guard, listening, telemetry, tls
 from services.common.auth import check_admin
 from services.common.errors import RpcError, not_found, unavailable
 from services.common.profiles import EVENT_NAMES, EVENT_TYPES, profile_message
 from services.common.server import add_listen_args, env
+from services.common.tls import ClientTLS, ServerTLS
 from services.common.validation import Violations
 
 log = logging.getLogger("pmis.gateway")
@@ -71,6 +72,8 @@ class GatewayConfig:
     max_in_flight: int = admission.GATEWAY_MAX_IN_FLIGHT      # more: RESOURCE_EXHAUSTED at once; 0 = unlimited
     min_deadline_ms: int = admission.GATEWAY_MIN_DEADLINE_MS  # less time left: refused before any work
     ports_file: Path | None = None          # listening.write_ports: where the bound ports are reported
+    tls: ServerTLS = field(default_factory=ServerTLS)         # plaintext unless configured
+    client_tls: ClientTLS = field(default_factory=ClientTLS)  # how the components are dialled
 
 
 def _channel_options(component: str) -> list:
@@ -94,11 +97,19 @@ class Fanout:
 
     def __init__(self, cfg: GatewayConfig):
         self.cfg = cfg
-        self.channels = {c: grpc.aio.insecure_channel(cfg.targets[c], options=_channel_options(c)) for c in COMPONENTS}
+        self.channels = {c: self._channel(cfg, c) for c in COMPONENTS}
         self.content = content_pb2_grpc.ContentServiceStub(self.channels["content"])
         self.collaborative = collaborative_pb2_grpc.CollaborativeServiceStub(self.channels["collaborative"])
         self.success = success_pb2_grpc.SuccessServiceStub(self.channels["success"])
         self.ranker = ranker_pb2_grpc.RankerServiceStub(self.channels["ranker"])
+
+    @staticmethod
+    def _channel(cfg: GatewayConfig, component: str) -> grpc.aio.Channel:
+        options = _channel_options(component)
+        if cfg.client_tls.enabled:
+            return grpc.aio.secure_channel(cfg.targets[component], cfg.client_tls.credentials(),
+                                           options=options + cfg.client_tls.options())
+        return grpc.aio.insecure_channel(cfg.targets[component], options=options)
 
     async def call(self, component: str, method, request, deadline: float):
         """(response, None) or (None, reason). Never raises for a component's failure."""
@@ -124,22 +135,6 @@ class Student:
     interactions: list          # common_pb2.Interaction, oldest first
     seen: list                  # every internship the student has interacted with: not recommended again
     cold_start: bool
-
-
-def aio_rpc(method):
-    async def wrapper(self, request, context):
-        try:
-            return await method(self, request, context)
-        except RpcError as e:
-            status = e.to_status()
-            await context.abort(status.code, status.details, status.trailing_metadata)
-        except grpc.aio.AbortError:
-            raise
-        except Exception:  # a bug of ours: logged here, never a stack trace to the client
-            log.exception("unhandled error", extra={"fields": {"method": method.__name__}})
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error")
-    wrapper.__name__ = method.__name__
-    return wrapper
 
 
 class Gateway(gateway_pb2_grpc.RecommendationGatewayServicer):
@@ -217,7 +212,6 @@ class Gateway(gateway_pb2_grpc.RecommendationGatewayServicer):
         return models, len(data_versions) > 1
 
     # ------------------------------------------------------------------ Recommend
-    @aio_rpc
     async def Recommend(self, request, context):
         return await self.recommend(request, self.deadline(context), context)
 
@@ -277,7 +271,6 @@ class Gateway(gateway_pb2_grpc.RecommendationGatewayServicer):
                 yield gateway_pb2.RecommendResponse(student_id=request.student_id, error=f"{e.code.name}: {e.message}")
 
     # ------------------------------------------------------------------ other RPCs
-    @aio_rpc
     async def PredictSuccess(self, request, context):
         v = Violations()
         v.check_ids("internship_ids", request.internship_ids, 1, 1000)
@@ -289,7 +282,6 @@ class Gateway(gateway_pb2_grpc.RecommendationGatewayServicer):
         return gateway_pb2.PredictSuccessResponse(predictions=resp.predictions, base_rate=resp.base_rate,
                                                   model=resp.model)
 
-    @aio_rpc
     async def Explain(self, request, context):
         v = Violations()
         v.check_id("internship_id", request.internship_id)
@@ -350,7 +342,6 @@ class Gateway(gateway_pb2_grpc.RecommendationGatewayServicer):
                                                                     ("success", s), ("ranker", r)) if x is not None})
         return gateway_pb2.ExplainResponse(item=item, models=models, degraded=degraded)
 
-    @aio_rpc
     async def RecordInteraction(self, request, context):
         v = Violations()
         v.check_id("student_id", request.student_id)
@@ -370,7 +361,6 @@ class Gateway(gateway_pb2_grpc.RecommendationGatewayServicer):
         return gateway_pb2.RecordInteractionResponse(recorded=True, interactions_for_student=count)
 
 
-    @aio_rpc
     async def Shortlist(self, request, context):
         v = Violations()
         v.check_id("internship_id", request.internship_id)
@@ -420,27 +410,6 @@ class Gateway(gateway_pb2_grpc.RecommendationGatewayServicer):
         return response
 
 
-class AioMetricsInterceptor(grpc.aio.ServerInterceptor):
-    async def intercept_service(self, continuation, handler_call_details):
-        handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
-            return handler
-        method = handler_call_details.method.rsplit("/", 1)[-1]
-        inner = handler.unary_unary
-
-        async def timed(request, context):
-            start = time.perf_counter()
-            try:
-                return await inner(request, context)
-            finally:
-                code = context.code()
-                telemetry.observe("gateway", method, "OK" if code is None else getattr(code, "name", str(code)),
-                                  time.perf_counter() - start)
-
-        return grpc.unary_unary_rpc_method_handler(timed, request_deserializer=handler.request_deserializer,
-                                                   response_serializer=handler.response_serializer)
-
-
 def parse_config(argv=None) -> GatewayConfig:
     d = GatewayConfig()
     p = argparse.ArgumentParser(prog="pmis-gateway", description="PMIS recommendation gateway")
@@ -477,13 +446,15 @@ def parse_config(argv=None) -> GatewayConfig:
     p.add_argument("--min-deadline-ms", type=int, default=int(env("MIN_DEADLINE_MS", d.min_deadline_ms)),
                    help="refuse (DEADLINE_EXCEEDED), before any work, a request with less time than this left "
                         "(env PMIS_MIN_DEADLINE_MS)")
+    tls.add_client_args(p)
     a = p.parse_args(argv)
     return GatewayConfig(a.host, a.port, a.metrics_port, a.catalog,
                          {c: getattr(a, f"{c}_target") for c in COMPONENTS},
                          {c: getattr(a, f"{c}_budget_ms") for c in COMPONENTS}, a.default_deadline_ms, a.candidates,
                          json.loads(a.blend_weights), a.as_of, a.grace, fairness.FairnessConfig.from_json(a.fairness),
                          json.loads(a.shortlist_groups), a.catalog_refresh_seconds, a.max_connection_age_ms,
-                         a.fairness_strength, a.max_in_flight, a.min_deadline_ms, a.ports_file)
+                         a.fairness_strength, a.max_in_flight, a.min_deadline_ms, a.ports_file,
+                         tls.server_tls(a, p), tls.client_tls(a, p))
 
 
 async def serve(cfg: GatewayConfig, ready: asyncio.Event | None = None) -> None:
@@ -492,7 +463,8 @@ async def serve(cfg: GatewayConfig, ready: asyncio.Event | None = None) -> None:
     # A client's long-lived channel would otherwise stay on one gateway pod forever: a maximum
     # connection age makes it reconnect, and land on any pod, at least this often.
     limiter = admission.Limiter("gateway", cfg.max_in_flight, cfg.min_deadline_ms)
-    server = grpc.aio.server(interceptors=[AioMetricsInterceptor(), admission.AioAdmissionInterceptor(limiter)],
+    server = grpc.aio.server(interceptors=[guard.AioServerGuard("gateway", cfg.tls.allowed_callers),
+                                           admission.AioAdmissionInterceptor(limiter)],
                              options=[
         ("grpc.so_reuseport", 0), ("grpc.max_connection_age_ms", cfg.max_connection_age_ms),
         ("grpc.max_connection_age_grace_ms", int(cfg.grace * 1000) + 1000)])
@@ -500,7 +472,7 @@ async def serve(cfg: GatewayConfig, ready: asyncio.Event | None = None) -> None:
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection((SERVICE, "grpc.health.v1.Health", reflection.SERVICE_NAME), server)
-    port = server.add_insecure_port(f"{cfg.host}:{cfg.port}")
+    port = tls.add_port(server, f"{cfg.host}:{cfg.port}", cfg.tls, "gateway")
     await server.start()
     metrics_port = telemetry.start_metrics_server(cfg.metrics_port, cfg.host) if cfg.metrics_port else 0
     # The gateway itself is ready once its catalog is loaded: missing components degrade answers.

@@ -259,7 +259,7 @@ class AdmissionInterceptor(grpc.ServerInterceptor):
 class AioAdmissionInterceptor(grpc.aio.ServerInterceptor):
     """Load shedding for a `grpc.aio.server` (the gateway).
 
-    Place it AFTER the metrics interceptor (`interceptors=[AioMetricsInterceptor(),
+    Place it AFTER the guard (`interceptors=[guard.AioServerGuard("gateway"),
     AioAdmissionInterceptor(limiter)]`) so refusals are timed and counted with their status code
     there; or set `record_requests=True` if it must come first. Only coroutine unary handlers
     are limited (the gateway has no other kind); sync handlers and streams pass through.

@@ -10,6 +10,8 @@ timed by method and status code.
   anyone to fill a disk. Here the deserializer never raises: it returns `Undecodable`, and the
   method's handler is never called with it.
 - Servicers raise `RpcError` (services/common/errors.py) and never catch-and-abort themselves.
+- With `allowed_callers` (services/common/tls.py), a call whose client certificate names none of
+  them is PERMISSION_DENIED before the method runs; health and reflection stay open.
 
 `ServerGuard` is for the sync `grpc.server` of the components and the trainer; list it after
 admission control (which must be first, see admission.py). `AioServerGuard` is the gateway's.
@@ -25,7 +27,9 @@ from typing import Callable
 import grpc
 
 from services.common import telemetry
+from services.common.admission import is_exempt
 from services.common.errors import RpcError
+from services.common.tls import caller_identities
 
 log = logging.getLogger("pmis.guard")
 
@@ -100,11 +104,22 @@ def _rewrap(handler, kind: str, behavior):
                             response_serializer=handler.response_serializer)
 
 
-class ServerGuard(grpc.ServerInterceptor):
-    """Sync servers: safe decoding, errors to status codes, every method counted."""
+def _refusal_of_caller(allowed: frozenset, method: str, context) -> str | None:
+    """Why this caller may not call `method`, or None."""
+    if not allowed or is_exempt(method):
+        return None
+    names = caller_identities(context)
+    if names & allowed:
+        return None
+    who = ", ".join(sorted(names)) if names else "a client without a certificate"
+    return f"{who} may not call {method}"
 
-    def __init__(self, component: str):
-        self.component = component
+
+class ServerGuard(grpc.ServerInterceptor):
+    """Sync servers: safe decoding, errors to status codes, caller identities, every method counted."""
+
+    def __init__(self, component: str, allowed_callers: frozenset = frozenset()):
+        self.component, self.allowed_callers = component, frozenset(allowed_callers)
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
@@ -118,6 +133,10 @@ class ServerGuard(grpc.ServerInterceptor):
         def refuse_undecodable(context):
             warn_undecodable(self.component, method, "undecodable request")
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, bad)
+
+        def check_caller(context):
+            if (refusal := _refusal_of_caller(self.allowed_callers, method, context)) is not None:
+                context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal)
 
         def requests(iterator, context):
             for request in iterator:
@@ -147,14 +166,17 @@ class ServerGuard(grpc.ServerInterceptor):
 
         if kind == "unary_unary":
             def body(request, context):
+                check_caller(context)
                 if request is UNDECODABLE:
                     refuse_undecodable(context)
                 return run(lambda: inner(request, context), context)
         elif kind == "stream_unary":
             def body(iterator, context):
+                check_caller(context)
                 return run(lambda: inner(requests(iterator, context), context), context)
         else:  # streaming answers: the body is a generator; count the call when it ends
             def body(request_or_iterator, context):
+                check_caller(context)
                 if kind == "unary_stream" and request_or_iterator is UNDECODABLE:
                     refuse_undecodable(context)
                 source = (requests(request_or_iterator, context) if kind == "stream_stream"
@@ -182,8 +204,8 @@ _END = object()
 class AioServerGuard(grpc.aio.ServerInterceptor):
     """asyncio servers (the gateway): the same contract as ServerGuard."""
 
-    def __init__(self, component: str):
-        self.component = component
+    def __init__(self, component: str, allowed_callers: frozenset = frozenset()):
+        self.component, self.allowed_callers = component, frozenset(allowed_callers)
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
@@ -197,6 +219,10 @@ class AioServerGuard(grpc.aio.ServerInterceptor):
         async def refuse_undecodable(context):
             warn_undecodable(component, method, "undecodable request")
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, bad)
+
+        async def check_caller(context):
+            if (refusal := _refusal_of_caller(self.allowed_callers, method, context)) is not None:
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal)
 
         async def requests(iterator, context):
             async for request in iterator:
@@ -218,6 +244,7 @@ class AioServerGuard(grpc.aio.ServerInterceptor):
             async def behavior(request_or_iterator, context):
                 start = time.perf_counter()
                 try:
+                    await check_caller(context)
                     if kind == "unary_unary" and request_or_iterator is UNDECODABLE:
                         await refuse_undecodable(context)
                     source = (requests(request_or_iterator, context) if kind == "stream_unary"
@@ -235,6 +262,7 @@ class AioServerGuard(grpc.aio.ServerInterceptor):
         async def streaming(request_or_iterator, context):
             start = time.perf_counter()
             try:
+                await check_caller(context)
                 if kind == "unary_stream" and request_or_iterator is UNDECODABLE:
                     await refuse_undecodable(context)
                 source = (requests(request_or_iterator, context) if kind == "stream_stream"

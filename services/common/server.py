@@ -31,9 +31,10 @@ from grpc_reflection.v1alpha import reflection
 from models.bundle import Bundle, BundleError, load_bundle
 from models.registry import Registry, RegistryError
 from pmis.v1 import common_pb2
-from services.common import admission, guard, listening, telemetry
+from services.common import admission, guard, listening, telemetry, tls
 from services.common.auth import admin_only
 from services.common.errors import RpcError, failed_precondition, invalid_argument, unavailable
+from services.common.tls import ServerTLS
 
 log = logging.getLogger("pmis.server")
 
@@ -63,6 +64,7 @@ class ServerConfig:
     max_in_flight: int | None = None
     min_deadline_ms: int = admission.COMPONENT_MIN_DEADLINE_MS  # less time left: refused unstarted; 0 = off
     ports_file: Path | None = None  # listening.write_ports: where the bound ports are reported
+    tls: ServerTLS = ServerTLS()  # plaintext unless a certificate is configured
 
 
 def parse_config(component: str, default_port: int, default_metrics_port: int, argv=None) -> ServerConfig:
@@ -101,7 +103,8 @@ def parse_config(component: str, default_port: int, default_metrics_port: int, a
         p.error("--min-deadline-ms must be >= 0 (0 = off)")
     return ServerConfig(component, a.host, a.port, a.metrics_port, a.bundles, a.alias,
                         None if a.version is None else int(a.version), a.bundle_path, a.grace, a.drain, a.workers,
-                        a.max_connection_age_ms, a.watch, max_in_flight, a.min_deadline_ms, a.ports_file)
+                        a.max_connection_age_ms, a.watch, max_in_flight, a.min_deadline_ms, a.ports_file,
+                        tls.server_tls(a, p))
 
 
 def add_listen_args(p: argparse.ArgumentParser, default_port: int, default_metrics_port: int) -> None:
@@ -114,6 +117,7 @@ def add_listen_args(p: argparse.ArgumentParser, default_port: int, default_metri
                    help="Prometheus port, 0 = off, auto = any free one (env PMIS_METRICS_PORT)")
     p.add_argument("--ports-file", type=Path, default=env("PORTS_FILE"),
                    help='once listening, write {"grpc": PORT, "metrics": PORT} here (env PMIS_PORTS_FILE)')
+    tls.add_server_args(p)
 
 
 @dataclass
@@ -259,7 +263,8 @@ class ComponentServer:
             pool,
             # Admission FIRST: it must see every call before anything wraps the handler (see
             # admission.AdmissionInterceptor); refusals never reach the pool or the servicer.
-            interceptors=[admission.AdmissionInterceptor(self.limiter, pool), guard.ServerGuard(cfg.component)],
+            interceptors=[admission.AdmissionInterceptor(self.limiter, pool),
+                          guard.ServerGuard(cfg.component, cfg.tls.allowed_callers)],
             options=[("grpc.so_reuseport", 0),
                      ("grpc.max_connection_age_ms", cfg.max_connection_age_ms),
                      ("grpc.max_connection_age_grace_ms", int(cfg.grace * 1000) + 1000)])
@@ -268,8 +273,9 @@ class ComponentServer:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection((service_name, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        self.port = self.server.add_insecure_port(f"{cfg.host}:{cfg.port}")
+        self.port = tls.add_port(self.server, f"{cfg.host}:{cfg.port}", cfg.tls, cfg.component)
         self.stopped = threading.Event()
+        self.ready = threading.Event()  # the bundle is loaded: health says SERVING
         self.load_error: Exception | None = None
 
     def _set_health(self, status) -> None:
@@ -295,6 +301,7 @@ class ComponentServer:
             self.stop()
             return
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        self.ready.set()
         slot = self.servicer.slot
         if slot.watching:
             threading.Thread(target=self._watch_registry, daemon=True, name="registry-watch").start()

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
-import grpc
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 REQUESTS = Counter("pmis_grpc_requests_total", "gRPC requests handled", ["component", "method", "code"])

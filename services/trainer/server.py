@@ -39,6 +39,7 @@ from models.jobs import (ACTIVE, COMPONENTS, STATUSES, TERMINAL, JobNotFound, Jo
 from models.registry import RegistryError, flatten_metrics
 from models.report import plots_for
 from pmis.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
+from services.common import tls
 from services.common.auth import admin_only, check_admin
 from services.common.errors import failed_precondition, invalid_argument, not_found, unavailable
 from services.common.server import ComponentServer, ServerConfig, add_listen_args, env
@@ -117,7 +118,7 @@ def parse_config(argv=None) -> TrainerConfig:
         p.error("--max-jobs must be at least 1")
     roots = [Path(r) for r in a.data_roots.split(os.pathsep) if r] or [Path(a.data).resolve().parent]
     server = ServerConfig("trainer", a.host, a.port, a.metrics_port, a.bundles, "", None, None, a.grace, a.drain,
-                          a.workers, a.max_connection_age_ms, ports_file=a.ports_file)
+                          a.workers, a.max_connection_age_ms, ports_file=a.ports_file, tls=tls.server_tls(a, p))
     return TrainerConfig(server, a.data, a.runs, roots, a.max_jobs, a.kill_after, a.poll, a.min_new_interactions,
                          a.min_new_outcomes, a.max_age_hours)
 

@@ -17,16 +17,19 @@ import grpc
 import pytest
 
 from gateway.catalog import SqliteCatalog
-from gateway.server import COMPONENTS, AioMetricsInterceptor, Gateway, GatewayConfig
+from gateway.server import COMPONENTS, Gateway, GatewayConfig
 from pmis.v1 import (collaborative_pb2_grpc, content_pb2_grpc, gateway_pb2, gateway_pb2_grpc, ranker_pb2_grpc,
                      success_pb2_grpc)
 from services.collaborative import server as collaborative_server
 from services.common.errors import field_violations
+from services.common import tls
+from services.common.guard import AioServerGuard
+from services.common.tls import ClientTLS, ServerTLS
 from services.common.server import ComponentServer, ServerConfig
 from services.content import server as content_server
 from services.ranker import server as ranker_server
 from services.success import server as success_server
-from tests.support.waiting import wait_serving
+from tests.support.waiting import wait_until
 
 SERVERS = {
     "content": (content_server, content_pb2_grpc.add_ContentServiceServicer_to_server),
@@ -37,24 +40,25 @@ SERVERS = {
 TIMEOUT = 30.0
 
 
-def component_config(component: str, bundles: Path) -> ServerConfig:
+def component_config(component: str, bundles: Path, server_tls: ServerTLS = ServerTLS()) -> ServerConfig:
     # port 0: the server binds a free port itself (ComponentServer.port), no bind-then-release race
     return ServerConfig(component=component, host="127.0.0.1", port=0, metrics_port=0, bundles=bundles,
                         alias="champion", version=None, path=None, grace=0.2, drain=0.0, workers=4,
-                        max_connection_age_ms=60_000)
+                        max_connection_age_ms=60_000, tls=server_tls)
 
 
 class Components:
     """The four component servers, in-process, each on its own free port."""
 
-    def __init__(self, bundles: Path):
+    def __init__(self, bundles: Path, server_tls: ServerTLS = ServerTLS()):
         self.servers: dict[str, ComponentServer] = {}
         try:
             for name, (module, add) in SERVERS.items():
-                cfg = component_config(name, bundles)
+                cfg = component_config(name, bundles, server_tls)
                 self.servers[name] = ComponentServer(cfg, module.SERVICE, module.make_servicer(cfg), add).start()
             for name, s in self.servers.items():
-                wait_serving(f"127.0.0.1:{s.port}", s.service_name, failed=lambda s=s: s.load_error)
+                wait_until(lambda s=s: s.load_error or s.ready.is_set(), 60, f"{name} SERVING")
+                assert s.load_error is None, s.load_error
         except BaseException:
             self.stop()  # no server left behind when one fails to start
             raise
@@ -71,7 +75,8 @@ class Components:
 class GatewayRunner:
     """Gateway on a grpc.aio server inside an event loop on a background thread."""
 
-    def __init__(self, targets: dict, catalog: Path, **config):
+    def __init__(self, targets: dict, catalog: Path, dial_tls: ClientTLS = ClientTLS(), **config):
+        """`config`: GatewayConfig fields; `dial_tls`: how the tests' own channel dials this gateway."""
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True, name="gateway-loop")
         self.thread.start()
@@ -84,7 +89,8 @@ class GatewayRunner:
         except BaseException:
             self._stop_loop()
             raise
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
+        self.channel = (grpc.secure_channel(f"127.0.0.1:{self.port}", dial_tls.credentials(), dial_tls.options())
+                        if dial_tls.enabled else grpc.insecure_channel(f"127.0.0.1:{self.port}"))
         self.stub = gateway_pb2_grpc.RecommendationGatewayStub(self.channel)
 
     def run(self, coro, timeout: float = 60.0):
@@ -92,9 +98,10 @@ class GatewayRunner:
 
     async def _start(self):
         gw = Gateway(self.cfg, SqliteCatalog(self.cfg.catalog))  # its aio channels bind to this loop
-        server = grpc.aio.server(interceptors=[AioMetricsInterceptor()], options=[("grpc.so_reuseport", 0)])
+        server = grpc.aio.server(interceptors=[AioServerGuard("gateway", self.cfg.tls.allowed_callers)],
+                                 options=[("grpc.so_reuseport", 0)])
         gateway_pb2_grpc.add_RecommendationGatewayServicer_to_server(gw, server)
-        port = server.add_insecure_port("127.0.0.1:0")
+        port = tls.add_port(server, "127.0.0.1:0", self.cfg.tls, "gateway")
         await server.start()
         return gw, server, port
 
