@@ -228,6 +228,9 @@ class ModelSlot:
         return current
 
 
+MAX_RELOAD_TARGET = 4096  # characters of an alias or a bundle path
+
+
 class ModelAdmin:
     """ModelInfo and Reload, identical on every component server.
 
@@ -246,6 +249,10 @@ class ModelAdmin:
             raise invalid_argument([("target", "set one of version, alias or path")])
         if which == "version" and request.version < 1:
             raise invalid_argument([("version", "must be >= 1")])
+        if which in ("alias", "path"):
+            value = getattr(request, which)
+            if not value or len(value) > MAX_RELOAD_TARGET or "\x00" in value:
+                raise invalid_argument([(which, f"must be 1..{MAX_RELOAD_TARGET} characters without NUL")])
         previous, current = self.slot.load(**{which: getattr(request, which)})
         return common_pb2.ReloadResponse(previous=previous.version_message() if previous else None,
                                          current=current.version_message())

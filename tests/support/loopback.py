@@ -141,12 +141,15 @@ class System:
 
 
 @contextmanager
-def running_system(small_system, **config):
+def running_system(small_system, catalog: Path | None = None, **config):
+    """The small system's components and a gateway over `catalog` (default: the system's own;
+    a test whose requests write to it passes a copy)."""
+    catalog = catalog or small_system.catalog
     components = Components(small_system.bundles)
     runner = None
     try:
-        runner = GatewayRunner(components.targets, small_system.catalog, **config)
-        yield System(components, runner, small_system.catalog)
+        runner = GatewayRunner(components.targets, catalog, **config)
+        yield System(components, runner, catalog)
     finally:
         if runner is not None:
             runner.close()
