@@ -45,6 +45,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
 from pmis.v1 import gateway_pb2, gateway_pb2_grpc
+from services.common.tls import ClientTLS
 
 SERVERS = ["gateway", "content", "collaborative", "success", "ranker"]
 CPU_METRIC = "process_cpu_seconds_total"
@@ -354,6 +355,13 @@ class BenchConfig:
     metrics_ports: dict = field(default_factory=lambda: {n: 9100 + i for i, n in enumerate(SERVERS)})
     echo: bool = True
     seed: int = 0
+    tls: ClientTLS = field(default_factory=ClientTLS)  # how the gateway is dialled
+
+
+def gateway_channel(target: str, tls: ClientTLS) -> grpc.aio.Channel:
+    if tls.enabled:
+        return grpc.aio.secure_channel(target, tls.credentials(), options=tls.options())
+    return grpc.aio.insecure_channel(target)
 
 
 async def warm_up(send: Send, request) -> None:
@@ -362,7 +370,7 @@ async def warm_up(send: Send, request) -> None:
 
 async def closed_level(target: str, requests: list, c: int, cfg: BenchConfig, meter: Meter) -> dict:
     rng = random.Random(cfg.seed)
-    async with grpc.aio.insecure_channel(target) as channel:
+    async with gateway_channel(target, cfg.tls) as channel:
         send = recommend_sender(gateway_pb2_grpc.RecommendationGatewayStub(channel), cfg.deadline)
         await warm_up(send, requests[0])
         meter.start()
@@ -374,7 +382,7 @@ async def closed_level(target: str, requests: list, c: int, cfg: BenchConfig, me
 
 async def open_level(cfg: BenchConfig, requests: list, rate: float, meter: Meter) -> dict:
     rng = random.Random(cfg.seed)
-    async with grpc.aio.insecure_channel(cfg.target) as channel:
+    async with gateway_channel(cfg.target, cfg.tls) as channel:
         send = recommend_sender(gateway_pb2_grpc.RecommendationGatewayStub(channel), cfg.deadline)
         await warm_up(send, requests[0])
         meter.start()
@@ -397,9 +405,10 @@ def summarize_shortlist(latencies: list[float], codes: Counter, responses: list)
             "degraded": sum(bool(r.degraded) for r in responses)}
 
 
-async def shortlist_run(target: str, internships: list[str], deadline: float) -> dict:
+async def shortlist_run(target: str, internships: list[str], deadline: float,
+                        tls: ClientTLS = ClientTLS()) -> dict:
     latencies, codes, responses = [], Counter(), []
-    async with grpc.aio.insecure_channel(target) as channel:
+    async with gateway_channel(target, tls) as channel:
         stub = gateway_pb2_grpc.RecommendationGatewayStub(channel)
         for iid in internships:
             started = time.perf_counter()
@@ -440,7 +449,7 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
     if cfg.shortlist:
         log(f"shortlist, {cfg.shortlist} calls ...", flush=True)
         result["shortlist"] = asyncio.run(shortlist_run(cfg.target, shortlist_internships(cfg.catalog, cfg.shortlist),
-                                                        cfg.deadline))
+                                                        cfg.deadline, cfg.tls))
     return result
 
 
@@ -452,6 +461,7 @@ def ratios(gw: dict, echo: dict) -> dict:
 def config_json(cfg: BenchConfig) -> dict:
     d = dict(vars(cfg))
     d["catalog"] = str(cfg.catalog)
+    d["tls"] = "TLS" if cfg.tls.enabled else "plaintext"
     d["echo_processes"] = "one subprocess: echo gateway and its backend on one event loop"
     return d
 
@@ -585,12 +595,17 @@ def main_bench(args) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    cfg = BenchConfig(target=args.target, catalog=Path(args.catalog or Path(args.data) / "catalog.db"),
+    catalog = Path(args.catalog or Path(args.data) / "catalog.db")
+    if not catalog.is_file():  # sqlite3 would create an empty one and fail on its missing tables
+        print(f"error: no catalog at {catalog} (pmis generate writes one; or pass --catalog)", file=sys.stderr)
+        return 2
+    cfg = BenchConfig(target=args.target, catalog=catalog,
                       concurrency=args.concurrency, duration=args.duration, rates=args.rate or [],
                       open_duration=args.open_duration, deadline=args.deadline_ms / 1000, k=args.k,
                       explain=not args.no_explain, profile_only=args.profile_only, shortlist=args.shortlist,
                       metrics_host=args.metrics_host or args.target.rsplit(":", 1)[0], metrics_ports=ports,
-                      echo=not args.no_echo, seed=args.seed)
+                      echo=not args.no_echo, seed=args.seed,
+                      tls=ClientTLS(args.tls_ca, args.tls_client_cert, args.tls_client_key, args.tls_server_name))
     result = run_bench(cfg, log=lambda *a, **k: print(*a, file=sys.stderr, **k))
     print(report(result))
     if args.json:

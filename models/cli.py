@@ -34,10 +34,14 @@ def _paths(args) -> None:
 def cmd_generate(args, seed: int | None = None) -> int:
     from models.data.generate import generate
 
-    summary = generate(Path(args.data), students=args.students, internships=args.internships,
-                       companies=args.companies, interactions_per_student=args.interactions_per_student,
-                       selection_rate=args.selection_rate, seed=args.seed if seed is None else seed, fmt=args.format,
-                       progress=not args.quiet)
+    try:
+        summary = generate(Path(args.data), students=args.students, internships=args.internships,
+                           companies=args.companies, interactions_per_student=args.interactions_per_student,
+                           selection_rate=args.selection_rate, seed=args.seed if seed is None else seed,
+                           fmt=args.format, progress=not args.quiet)
+    except (ValueError, FileExistsError) as e:  # a size out of range, a folder that already holds data
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if args.quiet:
         rows = summary["rows"]
         print(f"generated {args.data}: {rows['students']} students, {rows['internships']} internships, "
@@ -91,7 +95,7 @@ def cmd_evaluate(args) -> int:
 
     try:
         result = evaluate_holdout(Path(args.data), Path(args.bundles), Path(args.holdout), k=args.k)
-    except DataError as e:
+    except (DataError, FileNotFoundError, RuntimeError) as e:  # bad or missing file, no champions to evaluate
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"Held-out file {args.holdout}: {result['students']} students with relevant items")
@@ -108,13 +112,21 @@ def cmd_run(args) -> int:
         print(f"no dataset in {data}: generating the default one")
         args.students, args.internships, args.companies = 5000, 1000, 72
         args.interactions_per_student, args.selection_rate, args.format = 10.0, 0.13, "parquet"
-        cmd_generate(args, seed=42)  # the same default dataset as `pmis generate`
+        code = cmd_generate(args, seed=42)  # the same default dataset as `pmis generate`
+        if code:
+            return code
     return cmd_train(args)
 
 
 def cmd_models(args) -> int:
     from models.registry import Registry, RegistryError
 
+    needs = {"show": ("component", "version"), "compare": ("component",), "activate": ("component", "version"),
+             "rollback": ("component",), "history": ("component",)}.get(args.action, ())
+    missing = [name for name in needs if getattr(args, name) is None]
+    if missing:
+        print(f"error: pmis models {args.action} needs {' and '.join(f'a {n}' for n in missing)}", file=sys.stderr)
+        return 2
     reg = Registry(Path(args.bundles) / "registry.db")
     try:
         if args.action == "list":
@@ -126,7 +138,10 @@ def cmd_models(args) -> int:
         elif args.action == "show":
             print(json.dumps(reg.get(args.component, args.version), indent=2, default=str))
         elif args.action == "compare":
-            cmp = reg.compare(args.component, args.versions)
+            versions = args.versions or sorted(v["version"] for v in reg.versions(args.component))
+            if not versions:
+                raise RegistryError(f"{args.component}: no version is registered")
+            cmp = reg.compare(args.component, versions)
             versions = cmp["versions"]
             print("metric".ljust(32) + "".join(f"v{v}".rjust(12) for v in versions))
             for metric, values in cmp["metrics"].items():
@@ -328,6 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--json", type=Path, metavar="FILE", help="also write every number here as JSON")
     b.add_argument("--catalog", type=Path, help="catalog to draw student ids from (default $PMIS_HOME/data/catalog.db)")
+    from services.common import tls
+    tls.add_client_args(b)
     b.set_defaults(func=cmd_bench)
 
     m = sub.add_parser("models", help="registry: list, show, compare, activate, rollback, history")
@@ -335,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("action", choices=["list", "show", "compare", "activate", "rollback", "history"])
     m.add_argument("component", nargs="?")
     m.add_argument("version", nargs="?", type=int)
-    m.add_argument("--versions", type=int, nargs="+", help="for compare")
+    m.add_argument("--versions", type=int, nargs="+", help="for compare (default: every registered version)")
     m.add_argument("--alias", default="champion")
     m.add_argument("--reason")
     m.set_defaults(func=cmd_models)

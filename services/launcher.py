@@ -55,10 +55,11 @@ class Ports:
         return f"127.0.0.1:{self.grpc[name]}"
 
 
-def wait_serving(target: str, service: str, timeout: float, proc: subprocess.Popen | None = None) -> None:
+def wait_serving(target: str, service: str, timeout: float, proc: subprocess.Popen | None = None,
+                 credentials: grpc.ChannelCredentials | None = None) -> None:
     """Poll grpc.health.v1 until `service` is SERVING; fail early if the process died."""
     end = time.monotonic() + timeout
-    with grpc.insecure_channel(target) as channel:
+    with (grpc.secure_channel(target, credentials) if credentials else grpc.insecure_channel(target)) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < end:
             if proc is not None and proc.poll() is not None:
@@ -82,13 +83,15 @@ class Cluster:
     """
 
     def __init__(self, home: Path, bundles: Path, catalog: Path, ports: Ports, log_dir: Path | None = None,
-                 extra_env: dict | None = None, runs: Path | None = None):
+                 extra_env: dict | None = None, runs: Path | None = None, server_env: dict | None = None):
+        """`extra_env`: for every server; `server_env`: {server name: environment of that one}."""
         self.home, self.bundles, self.catalog, self.ports = home, bundles, catalog, ports
         self.runs = runs or home / "runs"
         self.log_dir = log_dir or home / "logs"
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", "OPENBLAS_NUM_THREADS": "1", **(extra_env or {})}
         self.admin_token = self.env.get("PMIS_ADMIN_TOKEN") or secrets.token_urlsafe(24)
         self.env["PMIS_ADMIN_TOKEN"] = self.admin_token
+        self.server_env = server_env or {}
         self.procs: dict[str, subprocess.Popen] = {}
 
     @property
@@ -118,7 +121,8 @@ class Cluster:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.ports_file(name).unlink(missing_ok=True)
         with open(self.log_dir / f"{name}.log", "ab") as log:
-            proc = subprocess.Popen(self.command(name), stdout=log, stderr=subprocess.STDOUT, env=self.env,
+            proc = subprocess.Popen(self.command(name), stdout=log, stderr=subprocess.STDOUT,
+                                    env={**self.env, **self.server_env.get(name, {})},
                                     cwd=Path(__file__).resolve().parents[1])
         self.procs[name] = proc
         listening_on = self._wait_listening(name, proc, timeout)
@@ -135,13 +139,15 @@ class Cluster:
             time.sleep(0.05)
         return ports
 
-    def start_all(self, timeout: float = 120) -> None:
-        """Components and trainer first: the gateway is started with the ports they got."""
+    def start_all(self, timeout: float = 120, servers: list[str] | None = None,
+                  probe: grpc.ChannelCredentials | None = None) -> None:
+        """Components and trainer first: the gateway is started with the ports they got. `probe`:
+        credentials of the health checks, when the servers speak TLS."""
         try:
-            for name in [*COMPONENT_MODULES, "trainer", "gateway"]:
+            for name in servers or [*COMPONENT_MODULES, "trainer", "gateway"]:
                 self.start(name, timeout)
             for name, proc in self.procs.items():
-                wait_serving(f"127.0.0.1:{self.ports.of(name)}", SERVICE_NAMES[name], timeout, proc)
+                wait_serving(f"127.0.0.1:{self.ports.of(name)}", SERVICE_NAMES[name], timeout, proc, probe)
         except BaseException:
             self.stop_all()  # nothing left running when start-up fails
             raise

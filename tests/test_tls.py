@@ -9,10 +9,10 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from pmis.v1 import common_pb2, content_pb2_grpc
+from services.common.devcerts import Authority
 from services.common.server import ComponentServer
 from services.common.tls import ClientTLS, ServerTLS
 from services.content import server as content_server
-from tests.support.certificates import Authority
 from tests.support.loopback import SERVERS, GatewayRunner, component_config
 from tests.support.waiting import wait_until
 

@@ -1,5 +1,7 @@
-"""Test certificates, made with `cryptography`: a CA, server certificates for localhost and
-127.0.0.1, client certificates naming a caller."""
+"""Development certificates, made with `cryptography` (a dev dependency): a CA, server
+certificates valid for localhost and 127.0.0.1, client certificates naming a caller. For tests and
+for trying TLS on one machine (`python -m gateway.bench_tls`); production certificates come from
+the cluster's issuer (k8s/README.md)."""
 
 from __future__ import annotations
 
