@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import grpc
 
 from pmis.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
@@ -67,7 +69,11 @@ def main_recommend(args) -> int:
     if args.student:
         req.student_id = args.student
     if args.profile:
-        req.profile.CopyFrom(parse_profile(args.profile))
+        try:
+            req.profile.CopyFrom(parse_profile(args.profile))
+        except ValueError as e:  # an unknown field, a number that is not one
+            print(f"error: --profile: {e}", file=sys.stderr)
+            return 2
     try:
         print(format_response(recommend(args.target, req, args.timeout)))
     except grpc.RpcError as e:
