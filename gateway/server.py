@@ -467,7 +467,7 @@ async def serve(cfg: GatewayConfig, ready: asyncio.Event | None = None) -> None:
                                            admission.AioAdmissionInterceptor(limiter)],
                              options=[
         ("grpc.so_reuseport", 0), ("grpc.max_connection_age_ms", cfg.max_connection_age_ms),
-        ("grpc.max_connection_age_grace_ms", int(cfg.grace * 1000) + 1000)])
+        ("grpc.max_connection_age_grace_ms", int(cfg.grace * 1000) + 1000), *guard.server_options()])
     gateway_pb2_grpc.add_RecommendationGatewayServicer_to_server(gateway, server)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)

@@ -16,6 +16,7 @@ from prometheus_client import REGISTRY
 from pmis.v1 import common_pb2, content_pb2_grpc
 from services.common import guard
 from services.common.errors import invalid_argument
+from tests.support.waiting import wait_until
 
 SERVICE = "/pmis.v1.ContentService"
 NOT_A_MESSAGE = b"\xff\xff\xff\xff\x0f"  # a varint that never ends
@@ -54,7 +55,8 @@ def server(request):
     """(channel, component label) of a ContentService behind the guard, sync or asyncio."""
     component = f"guard-test-{request.param}"
     if request.param == "sync":
-        srv = grpc.server(futures.ThreadPoolExecutor(2), interceptors=[guard.ServerGuard(component)])
+        srv = grpc.server(futures.ThreadPoolExecutor(2), interceptors=[guard.ServerGuard(component)],
+                          options=guard.server_options())
         content_pb2_grpc.add_ContentServiceServicer_to_server(Servicer(), srv)
         port = srv.add_insecure_port("127.0.0.1:0")
         srv.start()
@@ -69,7 +71,7 @@ def server(request):
     thread.start()
 
     async def start():
-        srv = grpc.aio.server(interceptors=[guard.AioServerGuard(component)])
+        srv = grpc.aio.server(interceptors=[guard.AioServerGuard(component)], options=guard.server_options())
         content_pb2_grpc.add_ContentServiceServicer_to_server(AioServicer(), srv)
         port = srv.add_insecure_port("127.0.0.1:0")
         await srv.start()
@@ -98,7 +100,8 @@ def test_undecodable_request_is_invalid_argument_logged_once_without_traceback(s
     records = [r for r in caplog.records if r.name in ("pmis.guard", "grpc._server", "grpc._cython.cygrpc")]
     assert len(records) == 1 and records[0].levelno == logging.WARNING, [r.getMessage() for r in records]
     assert records[0].exc_info is None
-    assert count(component, "Retrieve", "INVALID_ARGUMENT") == before + 20  # every refusal counted
+    # every refusal counted (asyncio sends an abort's status before the handler's finally runs)
+    wait_until(lambda: count(component, "Retrieve", "INVALID_ARGUMENT") == before + 20, 5, "20 refusals counted")
 
 
 def test_errors_keep_their_status_and_bugs_are_internal_without_text(server, caplog):
@@ -111,4 +114,26 @@ def test_errors_keep_their_status_and_bugs_are_internal_without_text(server, cap
         retrieve(channel, 2)
     assert info.value.code() == grpc.StatusCode.INTERNAL and info.value.details() == "internal error"
     assert any("unhandled error" in r.getMessage() for r in caplog.records)  # the bug is logged, server side
-    assert count(component, "Retrieve", "OK") >= 1 and count(component, "Retrieve", "INTERNAL") >= 1
+    wait_until(lambda: count(component, "Retrieve", "OK") >= 1 and count(component, "Retrieve", "INTERNAL") >= 1, 5,
+               "the calls counted")
+
+
+def test_field_violations_are_bounded_so_the_status_fits_in_the_trailers():
+    from services.common.errors import MAX_VIOLATIONS, invalid_argument
+
+    error = invalid_argument([(f"profiles[{i}].skills", "x" * 5000) for i in range(1000)])
+    assert len(error.violations) == MAX_VIOLATIONS and error.message.endswith(f"; and {1000 - MAX_VIOLATIONS} more")
+    assert len(error.to_status().trailing_metadata[0][1]) + len(error.message) < 6 * 1024
+
+
+def test_oversized_request_is_resource_exhausted_and_counted(server):
+    from services.common.guard import MAX_REQUEST_BYTES
+
+    channel, component = server
+    before = count(component, "Retrieve", "RESOURCE_EXHAUSTED")
+    big = common_pb2.RetrieveRequest(profile=common_pb2.StudentProfile(skills=["x" * 1000] * 5000), n=3)
+    assert MAX_REQUEST_BYTES < big.ByteSize()
+    with pytest.raises(grpc.RpcError) as info:
+        content_pb2_grpc.ContentServiceStub(channel).Retrieve(big, timeout=10)
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "over the 4194304-byte limit" in info.value.details()
+    wait_until(lambda: count(component, "Retrieve", "RESOURCE_EXHAUSTED") == before + 1, 5, "the refusal counted")

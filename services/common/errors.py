@@ -26,9 +26,21 @@ class RpcError(Exception):
         return rpc_status.to_status(status_pb2.Status(code=self.code.value[0], message=self.message, details=details))
 
 
+# A status travels in the trailers, which clients cap (16 KiB in gRPC's core): a request with a
+# thousand bad fields must still get its INVALID_ARGUMENT, so the details are bounded.
+MAX_VIOLATIONS = 20
+MAX_DESCRIPTION = 120
+MAX_MESSAGE = 1000
+
+
 def invalid_argument(violations: list[tuple[str, str]]) -> RpcError:
-    summary = "; ".join(f"{f}: {d}" for f, d in violations)
-    return RpcError(grpc.StatusCode.INVALID_ARGUMENT, f"invalid request: {summary}", violations)
+    shown = [(f[:MAX_DESCRIPTION], d[:MAX_DESCRIPTION]) for f, d in violations[:MAX_VIOLATIONS]]
+    more = len(violations) - len(shown)
+    summary = "; ".join(f"{f}: {d}" for f, d in shown)
+    if len(summary) > MAX_MESSAGE:
+        summary = summary[:MAX_MESSAGE] + "..."
+    summary += f"; and {more} more" if more else ""
+    return RpcError(grpc.StatusCode.INVALID_ARGUMENT, f"invalid request: {summary}", shown)
 
 
 def not_found(message: str) -> RpcError:

@@ -10,6 +10,9 @@ timed by method and status code.
   anyone to fill a disk. Here the deserializer never raises: it returns `Undecodable`, and the
   method's handler is never called with it.
 - Servicers raise `RpcError` (services/common/errors.py) and never catch-and-abort themselves.
+- A request over MAX_REQUEST_BYTES is RESOURCE_EXHAUSTED, counted like any other call. gRPC's
+  core is told to pass up to CORE_RECEIVE_LIMIT (`server_options()`), so that only requests
+  beyond that -- refused by the core before any Python code runs -- go uncounted.
 - With `allowed_callers` (services/common/tls.py), a call whose client certificate names none of
   them is PERMISSION_DENIED before the method runs; health and reflection stay open.
 
@@ -34,9 +37,26 @@ from services.common.tls import caller_identities
 log = logging.getLogger("pmis.guard")
 
 
+MAX_REQUEST_BYTES = 4 * 1024 * 1024       # gRPC's own default limit, enforced here where it is counted
+CORE_RECEIVE_LIMIT = 4 * MAX_REQUEST_BYTES  # what the core lets through to the guard
+
+
+def server_options() -> list[tuple[str, int]]:
+    """gRPC server options of every server: the core passes requests up to CORE_RECEIVE_LIMIT."""
+    return [("grpc.max_receive_message_length", CORE_RECEIVE_LIMIT)]
+
+
 class Undecodable:
     """What the safe deserializer returns for bytes that are not the method's request message."""
     __slots__ = ()
+
+
+class TooLarge:
+    """What the safe deserializer returns for a request over MAX_REQUEST_BYTES."""
+    __slots__ = ("size",)
+
+    def __init__(self, size: int):
+        self.size = size
 
 
 UNDECODABLE = Undecodable()
@@ -73,11 +93,21 @@ def _safe(deserializer: Callable | None) -> Callable | None:
         return None
 
     def deserialize(raw: bytes):
+        if len(raw) > MAX_REQUEST_BYTES:
+            return TooLarge(len(raw))
         try:
             return deserializer(raw)
         except Exception:  # noqa: BLE001 - any failure to parse is the client's
             return UNDECODABLE
     return deserialize
+
+
+def _unusable(request) -> bool:
+    return request is UNDECODABLE or isinstance(request, TooLarge)
+
+
+def _too_large(request: TooLarge) -> str:
+    return f"request of {request.size} bytes is over the {MAX_REQUEST_BYTES}-byte limit"
 
 
 def _code_name(context) -> str:
@@ -130,7 +160,9 @@ class ServerGuard(grpc.ServerInterceptor):
         type_name = _request_type(handler.request_deserializer)
         bad = f"request is not a valid {type_name} message"
 
-        def refuse_undecodable(context):
+        def refuse_unusable(request, context):
+            if isinstance(request, TooLarge):
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, _too_large(request))
             warn_undecodable(self.component, method, "undecodable request")
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, bad)
 
@@ -140,8 +172,8 @@ class ServerGuard(grpc.ServerInterceptor):
 
         def requests(iterator, context):
             for request in iterator:
-                if request is UNDECODABLE:
-                    refuse_undecodable(context)
+                if _unusable(request):
+                    refuse_unusable(request, context)
                 yield request
 
         def run(call: Callable, context):
@@ -167,8 +199,8 @@ class ServerGuard(grpc.ServerInterceptor):
         if kind == "unary_unary":
             def body(request, context):
                 check_caller(context)
-                if request is UNDECODABLE:
-                    refuse_undecodable(context)
+                if _unusable(request):
+                    refuse_unusable(request, context)
                 return run(lambda: inner(request, context), context)
         elif kind == "stream_unary":
             def body(iterator, context):
@@ -177,8 +209,8 @@ class ServerGuard(grpc.ServerInterceptor):
         else:  # streaming answers: the body is a generator; count the call when it ends
             def body(request_or_iterator, context):
                 check_caller(context)
-                if kind == "unary_stream" and request_or_iterator is UNDECODABLE:
-                    refuse_undecodable(context)
+                if kind == "unary_stream" and _unusable(request_or_iterator):
+                    refuse_unusable(request_or_iterator, context)
                 source = (requests(request_or_iterator, context) if kind == "stream_stream"
                           else request_or_iterator)
                 answers = run(lambda: inner(source, context), context)
@@ -216,7 +248,9 @@ class AioServerGuard(grpc.aio.ServerInterceptor):
         bad = f"request is not a valid {_request_type(handler.request_deserializer)} message"
         component = self.component
 
-        async def refuse_undecodable(context):
+        async def refuse_unusable(request, context):
+            if isinstance(request, TooLarge):
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, _too_large(request))
             warn_undecodable(component, method, "undecodable request")
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, bad)
 
@@ -226,8 +260,8 @@ class AioServerGuard(grpc.aio.ServerInterceptor):
 
         async def requests(iterator, context):
             async for request in iterator:
-                if request is UNDECODABLE:
-                    await refuse_undecodable(context)
+                if _unusable(request):
+                    await refuse_unusable(request, context)
                 yield request
 
         async def failed(error: Exception, context):
@@ -245,8 +279,8 @@ class AioServerGuard(grpc.aio.ServerInterceptor):
                 start = time.perf_counter()
                 try:
                     await check_caller(context)
-                    if kind == "unary_unary" and request_or_iterator is UNDECODABLE:
-                        await refuse_undecodable(context)
+                    if kind == "unary_unary" and _unusable(request_or_iterator):
+                        await refuse_unusable(request_or_iterator, context)
                     source = (requests(request_or_iterator, context) if kind == "stream_unary"
                               else request_or_iterator)
                     try:
@@ -263,8 +297,8 @@ class AioServerGuard(grpc.aio.ServerInterceptor):
             start = time.perf_counter()
             try:
                 await check_caller(context)
-                if kind == "unary_stream" and request_or_iterator is UNDECODABLE:
-                    await refuse_undecodable(context)
+                if kind == "unary_stream" and _unusable(request_or_iterator):
+                    await refuse_unusable(request_or_iterator, context)
                 source = (requests(request_or_iterator, context) if kind == "stream_stream"
                           else request_or_iterator)
                 try:

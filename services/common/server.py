@@ -274,7 +274,8 @@ class ComponentServer:
                           guard.ServerGuard(cfg.component, cfg.tls.allowed_callers)],
             options=[("grpc.so_reuseport", 0),
                      ("grpc.max_connection_age_ms", cfg.max_connection_age_ms),
-                     ("grpc.max_connection_age_grace_ms", int(cfg.grace * 1000) + 1000)])
+                     ("grpc.max_connection_age_grace_ms", int(cfg.grace * 1000) + 1000),
+                     *guard.server_options()])
         add_to_server(servicer, self.server)
         self.health = health.HealthServicer(experimental_non_blocking=True)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

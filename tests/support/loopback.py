@@ -24,6 +24,7 @@ from services.collaborative import server as collaborative_server
 from services.common.errors import field_violations
 from services.common import tls
 from services.common.guard import AioServerGuard
+from services.common.guard import server_options as guard_options
 from services.common.tls import ClientTLS, ServerTLS
 from services.common.server import ComponentServer, ServerConfig
 from services.content import server as content_server
@@ -99,7 +100,7 @@ class GatewayRunner:
     async def _start(self):
         gw = Gateway(self.cfg, SqliteCatalog(self.cfg.catalog))  # its aio channels bind to this loop
         server = grpc.aio.server(interceptors=[AioServerGuard("gateway", self.cfg.tls.allowed_callers)],
-                                 options=[("grpc.so_reuseport", 0)])
+                                 options=[("grpc.so_reuseport", 0), *guard_options()])
         gateway_pb2_grpc.add_RecommendationGatewayServicer_to_server(gw, server)
         port = tls.add_port(server, "127.0.0.1:0", self.cfg.tls, "gateway")
         await server.start()
