@@ -610,7 +610,18 @@ def main_bench(args) -> int:
     print(report(result))
     if args.json:
         Path(args.json).write_text(json.dumps(json_safe(result), indent=2) + "\n")
+    if not answered_any(result):
+        print(f"error: the gateway at {cfg.target} answered no request", file=sys.stderr)
+        return 1
     return 0
+
+
+def answered_any(result: dict) -> bool:
+    """Whether any phase got an OK answer (a bench of nothing but errors is a failed bench)."""
+    closed = any(row["gateway"]["requests"] for row in result["closed"])
+    opened = any(row["ok"] + row["ok_degraded"] for row in result["open"])
+    shortlisted = bool(result["shortlist"] and result["shortlist"]["ok"])
+    return closed or opened or shortlisted
 
 
 if __name__ == "__main__":

@@ -119,6 +119,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_models(args) -> int:
+    from models.bundle import BundleError, verify_bundle
     from models.registry import Registry, RegistryError
 
     needs = {"show": ("component", "version"), "compare": ("component",), "activate": ("component", "version"),
@@ -130,6 +131,9 @@ def cmd_models(args) -> int:
     reg = Registry(Path(args.bundles) / "registry.db")
     try:
         if args.action == "list":
+            if args.component and args.component not in reg.components():
+                raise RegistryError(f"{args.component}: no version is registered "
+                                    f"(components: {', '.join(reg.components()) or 'none'})")
             for component in ([args.component] if args.component else reg.components()):
                 for v in reg.versions(component):
                     aliases = ",".join(v.get("aliases", []))
@@ -149,6 +153,7 @@ def cmd_models(args) -> int:
                 print(metric.ljust(32) + "".join((f"{c:.4f}" if isinstance(c, float) else str(c)).rjust(12)
                                                  for c in cells))
         elif args.action == "activate":
+            verify_bundle(reg.get(args.component, args.version)["path"])  # never point an alias at a bad bundle
             reg.set_alias(args.component, args.version, args.alias, reason=args.reason or "activated from the CLI")
             print(f"{args.component}: {args.alias} -> v{args.version}")
         elif args.action == "rollback":
@@ -157,7 +162,7 @@ def cmd_models(args) -> int:
         elif args.action == "history":
             for h in reg.history(args.component, args.alias):
                 print(json.dumps(h, default=str))
-    except RegistryError as e:
+    except (RegistryError, BundleError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

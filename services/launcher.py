@@ -218,7 +218,7 @@ def ensure_ready(home: Path, data: Path, bundles: Path, runs: Path) -> None:
 
     if not (data / "catalog.db").exists():
         print(f"no dataset in {data}: generating the default one", flush=True)
-        pmis(["generate", "--data", str(data), "--quiet"])
+        _step(pmis(["generate", "--data", str(data), "--quiet"]), "generating the dataset")
     from models.registry import Registry
 
     registry = bundles / "registry.db"
@@ -233,10 +233,17 @@ def ensure_ready(home: Path, data: Path, bundles: Path, runs: Path) -> None:
                 pass
     if have != set(COMPONENT_MODULES):
         print("no champion bundles: training (about two minutes)", flush=True)
-        pmis(["train", "--data", str(data), "--bundles", str(bundles), "--runs", str(runs), "--quiet"])
+        _step(pmis(["train", "--data", str(data), "--bundles", str(bundles), "--runs", str(runs), "--quiet"]),
+              "training")
     elif (problem := _champion_problem(Registry(registry))) is not None:
         print(f"the champion bundles cannot be served ({problem}): retraining (about a minute)", flush=True)
-        pmis(["train", "--data", str(data), "--bundles", str(bundles), "--runs", str(runs), "--quiet"])
+        _step(pmis(["train", "--data", str(data), "--bundles", str(bundles), "--runs", str(runs), "--quiet"]),
+              "training")
+
+
+def _step(status: int, what: str) -> None:
+    if status != 0:
+        raise SystemExit(f"pmis up: {what} failed (exit status {status}); see the messages above")
 
 
 def _champion_problem(registry) -> str | None:

@@ -307,6 +307,7 @@ def test_models_refuses_what_it_cannot_do(home):
                           (("show", "content", 9), "content version 9 is not registered"),
                           (("compare", "content", "--versions", 1, 9), "content version 9 is not registered"),
                           (("compare", "nosuch"), "nosuch: no version is registered"),
+                          (("list", "nosuch"), "nosuch: no version is registered"),
                           (("activate", "content", 9), "content version 9 is not registered"),
                           (("rollback", "content", "--alias", "canary"),
                            "content: alias 'canary' is not set; nothing to roll back")]:
@@ -336,6 +337,13 @@ def test_models_activate_rollback_and_history_move_the_champion(home, tmp_path):
     assert reg.resolve("content")["version"] == 2 and reg.resolve("content", "canary")["version"] == 1
     assert "error: content: alias 'canary' has no earlier version to roll back to" in fails(
         pmis(mine, "models", "rollback", "content", "--alias", "canary"))
+    # a version whose files were changed is never made champion
+    manifest = Path(reg.get("success", 1)["path"]) / "manifest.json"
+    doc = json.loads(manifest.read_text())
+    doc["metadata"]["tampered"] = True  # e.g. better metrics written in by hand
+    manifest.write_text(json.dumps(doc))
+    assert "signature mismatch" in fails(pmis(mine, "models", "activate", "success", 1))
+    assert reg.resolve("success")["version"] == 2
     assert home.registry.resolve("ranker")["version"] == 2  # the shared home is untouched
     assert len(home.registry.history("ranker")) == 2
 
@@ -478,6 +486,12 @@ def test_bench_prints_its_tables_and_writes_every_number(home, served, tmp_path)
     assert (short["calls"], short["ok"]) == (3, 3) and short["p50_ms"] > 0
     assert result["config"]["metrics_ports"] == {"gateway": metrics, "content": 2, "collaborative": 3, "success": 4,
                                                  "ranker": 5}
+
+
+def test_bench_without_an_answering_gateway_fails(home):
+    out = fails(pmis(home.root, "bench", "--target", NOWHERE, "--concurrency", 1, "--duration", 1, "--rate",
+                     "--no-echo", "--deadline-ms", 200), code=1)
+    assert f"error: the gateway at {NOWHERE} answered no request" in out
 
 
 def test_bench_refuses_a_missing_catalog_and_bad_metrics_ports(tmp_path):

@@ -132,19 +132,6 @@ def test_flipped_byte_is_refused_naming_the_file(trained, tmp_path):
         load_bundle(copy)
 
 
-def test_cli_models_activate_and_rollback(trained):
-    base, cfg, _ = trained
-    env = {"PMIS_HOME": str(base), "PATH": "/usr/bin:/bin"}
-    run = lambda *a: subprocess.run([sys.executable, "-m", "models.cli", *a, "--bundles", str(cfg.bundles_dir)],  # noqa: E731
-                                    capture_output=True, text=True, cwd=ROOT, env=env)
-    out = run("models", "list")
-    assert out.returncode == 0 and "champion" in out.stdout and "ranker" in out.stdout
-    reg = Registry(cfg.bundles_dir / "registry.db")
-    before = reg.resolve("content")["version"]
-    assert run("models", "rollback", "content").returncode == 2  # nothing to roll back to yet
-    assert run("models", "activate", "content", str(before)).returncode == 0
-
-
 def test_holdout_evaluation_uses_the_champions(trained, tmp_path):
     from models.holdout import evaluate_holdout
 
