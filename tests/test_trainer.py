@@ -4,6 +4,10 @@ Real pieces throughout: a tiny generated dataset with a trained champion (shared
 session's base temp folder with tests/test_trainer_e2e.py), the trainer server in-process on a
 loopback port with real worker processes, and — for restarts — the trainer as a subprocess that
 is killed the way a crashed pod is.
+
+Every test that changes a system (jobs, registrations, activations, rollbacks, trigger checks)
+does so on its own copy (`system`, and the `trainer` serving it); servers bind the ports they get
+and report them; every wait is on a condition.
 """
 
 from __future__ import annotations
@@ -12,11 +16,13 @@ import json
 import os
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
 import time
-from contextlib import closing
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing, contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import SimpleNamespace
@@ -24,7 +30,6 @@ from types import SimpleNamespace
 import grpc
 import pandas as pd
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from models import diagnostics
 from models.bundle import write_bundle
@@ -32,7 +37,9 @@ from models.jobs import RESTART_MESSAGE, JobStopped, JobStore, normalise_config
 from models.registry import Registry, RegistryError
 from pmis.v1 import common_pb2, content_pb2_grpc, trainer_pb2, trainer_pb2_grpc
 from services.common.errors import field_violations
-from tests.conftest import free_port
+from services.common.listening import read_ports
+from tests.support.systems import copy_bundles
+from tests.support.waiting import wait_serving, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "trainer-tests-admin-token"
@@ -40,6 +47,7 @@ AUTH = (("authorization", f"Bearer {TOKEN}"),)
 WRONG = (("authorization", "Bearer not-the-token"),)
 T = trainer_pb2
 FAST = {"success": {"algorithms": ["logistic_regression"], "search_budget": 1}}  # small search budgets
+TRAINER = "pmis.v1.TrainerService"
 
 
 # --------------------------------------------------------------------------- shared set-up
@@ -70,55 +78,93 @@ def tiny_system(tmp_path_factory) -> SimpleNamespace:
 def copy_system(tiny: SimpleNamespace, dest: Path) -> SimpleNamespace:
     """Private bundles/registry/runs (jobs, activations and rollbacks stay in this copy); shared data."""
     dest.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(tiny.bundles, dest / "bundles", ignore=shutil.ignore_patterns("registry.db*"))
-    with closing(sqlite3.connect(tiny.bundles / "registry.db")) as src, \
-            closing(sqlite3.connect(dest / "bundles" / "registry.db")) as dst:
-        src.backup(dst)
+    copy_bundles(tiny.bundles, dest / "bundles")
     shutil.copytree(tiny.runs, dest / "runs")
     return SimpleNamespace(root=dest, data=tiny.data, bundles=dest / "bundles", runs=dest / "runs")
 
 
-def wait_serving(port: int, service: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
-        stub = health_pb2_grpc.HealthStub(ch)
-        while time.monotonic() < deadline:
-            try:
-                if stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=1).status == \
-                        health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.1)
-    raise TimeoutError(f"{service} on {port} not SERVING")
+@pytest.fixture()
+def system(tiny_system, tmp_path) -> SimpleNamespace:
+    """This test's own copy of the tiny system: what it registers, activates, rolls back or runs stays here."""
+    return copy_system(tiny_system, tmp_path / "system")
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 30.0) -> None:
+    """SIGTERM, then SIGKILL if it does not exit within `timeout`; always reaped."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+
+
+def launch_server(module: str, args: list[str], ports_file: Path, log_path: Path,
+                  env: dict | None = None) -> subprocess.Popen:
+    """`python -m module` on ports it binds itself, reported in `ports_file` once it listens."""
+    ports_file.unlink(missing_ok=True)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OPENBLAS_NUM_THREADS": "1", **(env or {})}
+    with open(log_path, "ab") as log:
+        return subprocess.Popen([sys.executable, "-m", module, "--port", "0", "--metrics-port", "auto",
+                                 "--ports-file", str(ports_file), *args],
+                                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def await_server(proc: subprocess.Popen, service: str, ports_file: Path, timeout: float = 60.0) -> str:
+    """The gRPC target of a launched server, once it has reported its ports and its health check
+    says SERVING; fails at once if the process exits meanwhile."""
+    ports = wait_until(lambda: read_ports(ports_file), timeout, f"{service} to report its ports", proc)
+    assert ports["pid"] == proc.pid, ports
+    target = f"127.0.0.1:{ports['grpc']}"
+    wait_serving(target, service, timeout, proc)
+    return target
+
+
+def spawn_server(module: str, service: str, args: list[str], ports_file: Path, log_path: Path,
+                 env: dict | None = None, timeout: float = 60.0) -> tuple[subprocess.Popen, str]:
+    """Launch and await one server: (process, target). A server that fails to get there is killed."""
+    proc = launch_server(module, args, ports_file, log_path, env)
+    try:
+        return proc, await_server(proc, service, ports_file, timeout)
+    except BaseException:
+        stop_process(proc, 5)
+        raise
 
 
 @pytest.fixture(scope="module")
 def admin_env():
     mp = pytest.MonkeyPatch()
-    mp.setenv("PMIS_ADMIN_TOKEN", TOKEN)
-    mp.delenv("PMIS_ADMIN_TOKEN_FILE", raising=False)
-    yield
-    mp.undo()
+    try:
+        mp.setenv("PMIS_ADMIN_TOKEN", TOKEN)
+        mp.delenv("PMIS_ADMIN_TOKEN_FILE", raising=False)
+        yield
+    finally:
+        mp.undo()
 
 
-@pytest.fixture(scope="module")
-def trainer(tiny_system, tmp_path_factory, admin_env):
-    """The trainer server in this process, on a copy of the tiny system."""
+@pytest.fixture()
+def trainer(system, tiny_system, admin_env):
+    """The trainer server in this process, on this test's own copy of the tiny system."""
     from services.trainer import server as trainer_server
 
-    system = copy_system(tiny_system, tmp_path_factory.mktemp("trainer"))
     cfg = trainer_server.parse_config([
         "--port", "0", "--metrics-port", "0", "--bundles", str(system.bundles), "--runs", str(system.runs),
         "--data", str(system.data), "--data-roots", f"{tiny_system.root}{os.pathsep}{system.root}",
         "--kill-after", "3", "--poll", "0.1", "--grace", "1"])
     server = trainer_server.build(cfg).start()
-    wait_serving(server.port, "pmis.v1.TrainerService")
-    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
-    yield SimpleNamespace(server=server, stub=trainer_pb2_grpc.TrainerServiceStub(channel), system=system, cfg=cfg,
-                          store=server.servicer.store)
-    channel.close()
-    server.stop()
+    channel = None
+    try:
+        wait_serving(f"127.0.0.1:{server.port}", TRAINER, failed=lambda: server.load_error)
+        channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+        yield SimpleNamespace(server=server, stub=trainer_pb2_grpc.TrainerServiceStub(channel), system=system,
+                              cfg=cfg, store=server.servicer.store)
+    finally:
+        if channel is not None:
+            channel.close()
+        server.stop()  # running jobs stopped and marked, workers gone
 
 
 def code_of(call) -> grpc.StatusCode:
@@ -139,15 +185,30 @@ def violations_of(call) -> set[str]:
 
 
 def watch_until(stub, job_id: str, predicate, timeout: float = 120.0) -> list:
-    """Updates of the job's WatchJob stream until `predicate(update)` holds (or the stream ends)."""
+    """Updates of the job's WatchJob stream until `predicate(update)` holds; fails if the stream
+    ends first (the job ended without getting there)."""
     seen = []
     call = stub.WatchJob(T.WatchJobRequest(job_id=job_id), timeout=timeout)
     for update in call:
         seen.append(update)
         if predicate(update):
             call.cancel()
-            break
-    return seen
+            return seen
+    raise AssertionError(f"job {job_id} ended before the awaited update: {[u.message for u in seen][-5:]}")
+
+
+@contextmanager
+def job_table_held(db: Path):
+    """The job table's write lock, held: no process records anything (progress, a registration, a
+    stop) until it is released; reads go on (WAL)."""
+    con = sqlite3.connect(db, timeout=30, isolation_level=None)
+    try:
+        con.execute("BEGIN IMMEDIATE")
+        yield
+    finally:
+        if con.in_transaction:
+            con.execute("ROLLBACK")
+        con.close()
 
 
 def content_version(system, run_id: str) -> int:
@@ -226,7 +287,7 @@ def test_start_training_rejects_bad_configs_with_field_violations(trainer):
 # --------------------------------------------------------------------------- auth
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture()
 def content_server(trainer):
     """A content component server in this process, on the trainer's registry, watching it."""
     from services.common.server import ComponentServer, ServerConfig
@@ -237,11 +298,15 @@ def content_server(trainer):
                        max_connection_age_ms=60_000, watch=0.2)
     server = ComponentServer(cfg, content_server_module.SERVICE, content_server_module.make_servicer(cfg),
                              content_pb2_grpc.add_ContentServiceServicer_to_server).start()
-    wait_serving(server.port, content_server_module.SERVICE)
-    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
-    yield content_pb2_grpc.ContentServiceStub(channel)
-    channel.close()
-    server.stop()
+    channel = None
+    try:
+        wait_serving(f"127.0.0.1:{server.port}", content_server_module.SERVICE, failed=lambda: server.load_error)
+        channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+        yield content_pb2_grpc.ContentServiceStub(channel)
+    finally:
+        if channel is not None:
+            channel.close()
+        server.stop()
 
 
 def test_every_mutating_rpc_needs_the_admin_token(trainer, content_server):
@@ -351,10 +416,10 @@ def test_list_get_compare_activate_rollback(trainer, content_server):
     change = stub.Activate(T.ActivateRequest(component="content", version=extra, reason="test"), metadata=AUTH,
                            timeout=30)
     assert (change.previous.version, change.current.version) == (champion, extra) and "PMIS_WATCH_SECONDS" in change.pickup
-    assert _eventually(lambda: content_server.ModelInfo(common_pb2.ModelInfoRequest(), timeout=5).version == extra)
+    wait_until(lambda: served(content_server) == extra, 30, f"the content server serving v{extra} after Activate")
     back = stub.Rollback(T.RollbackRequest(component="content"), metadata=AUTH, timeout=30)
     assert (back.previous.version, back.current.version) == (extra, champion)
-    assert _eventually(lambda: content_server.ModelInfo(common_pb2.ModelInfoRequest(), timeout=5).version == champion)
+    wait_until(lambda: served(content_server) == champion, 30, f"the content server serving v{champion} after Rollback")
     history = stub.GetModel(T.GetModelRequest(component="content"), timeout=10).champion_history
     assert [h.action for h in history][-2:] == ["set", "rollback"]
 
@@ -372,21 +437,16 @@ def test_list_get_compare_activate_rollback(trainer, content_server):
                                          timeout=10)) == grpc.StatusCode.NOT_FOUND
 
 
-def _eventually(check, timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.1)
-    return False
+def served(content_server) -> int:
+    """The version the content server answers with."""
+    return content_server.ModelInfo(common_pb2.ModelInfoRequest(), timeout=10).version
 
 
-def test_model_slot_follows_moves_of_its_alias_only(trainer):
+def test_model_slot_follows_moves_of_its_alias_only(system):
     """The registry watch reloads when the alias moves, not when someone pinned another version."""
     from services.common.server import ModelSlot, ServerConfig
     from services.content.server import ContentRuntime
 
-    system = trainer.system
     registry = Registry(system.bundles / "registry.db")
     champion = registry.resolve("content")["version"]
     other = content_version(system, "watch-test")
@@ -450,10 +510,9 @@ def _grow(data: Path, dest: Path, interactions: int, outcomes: int) -> Path:
     return dest
 
 
-def test_retraining_triggers_count_new_rows_and_age(trainer, tmp_path):
+def test_retraining_triggers_count_new_rows_and_age(system, tmp_path):
     from models.triggers import check
 
-    system = trainer.system
     registry = Registry(system.bundles / "registry.db")
     same = check(system.data, registry, min_new_interactions=10, min_new_outcomes=10, max_age_hours=24)
     assert same["should_train"] is False and same["new_interactions"] == 0
@@ -476,10 +535,9 @@ def test_retraining_triggers_count_new_rows_and_age(trainer, tmp_path):
     assert check(system.data, empty)["reasons"] == ["no champion is active for any component"]
 
 
-def test_pmis_retrain_if_needed_logs_its_decision(trainer, tmp_path, capsys):
+def test_pmis_retrain_if_needed_logs_its_decision(system, tmp_path, capsys):
     from models.cli import main
 
-    system = trainer.system
     args = ["retrain", "--if-needed", "--data", str(system.data), "--bundles", str(system.bundles), "--runs",
             str(system.runs), "--min-new-interactions", "50"]
     assert main(args) == 0
@@ -578,44 +636,123 @@ def test_registration_is_all_or_nothing_and_refused_after_cancel(tmp_path):
     assert not changed and row["status"] == "RUNNING"
 
 
+FINAL_STAGE = "final refit on all data and bundles"
+
+
+def _bundles_of(bundles: Path, run_id: str, component: str) -> list[Path]:
+    """The published bundle folders of `component` that run `run_id` wrote (published = renamed
+    complete into place, so a manifest is never half-written)."""
+    return [m.parent for m in (bundles / component).glob("*/manifest.json")
+            if json.loads(m.read_text())["run_id"] == run_id]
+
+
+def _states(pid: int) -> list[str]:
+    """The scheduler state of every thread of the process ([] once it is gone)."""
+    states = []
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except FileNotFoundError:
+        return []
+    for task in tasks:
+        try:
+            states.append((task / "stat").read_text().rsplit(")", 1)[1].split()[0])
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue  # a thread that just ended
+    return states
+
+
+def _stopped(pid: int) -> bool:
+    """SIGSTOP has landed: every thread of the process is stopped."""
+    states = _states(pid)
+    return bool(states) and all(s in ("T", "t") for s in states)
+
+
+def _exited(pid: int) -> bool:
+    """The process has exited (a zombie awaiting its new parent's reaping counts as exited)."""
+    return all(s in ("Z", "X") for s in _states(pid))
+
+
 def test_cancel_during_bundle_writing_leaves_no_version(trainer):
-    """Cancel the moment the first bundle of the run is on disk: nothing registered, nothing left."""
-    stub, system = trainer.stub, trainer.system
+    """Cancel once the first bundle of the run is on disk, before the run registers: nothing
+    registered, nothing left.
+
+    Held at that point by construction, not by timing: the bundles are written in the run's last
+    stage with nothing recorded in the job table in between, and every record — the registration
+    too — needs the table's write lock. The test takes that lock once the stage has started, so the
+    worker writes its content bundle and then waits to record it; it is frozen there (SIGSTOP)
+    while CancelJob marks the job, and let go once the cancel is recorded.
+    """
+    stub, system, store = trainer.stub, trainer.system, trainer.store
     registry = Registry(system.bundles / "registry.db")
     before = {c: [v["version"] for v in registry.versions(c)] for c in registry.components()}
+    # an earlier cancelled job, for ListJobs' pages below
+    earlier = stub.StartTraining(T.StartTrainingRequest(config=config(description="cancelled early")), metadata=AUTH,
+                                 timeout=10)
+    assert stub.CancelJob(T.CancelJobRequest(job_id=earlier.job_id), metadata=AUTH, timeout=30).status == \
+        T.JOB_STATUS_CANCELLED
     job = stub.StartTraining(T.StartTrainingRequest(config=config(description="cancel me")), metadata=AUTH, timeout=10)
     started = time.perf_counter()
-    seen = watch_until(stub, job.job_id, lambda u: u.message.startswith("bundle written: content"))
-    assert seen[-1].message.startswith("bundle written"), [u.message for u in seen][-5:]
-    t0 = time.perf_counter()
-    cancelled = stub.CancelJob(T.CancelJobRequest(job_id=job.job_id), metadata=AUTH, timeout=30)
-    latency = time.perf_counter() - t0
-    print(f"\njob ran {t0 - started:.1f}s to its first bundle; CancelJob returned in {latency:.2f}s")
+    wait_until(lambda: any(e["kind"] == "stage_started" and e["stage"] == FINAL_STAGE
+                           for e in store.events(job.job_id)), 180, f"the run's last stage ({FINAL_STAGE})",
+               interval=0.01)
+    row = store.get(job.job_id)
+    pid, run_id = row["pid"], row["run_id"]
+    assert pid and run_id
+    frozen = False
+    try:
+        with job_table_held(system.bundles / "registry.db"):  # the worker records nothing, registers nothing
+            held = time.perf_counter()
+            row = store.get(job.job_id)
+            assert row["status"] == "RUNNING" and not row["committed"], \
+                f"the run registered before the test held the job table: {row['message']}"
+            content = wait_until(lambda: _bundles_of(system.bundles, run_id, "content"), 60,
+                                 "the run's content bundle on disk")
+            os.kill(pid, signal.SIGSTOP)  # waiting for the lock to say "bundle written: content"
+            frozen = True
+            wait_until(lambda: _stopped(pid), 10, "the worker stopped")
+        assert not store.get(job.job_id)["committed"]
+        with ThreadPoolExecutor(1) as pool:
+            t0 = time.perf_counter()
+            pending = pool.submit(stub.CancelJob, T.CancelJobRequest(job_id=job.job_id), metadata=AUTH, timeout=30)
+            wait_until(lambda: pending.done() or store.status(job.job_id) == "CANCELLED", 30,
+                       "CancelJob to mark the job", interval=0.01)
+            os.kill(pid, signal.SIGCONT)  # the worker goes on, sees the cancel (and the trainer's SIGTERM)
+            frozen = False
+            cancelled = pending.result()
+            latency = time.perf_counter() - t0
+    finally:
+        if frozen:
+            os.kill(pid, signal.SIGCONT)
+    print(f"\njob ran {held - started:.1f}s to its last stage; CancelJob returned in {latency:.2f}s")
     assert cancelled.status == T.JOB_STATUS_CANCELLED and cancelled.message == "cancelled by request"
     assert latency < 10
-    assert not cancelled.versions
-    run_id = cancelled.run_id
-    assert run_id
+    assert not cancelled.versions and cancelled.run_id == run_id
     after = {c: [v["version"] for v in registry.versions(c)] for c in registry.components()}
     assert after == before
+    assert not any(p.exists() for p in content)  # the bundle that was on disk is gone ...
     on_disk = [p for p in system.bundles.glob("*/*") if p.is_dir()
                and (p.name.startswith(".tmp-") or json.loads((p / "manifest.json").read_text())["run_id"] == run_id)]
-    assert on_disk == []
+    assert on_disk == []  # ... with everything else the run wrote
     assert not (system.runs / run_id).exists()
     # the stream of a finished job replays to its end: the last update says CANCELLED
     updates = list(stub.WatchJob(T.WatchJobRequest(job_id=job.job_id), timeout=30))
     assert updates[-1].status == T.JOB_STATUS_CANCELLED
-    events = trainer.store.events(job.job_id)
+    assert not any(u.message.startswith("registered ") for u in updates)
+    events = store.events(job.job_id)
     assert any(e["message"].startswith("worker stopped in") for e in events)
     assert code_of(lambda: stub.CancelJob(T.CancelJobRequest(job_id=job.job_id), metadata=AUTH, timeout=10)) == \
         grpc.StatusCode.FAILED_PRECONDITION
-    # ListJobs: filter by status, page by page
+    # ListJobs: filter by status, page by page (a failed job in the table, which the filter leaves out)
+    failed_config, _ = normalise_config({"components": ["content"]}, system.data, [system.data.parent])
+    failed = store.create(failed_config, reason="a job that failed")["job_id"]
+    assert store.stop(failed, "FAILED", "failed for the test")[0]
     mine = stub.ListJobs(T.ListJobsRequest(statuses=[T.JOB_STATUS_CANCELLED], page_size=1), timeout=10)
-    assert mine.jobs[0].job_id == job.job_id and mine.next_page_token
+    assert [j.job_id for j in mine.jobs] == [job.job_id] and mine.next_page_token
     rest = stub.ListJobs(T.ListJobsRequest(statuses=[T.JOB_STATUS_CANCELLED], page_size=100,
                                            page_token=mine.next_page_token), timeout=10)
-    assert job.job_id not in {j.job_id for j in rest.jobs}
+    assert [j.job_id for j in rest.jobs] == [earlier.job_id] and not rest.next_page_token
     assert all(j.status == T.JOB_STATUS_CANCELLED for j in rest.jobs)
+    assert failed in {j.job_id for j in stub.ListJobs(T.ListJobsRequest(), timeout=10).jobs}
     assert violations_of(lambda: stub.ListJobs(T.ListJobsRequest(statuses=[T.JOB_STATUS_UNSPECIFIED]), timeout=10)) \
         == {"statuses[0]"}
 
@@ -639,62 +776,66 @@ def test_decide_activation_rules():
 # --------------------------------------------------------------------------- restarts (real processes)
 
 
-def _start_trainer(system, tiny, port: int, log_path: Path) -> subprocess.Popen:
-    env = {**os.environ, "PMIS_ADMIN_TOKEN": TOKEN, "PYTHONUNBUFFERED": "1", "OPENBLAS_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "services.trainer.server", "--port", str(port), "--metrics-port",
-                             "0", "--bundles", str(system.bundles), "--runs", str(system.runs), "--data",
-                             str(system.data), "--data-roots", str(tiny.root), "--poll", "0.1", "--kill-after", "3",
-                             "--max-jobs", "2"],
-                            cwd=ROOT, env=env, stdout=open(log_path, "ab"), stderr=subprocess.STDOUT)
-    wait_serving(port, "pmis.v1.TrainerService", 60)
-    return proc
+def _start_trainer(system, tiny, root: Path) -> tuple[subprocess.Popen, str]:
+    """The trainer as a process on a port it binds itself; (process, target) once SERVING."""
+    return spawn_server("services.trainer.server", TRAINER, [
+        "--bundles", str(system.bundles), "--runs", str(system.runs), "--data", str(system.data),
+        "--data-roots", str(tiny.root), "--poll", "0.1", "--kill-after", "3", "--max-jobs", "2"],
+        root / "trainer.ports", root / "trainer.log", env={"PMIS_ADMIN_TOKEN": TOKEN})
 
 
-def _running_jobs(stub, n: int) -> list[str]:
+def _running_jobs(stub, store: JobStore, n: int) -> list[str]:
     """Start n jobs and wait until each is RUNNING inside its worker (a stage has started)."""
     ids = [stub.StartTraining(T.StartTrainingRequest(config=config()), metadata=AUTH, timeout=10).job_id
            for _ in range(n)]
-    for job_id in ids:
-        watch_until(stub, job_id, lambda u: u.kind == "stage_started", timeout=90)
+    wait_until(lambda: all(any(e["kind"] == "stage_started" for e in store.events(j)) for j in ids), 120,
+               f"{n} job(s) running in their workers", interval=0.01)
     return ids
 
 
-def _gone(pid: int, timeout: float = 15.0) -> bool:
-    """The process has exited (a zombie awaiting its new parent's reaping counts as exited)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (FileNotFoundError, ProcessLookupError, IndexError):
-            return True
-        if state in ("Z", "X"):
-            return True
-        time.sleep(0.1)
-    return False
+def _early(store: JobStore, job_id: str) -> dict:
+    """The job's row, checked to be RUNNING and short of its last two stages: with the job table
+    held, it is seconds of training away from registering anything."""
+    from models.train import STAGE_WEIGHTS
+
+    row = store.get(job_id)
+    late = ("test window: components refitted up to c2, every model evaluated", "final refit on all data and bundles")
+    assert row["status"] == "RUNNING" and not row["committed"], row["message"]
+    assert row["percent"] < sum(STAGE_WEIGHTS.values()) - sum(STAGE_WEIGHTS[s] for s in late), \
+        f"job {job_id} already at {row['percent']}% when the test held the job table"
+    return row
 
 
-def test_trainer_restart_and_shutdown_mark_jobs_honestly(tiny_system, tmp_path):
-    system = copy_system(tiny_system, tmp_path / "sys")
+def test_trainer_restart_and_shutdown_mark_jobs_honestly(tiny_system, system, tmp_path):
     store = JobStore(system.bundles / "registry.db")
-    port = free_port()
-    log_path = tmp_path / "trainer.log"
-    procs = [_start_trainer(system, tiny_system, port, log_path)]
+    procs = []
     try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+        proc, target = _start_trainer(system, tiny_system, tmp_path)
+        procs.append(proc)
+        with grpc.insecure_channel(target) as ch:
             stub = trainer_pb2_grpc.TrainerServiceStub(ch)
-            crashed, orphaned = _running_jobs(stub, 2)
-            pids = {j: store.get(j)["pid"] for j in (crashed, orphaned)}
-            # The trainer dies hard. One worker dies with it (as in a pod restart); the other is orphaned.
+            crashed, orphaned = _running_jobs(stub, store, 2)  # two workers at once (--max-jobs 2)
+        # The trainer dies hard and one worker with it (as in a pod restart); the other is orphaned.
+        # Neither job can move on meanwhile (the job table is held), and the trainer is frozen
+        # before the worker is killed, so it cannot see that death and record it: as far as the
+        # job table can tell, both went at the same instant.
+        with job_table_held(system.bundles / "registry.db"):
+            pids = {j: _early(store, j)["pid"] for j in (crashed, orphaned)}
+            assert all(pids.values()) and len(set(pids.values())) == 2
+            proc.send_signal(signal.SIGSTOP)
+            wait_until(lambda: _stopped(proc.pid), 10, "the trainer stopped")
             os.kill(pids[crashed], signal.SIGKILL)
-            procs[0].kill()
-            procs[0].wait(10)
+            proc.kill()
+            proc.wait(10)
+            wait_until(lambda: _exited(pids[crashed]), 10, "the killed worker gone")
         # the orphan notices its trainer is gone, stops itself and says why
-        assert _gone(pids[orphaned]), "the orphaned worker kept running"
+        wait_until(lambda: _exited(pids[orphaned]), 60, "the orphaned worker to stop itself")
         row = store.get(orphaned)
         assert row["status"] == "FAILED" and "trainer that ran the job exited" in row["message"], row["message"]
         assert store.get(crashed)["status"] == "RUNNING"  # nobody left to say otherwise ...
-        procs.append(_start_trainer(system, tiny_system, port, log_path))
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+        proc, target = _start_trainer(system, tiny_system, tmp_path)
+        procs.append(proc)
+        with grpc.insecure_channel(target) as ch:
             stub = trainer_pb2_grpc.TrainerServiceStub(ch)
             job = stub.GetJob(T.GetJobRequest(job_id=crashed), timeout=10)  # ... until the new trainer starts
             assert job.status == T.JOB_STATUS_FAILED and job.message.startswith(RESTART_MESSAGE + " during '")
@@ -702,11 +843,12 @@ def test_trainer_restart_and_shutdown_mark_jobs_honestly(tiny_system, tmp_path):
             listed = {j.job_id: j.status for j in stub.ListJobs(T.ListJobsRequest(), timeout=10).jobs}
             assert listed[crashed] == listed[orphaned] == T.JOB_STATUS_FAILED
             # SIGTERM with a job running: the job is stopped and marked, the trainer exits cleanly
-            (last,) = _running_jobs(stub, 1)
-            pid = store.get(last)["pid"]
-        procs[-1].send_signal(signal.SIGTERM)
-        assert procs[-1].wait(30) == 0
-        assert _gone(pid)
+            (last,) = _running_jobs(stub, store, 1)
+        with job_table_held(system.bundles / "registry.db"):
+            pid = _early(store, last)["pid"]
+            proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        assert _exited(pid)  # the trainer waited for its worker
         row = store.get(last)
         assert row["status"] == "FAILED" and row["message"] == "interrupted: trainer shut down"
         registry = Registry(system.bundles / "registry.db")
@@ -718,8 +860,8 @@ def test_trainer_restart_and_shutdown_mark_jobs_honestly(tiny_system, tmp_path):
     finally:
         for p in procs:
             if p.poll() is None:
-                p.kill()
-                p.wait()
+                p.kill()  # SIGKILL ends a stopped process too
+            p.wait()
 
 
 def test_runner_launches_each_queued_job_once(tiny_system, tmp_path, admin_env):
@@ -733,12 +875,49 @@ def test_runner_launches_each_queued_job_once(tiny_system, tmp_path, admin_env):
     config_, _ = normalise_config({}, system.data, [system.root])
     job = store.create(config_)["job_id"]
     runner = trainer_server.JobRunner(cfg, store)  # not started: we drive it by hand
-    for _ in range(3):
-        runner._launch()
-    assert runner.running() == [job]
-    (proc, _), = runner.procs.values()
-    assert runner.cancel(job)["status"] == "CANCELLED"
-    assert not proc.is_alive() and runner.running() == []
+    try:
+        for _ in range(3):
+            runner._launch()
+        assert runner.running() == [job]
+        (proc, _), = runner.procs.values()
+        assert runner.cancel(job)["status"] == "CANCELLED"
+        assert not proc.is_alive() and runner.running() == []
+    finally:
+        runner.shutdown()  # no worker left behind when an assertion fails
+
+
+def test_runner_leaves_a_job_another_process_started_alone(system, admin_env, monkeypatch):
+    """`pmis retrain` records its job QUEUED and starts it a moment later, in its own process; a
+    trainer on the same table may launch a worker for it in between. That worker finds the job
+    taken and exits: the job is the other process's — not failed, its files not removed."""
+    from services.trainer import server as trainer_server
+
+    cfg = trainer_server.parse_config(["--bundles", str(system.bundles), "--runs", str(system.runs), "--data",
+                                       str(system.data), "--kill-after", "2"])
+    store = JobStore(cfg.db)
+    config_, _ = normalise_config({"components": ["content"]}, system.data, [system.root])
+    job = store.create(config_, source="cli")["job_id"]
+    runner = trainer_server.JobRunner(cfg, store)  # not started: we drive it by hand
+    seen = store.queued(cfg.max_jobs)  # the runner reads the queue ...
+    assert [j["job_id"] for j in seen] == [job]
+    assert store.start(job, os.getpid(), socket.gethostname())  # ... the CLI starts its job ...
+    store.set_run(job, "run-of-the-cli")
+    bundle = write_bundle(system.bundles, "content", documents={"x": 1}, metadata={"run_id": "run-of-the-cli"})
+    writing = system.bundles / "content" / ".tmp-the-cli-is-writing"
+    writing.mkdir()
+    (system.runs / "run-of-the-cli").mkdir()
+    monkeypatch.setattr(store, "queued", lambda limit: seen)
+    try:
+        runner._launch()  # ... and the runner launches a worker for what it read
+        (proc, _), = runner.procs.values()
+        wait_until(lambda: not proc.is_alive(), 60, "the launched worker to find the job taken", interval=0.1)
+        runner._reap()
+        row = store.get(job)
+        assert (row["status"], row["pid"], row["finished_at"]) == ("RUNNING", os.getpid(), None), row["message"]
+        assert not [e["message"] for e in store.events(job) if "exited" in e["message"] or "removed" in e["message"]]
+        assert bundle.path.is_dir() and writing.is_dir() and (system.runs / "run-of-the-cli").is_dir()
+    finally:
+        runner.shutdown()
 
 
 def test_auto_activate_moves_the_champion_only_on_the_same_window(tmp_path):

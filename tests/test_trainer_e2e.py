@@ -8,95 +8,55 @@ server follows the registry's champion alias (PMIS_WATCH_SECONDS=0.5).
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
-from tests.test_trainer import TOKEN, copy_system, tiny_system, wait_serving  # noqa: F401 - tiny_system is a fixture
+from tests.support.grpcurl import GRPCURL, grpcurl, messages, ok
+from tests.support.waiting import wait_until
+from tests.test_trainer import (TOKEN, TRAINER, await_server, copy_system, launch_server, stop_process,  # noqa: F401
+                                tiny_system)  # tiny_system is a fixture
 
-ROOT = Path(__file__).resolve().parents[1]
-GRPCURL = shutil.which("grpcurl") or str(Path(sys.executable).parent / "grpcurl")
 AUTH = f"authorization: Bearer {TOKEN}"
-TS = "pmis.v1.TrainerService"
-
-
-def grpcurl(target: str, method: str, data: dict | None = None, *flags: str, timeout: float = 60
-            ) -> subprocess.CompletedProcess:
-    cmd = [GRPCURL, "-plaintext", *flags]
-    if data is not None:
-        cmd += ["-d", json.dumps(data)]
-    return subprocess.run(cmd + [target, method], capture_output=True, text=True, timeout=timeout)
-
-
-def ok(target: str, method: str, data: dict | None = None, *flags: str, timeout: float = 60) -> dict:
-    out = grpcurl(target, method, data, *flags, timeout=timeout)
-    assert out.returncode == 0, f"{method}: {out.stderr}"
-    return json.loads(out.stdout or "{}")
-
-
-def messages(text: str) -> list[dict]:
-    """grpcurl prints one JSON document per streamed message."""
-    decoder, out, i = json.JSONDecoder(), [], 0
-    while True:
-        while i < len(text) and text[i].isspace():
-            i += 1
-        if i >= len(text):
-            return out
-        obj, i = decoder.raw_decode(text, i)
-        out.append(obj)
+TS = TRAINER
+SUCCESS = "pmis.v1.SuccessService"
 
 
 @pytest.fixture(scope="module")
 def lifecycle(tiny_system, tmp_path_factory):  # noqa: F811 - the fixture imported above
+    """The trainer and a success server following the champion alias, as processes on ports they
+    bind and report, on this module's own copy of the tiny system."""
     system = copy_system(tiny_system, tmp_path_factory.mktemp("trainer-e2e"))
-    env = {**os.environ, "PMIS_ADMIN_TOKEN": TOKEN, "PYTHONUNBUFFERED": "1", "OPENBLAS_NUM_THREADS": "1"}
-    ports = {"trainer": free_port(), "success": free_port()}
-    logs = open(system.root / "servers.log", "ab")
-    procs = {
-        "trainer": subprocess.Popen([sys.executable, "-m", "services.trainer.server", "--port", str(ports["trainer"]),
-                                     "--metrics-port", "0", "--bundles", str(system.bundles), "--runs",
-                                     str(system.runs), "--data", str(system.data), "--data-roots",
-                                     str(tiny_system.root)], cwd=ROOT, env=env, stdout=logs, stderr=subprocess.STDOUT),
-        "success": subprocess.Popen([sys.executable, "-m", "services.success.server", "--port", str(ports["success"]),
-                                     "--metrics-port", "0", "--bundles", str(system.bundles), "--watch", "0.5"],
-                                    cwd=ROOT, env=env, stdout=logs, stderr=subprocess.STDOUT),
-    }
+    root, env = system.root, {"PMIS_ADMIN_TOKEN": TOKEN}
+    procs = {}
     try:
-        wait_serving(ports["trainer"], TS)
-        wait_serving(ports["success"], "pmis.v1.SuccessService")
-        yield {name: f"127.0.0.1:{port}" for name, port in ports.items()}
+        procs["trainer"] = launch_server("services.trainer.server", [
+            "--bundles", str(system.bundles), "--runs", str(system.runs), "--data", str(system.data),
+            "--data-roots", str(tiny_system.root)], root / "trainer.ports", root / "trainer.log", env)
+        procs["success"] = launch_server("services.success.server", ["--bundles", str(system.bundles),
+                                                                     "--watch", "0.5"],
+                                         root / "success.ports", root / "success.log", env)
+        yield {"trainer": await_server(procs["trainer"], TS, root / "trainer.ports"),
+               "success": await_server(procs["success"], SUCCESS, root / "success.ports")}
     finally:
-        for proc in procs.values():
+        for proc in procs.values():  # both told at once, then each waited for (killed if it hangs)
             if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
+                proc.terminate()
         for proc in procs.values():
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        logs.close()
+            stop_process(proc, 20)
 
 
 def served_version(target: str) -> int:
-    return int(ok(target, "pmis.v1.SuccessService/ModelInfo", {})["version"])
+    return int(ok(target, f"{SUCCESS}/ModelInfo", {})["version"])
 
 
-def wait_for_version(target: str, version: int, timeout: float = 15.0) -> float:
+def wait_for_version(target: str, version: int, timeout: float = 60.0) -> float:
+    """Seconds until the success server answers with `version`."""
     start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if served_version(target) == version:
-            return time.monotonic() - start
-        time.sleep(0.2)
-    raise AssertionError(f"the success server still serves v{served_version(target)}, not v{version}")
+    wait_until(lambda: served_version(target) == version, timeout, f"the success server serving v{version}",
+               interval=0.1)
+    return time.monotonic() - start
 
 
 def test_model_lifecycle_through_grpcurl(lifecycle):
@@ -104,8 +64,8 @@ def test_model_lifecycle_through_grpcurl(lifecycle):
     assert Path(GRPCURL).exists()
     listed = grpcurl(trainer, "list")
     assert listed.returncode == 0 and TS in listed.stdout.split()
-    described = subprocess.run([GRPCURL, "-plaintext", trainer, "describe", TS], capture_output=True, text=True,
-                               timeout=30)
+    described = grpcurl(trainer, f"describe {TS}", timeout=30)
+    assert described.returncode == 0, described.stderr
     assert "rpc StartTraining" in described.stdout and "stream .pmis.v1.JobUpdate" in described.stdout
     old = served_version(success)
 

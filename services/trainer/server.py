@@ -184,7 +184,7 @@ class JobRunner:
             others = bool(self.procs)
         for job_id, proc, started in done:
             proc.join(0)
-            self._after_exit(job_id, proc.exitcode, started, others)
+            self._after_exit(job_id, proc.exitcode, started, others, pid=proc.pid)
 
     def _reap_foreign(self) -> None:
         """Jobs RUNNING in a process of this host that is not ours (`pmis retrain`) and is gone
@@ -205,8 +205,14 @@ class JobRunner:
             self.store.stop(job["job_id"], "FAILED", f"its process {job['pid']} exited without recording an outcome",
                             force=True)
 
-    def _after_exit(self, job_id: str, code, started: float, others: bool) -> None:
+    def _after_exit(self, job_id: str, code, started: float, others: bool, pid: int | None = None) -> None:
         job = self.store.get(job_id)
+        if pid is not None and job["pid"] and (job["pid"], job["host"]) != (pid, socket.gethostname()):
+            # Our worker lost the start to another process (`pmis retrain` records its job QUEUED,
+            # then starts it itself): the job, its outcome and its folders are that process's.
+            log.info("job taken by another process", extra={"fields": {"job_id": job_id, "pid": job["pid"],
+                                                                       "host": job["host"]}})
+            return
         if job["status"] in ACTIVE:  # the worker died without recording an outcome
             text = f"worker exited unexpectedly (exit code {code})"
             if job["committed"]:
