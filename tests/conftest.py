@@ -73,11 +73,3 @@ def default_report(tmp_path_factory) -> dict:
                  "--runs", str(home / "runs"), "--quiet"]) == 0
     (report,) = (home / "runs").glob("*/report.json")
     return json.loads(report.read_text())
-
-
-def free_port() -> int:  # TODO(remove with the last caller): a bind-then-release port can be taken
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
