@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -194,7 +195,9 @@ def cmd_retrain(args) -> int:
             print(f"error: {field_}: {problem}", file=sys.stderr)
         return 2
     reason = "; ".join(decision["reasons"]) if decision else "started by hand (pmis retrain)"
-    job = store.create(config, source="trigger" if decision else "cli", reason=reason)
+    # created already claimed by this process: a trainer polling the table never starts it too
+    job = store.create(config, source="trigger" if decision else "cli", reason=reason,
+                       claimed_by=(os.getpid(), socket.gethostname()))
     if decision:
         store.link_trigger(decision["check_id"], job["job_id"])
     print(f"job {job['job_id']}")

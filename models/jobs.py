@@ -349,13 +349,18 @@ class JobStore:
 
     # ------------------------------------------------------------------ transitions
 
-    def create(self, config: dict, source: str = "api", reason: str = "") -> dict:
+    def create(self, config: dict, source: str = "api", reason: str = "",
+               claimed_by: tuple[int, str] | None = None) -> dict:
+        """A QUEUED job; with `claimed_by` (pid, host) already RUNNING in that process, in the
+        same transaction, so that no trainer ever sees it queued and starts it too."""
         job_id = _new_job_id()
         with self._tx(immediate=True) as con:
             con.execute("INSERT INTO jobs (job_id, status, config, source, reason, created_at, message)"
                         " VALUES (?, 'QUEUED', ?, ?, ?, ?, 'queued')",
                         (job_id, json.dumps(config, sort_keys=True), source, reason, utc_now_iso()))
             self._event(con, job_id, "status", "QUEUED", message="queued" + (f": {reason}" if reason else ""))
+            if claimed_by is not None:
+                self._start(con, job_id, *claimed_by)
             return self._get(con, job_id)
 
     def start(self, job_id: str, pid: int, host: str) -> bool:
@@ -364,10 +369,13 @@ class JobStore:
             job = self._get(con, job_id)
             if job["status"] != "QUEUED":
                 return False
-            con.execute("UPDATE jobs SET status = 'RUNNING', started_at = ?, pid = ?, host = ?, message = ?"
-                        " WHERE job_id = ?", (utc_now_iso(), pid, host, f"started in process {pid}", job_id))
-            self._event(con, job_id, "status", "RUNNING", message=f"started in process {pid} on {host}")
+            self._start(con, job_id, pid, host)
             return True
+
+    def _start(self, con, job_id: str, pid: int, host: str) -> None:
+        con.execute("UPDATE jobs SET status = 'RUNNING', started_at = ?, pid = ?, host = ?, message = ?"
+                    " WHERE job_id = ?", (utc_now_iso(), pid, host, f"started in process {pid}", job_id))
+        self._event(con, job_id, "status", "RUNNING", message=f"started in process {pid} on {host}")
 
     def set_run(self, job_id: str, run_id: str) -> None:
         with self._tx(immediate=True) as con:
@@ -577,7 +585,8 @@ def manifest_of(path: Path | str) -> dict:
 
 def run_job(db_path: Path, job_id: str, bundles_dir: Path, runs_dir: Path,
             echo: Callable[[Any], None] | None = None, state: dict | None = None) -> str:
-    """Run one queued job in this process; returns its final status.
+    """Run one queued job (or one this process created already claimed) here; returns its final
+    status.
 
     ``state`` (shared with a watchdog) gets ``finishing=True`` once the outcome is being
     written, and ``run_id`` as soon as it is known.
@@ -587,7 +596,9 @@ def run_job(db_path: Path, job_id: str, bundles_dir: Path, runs_dir: Path,
 
     state = state if state is not None else {}
     store = JobStore(db_path)
-    if not store.start(job_id, os.getpid(), socket.gethostname()):
+    mine = (os.getpid(), socket.gethostname())
+    claimed = store.get(job_id)
+    if (claimed["status"], claimed["pid"], claimed["host"]) != ("RUNNING", *mine) and not store.start(job_id, *mine):
         return store.status(job_id)
     job = store.get(job_id)
     config = job["config"]
