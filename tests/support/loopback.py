@@ -81,10 +81,10 @@ class GatewayRunner:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True, name="gateway-loop")
         self.thread.start()
+        # generous budgets by default: a busy 2-core CI box must not turn answers "degraded"
+        defaults = {"budgets_ms": {c: 10_000 for c in COMPONENTS}, "default_deadline_ms": 20_000}
         self.cfg = GatewayConfig(host="127.0.0.1", port=0, metrics_port=0, catalog=catalog, targets=dict(targets),
-                                 # generous budgets: a busy 2-core CI box must not turn into "degraded"
-                                 budgets_ms={c: 10_000 for c in COMPONENTS}, default_deadline_ms=20_000,
-                                 **config)
+                                 **{**defaults, **config})
         try:
             self.gateway, self.server, self.port = self.run(self._start())
         except BaseException:
