@@ -153,20 +153,27 @@ class Cluster:
             raise
 
     def stop(self, name: str, timeout: float = 15) -> int:
-        proc = self.procs.pop(name)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
+        return self._stop_together([name], timeout)[name]
+
+    def stop_all(self, timeout: float = 15) -> None:
+        """The gateway first (no new requests), then every other server at once."""
+        for group in (["gateway"], ["trainer", *COMPONENT_MODULES]):
+            self._stop_together([n for n in group if n in self.procs], timeout)
+
+    def _stop_together(self, names: list[str], timeout: float) -> dict[str, int]:
+        """SIGTERM to each (graceful: NOT_SERVING, drain, grace), then wait; SIGKILL after `timeout`."""
+        procs = {name: self.procs.pop(name) for name in names}
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        end = time.monotonic() + timeout
+        for proc in procs.values():
             try:
-                proc.wait(timeout)
+                proc.wait(max(end - time.monotonic(), 0.1))
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        return proc.returncode
-
-    def stop_all(self) -> None:
-        for name in ["gateway", "trainer", *COMPONENT_MODULES]:
-            if name in self.procs:
-                self.stop(name)
+        return {name: proc.returncode for name, proc in procs.items()}
 
 
 class Supervisor:
@@ -295,6 +302,9 @@ def up(home: Path, data: Path, bundles: Path, runs: Path, ports: Ports, demo: bo
         print("Serving; Ctrl-C stops everything.", flush=True)
         stop = []
         signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
+        # Ctrl-C stops everything even where SIGINT arrived ignored (a script's background job
+        # inherits SIG_IGN, and Python then never raises KeyboardInterrupt).
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         supervisor = Supervisor(cluster)
         try:
             while not stop:
