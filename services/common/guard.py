@@ -60,6 +60,7 @@ class TooLarge:
 
 
 UNDECODABLE = Undecodable()
+_END = object()  # the end of a streamed answer, as `next(answers, _END)` returns it
 
 
 class _RateLimitedWarning:
@@ -156,9 +157,8 @@ class ServerGuard(grpc.ServerInterceptor):
         if handler is None:
             return None
         kind, method = _kind(handler), handler_call_details.method
-        name, inner = method.rsplit("/", 1)[-1], getattr(handler, _kind(handler))
-        type_name = _request_type(handler.request_deserializer)
-        bad = f"request is not a valid {type_name} message"
+        name, inner = method.rsplit("/", 1)[-1], getattr(handler, kind)
+        bad = f"request is not a valid {_request_type(handler.request_deserializer)} message"
 
         def refuse_unusable(request, context):
             if isinstance(request, TooLarge):
@@ -228,9 +228,6 @@ class ServerGuard(grpc.ServerInterceptor):
                     telemetry.observe(self.component, name, _code_name(context), time.perf_counter() - start)
             return _rewrap(handler, kind, streaming)
         return _rewrap(handler, kind, observed(body))
-
-
-_END = object()
 
 
 class AioServerGuard(grpc.aio.ServerInterceptor):
