@@ -277,13 +277,15 @@ class AioAdmissionInterceptor(grpc.aio.ServerInterceptor):
         inner, limiter = handler.unary_unary, self.limiter
 
         async def admitted(request, context):
+            # Refusals take no slot: asyncio sends an abort's status before any `finally` runs, so
+            # a slot taken here would still look busy to the next caller.
+            message = limiter.deadline_refusal(context.time_remaining())
+            if message is not None:
+                await self._refuse(context, method, DEADLINE, grpc.StatusCode.DEADLINE_EXCEEDED, message)
             if not limiter.try_acquire():
                 await self._refuse(context, method, OVERLOAD, grpc.StatusCode.RESOURCE_EXHAUSTED,
                                    limiter.overload_message())
             try:
-                message = limiter.deadline_refusal(context.time_remaining())
-                if message is not None:
-                    await self._refuse(context, method, DEADLINE, grpc.StatusCode.DEADLINE_EXCEEDED, message)
                 return await inner(request, context)
             finally:
                 limiter.release()
