@@ -183,13 +183,29 @@ def ensure_signing_key(path: Path) -> Path:
     point this process (and the processes it starts) at it unless a key is configured already."""
     path = Path(path)
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_hex(32) + "\n")
+        _create_key_file(path)
     if not os.environ.get(SIGNING_KEY_ENV) and not os.environ.get(SIGNING_KEY_FILE_ENV):
         os.environ[SIGNING_KEY_FILE_ENV] = str(path.resolve())
     return path
+
+
+def _create_key_file(path: Path) -> None:
+    """Write the key whole, then link it into place: two commands starting at once both end up
+    with the one key that won, and nobody reads a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass  # another process created it first: theirs is the key
+    finally:
+        tmp.unlink()
 
 
 def _sign(manifest: Mapping[str, Any], key: bytes) -> str:

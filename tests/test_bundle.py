@@ -410,3 +410,14 @@ def test_python_version_mismatch_refused_for_pickles(tmp_path: Path) -> None:
     _rewrite_manifest(ref.path, lambda m: m.update({"python": "2.7.18"}))
     with pytest.raises(BundleError, match=r"built with Python 2\.7, this process runs Python"):
         verify_bundle(ref.path)
+
+
+def test_key_file_created_once_by_racing_processes(tmp_path: Path) -> None:
+    """Two pmis commands started at once on a new home must share one key, not crash."""
+    import multiprocessing
+
+    path = tmp_path / "home" / "signing-key"
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        pool.map(ensure_signing_key, [path] * 8)
+    assert len(path.read_text().strip()) == 64 and path.stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in path.parent.iterdir()] == ["signing-key"]  # no temporary left behind
