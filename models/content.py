@@ -36,7 +36,7 @@ def profile_text(skills, field=None, preferred_sectors=None) -> str:
     sectors = list(preferred_sectors) if preferred_sectors is not None else []
     return " ".join([
         " ".join(map(str, skills)), _skill_tokens(skills), _skill_tokens(skills),
-        str(field or "") if field == field else "",
+        str(field or ""),
         " ".join(f"sector {s}" for s in sectors),
     ])
 

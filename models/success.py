@@ -9,6 +9,8 @@ and `FEATURES` is asserted free of them, so the model cannot see them.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
@@ -153,7 +155,10 @@ class SuccessModel:
                                             cv=StratifiedKFold(folds, shuffle=True, random_state=seed))
         with _one_openmp_thread():
             calibrated.fit(design_matrix(x), y)
-        return cls(calibrated, algorithm, params, np.nanmedian(x, axis=0), float(np.mean(y)))
+        with warnings.catch_warnings():  # a feature absent from the data (all NaN) has no median: NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            reference = np.nanmedian(x, axis=0)
+        return cls(calibrated, algorithm, params, reference, float(np.mean(y)))
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Calibrated P(selected | applies), one per row of pair features."""

@@ -200,7 +200,7 @@ def _coerce(df: pd.DataFrame, col: Column, fname: str, report: ValidationReport)
     s = df[col.name]
     present = s.notna().to_numpy()
     if col.kind == STRING:
-        df[col.name] = s.astype("string").str.strip()
+        df[col.name] = _missing_as_none(s.astype("string").str.strip())
     elif col.kind == LIST:
         df[col.name] = _normalise_lists(s)
     elif col.kind in (FLOAT, INT):
@@ -227,7 +227,7 @@ def _coerce(df: pd.DataFrame, col: Column, fname: str, report: ValidationReport)
         bad = present & mapped.isna().to_numpy()
         for r in _bad_rows(bad):
             report.errors.append(Problem(fname, r + 1, col.name, f"{s.iloc[r]!r} is not a boolean"))
-        df[col.name] = mapped.astype("boolean")
+        df[col.name] = _missing_as_none(mapped)
     elif col.kind == TIME:
         df[col.name] = _parse_times(s, fname, col.name, report)
     if col.choices is not None:
@@ -236,6 +236,13 @@ def _coerce(df: pd.DataFrame, col: Column, fname: str, report: ValidationReport)
         for r in _bad_rows(bad):
             report.errors.append(Problem(fname, r + 1, col.name,
                                          f"{values.iloc[r]!r} is not one of {', '.join(col.choices)}"))
+
+
+def _missing_as_none(s: pd.Series) -> pd.Series:
+    """Text and boolean columns leave the reader as Python objects with None where a value is
+    missing, whatever the file said (None, NaN, pandas NA, an absent column): the models never
+    meet pandas NA, whose truth value raises."""
+    return s.astype(object).where(s.notna(), None)
 
 
 def _normalise_lists(s: pd.Series) -> list[list[str]]:
@@ -261,7 +268,7 @@ def _normalise_lists(s: pd.Series) -> list[list[str]]:
 
 def _isin(values: pd.Series, reference: pd.Series) -> np.ndarray:
     """values.isin(reference) via Arrow's hash lookup (pandas' Arrow-string isin loops in Python)."""
-    found = pc.is_in(pa.array(values.astype(object), from_pandas=True),
+    found = pc.is_in(pa.array(values.astype(object), type=pa.string(), from_pandas=True),
                      value_set=pa.array(reference.dropna().astype(object).unique(), pa.string()))
     return np.asarray(pc.fill_null(found, False), dtype=bool)
 
