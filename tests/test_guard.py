@@ -11,6 +11,8 @@ from concurrent import futures
 
 import grpc
 import pytest
+from grpc_health.v1 import _async as health_async
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import REGISTRY
 
 from pmis.v1 import common_pb2, content_pb2_grpc
@@ -58,6 +60,9 @@ def server(request):
         srv = grpc.server(futures.ThreadPoolExecutor(2), interceptors=[guard.ServerGuard(component)],
                           options=guard.server_options())
         content_pb2_grpc.add_ContentServiceServicer_to_server(Servicer(), srv)
+        checks = health.HealthServicer(experimental_non_blocking=True)
+        checks.set("", health_pb2.HealthCheckResponse.SERVING)
+        health_pb2_grpc.add_HealthServicer_to_server(checks, srv)
         port = srv.add_insecure_port("127.0.0.1:0")
         srv.start()
         try:
@@ -73,6 +78,9 @@ def server(request):
     async def start():
         srv = grpc.aio.server(interceptors=[guard.AioServerGuard(component)], options=guard.server_options())
         content_pb2_grpc.add_ContentServiceServicer_to_server(AioServicer(), srv)
+        checks = health_async.HealthServicer()  # its Watch is a coroutine that writes, not a generator
+        await checks.set("", health_pb2.HealthCheckResponse.SERVING)
+        health_pb2_grpc.add_HealthServicer_to_server(checks, srv)
         port = srv.add_insecure_port("127.0.0.1:0")
         await srv.start()
         return srv, port
@@ -85,6 +93,15 @@ def server(request):
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
         loop.close()
+
+
+def test_health_watch_streams_through_the_guard(server):
+    """Client-side health checking (a channel's healthCheckConfig) watches; the asyncio guard once
+    answered the async servicer's Watch with INTERNAL."""
+    channel, _ = server
+    watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(), timeout=10)
+    assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+    watch.cancel()
 
 
 def test_undecodable_request_is_invalid_argument_logged_once_without_traceback(server, caplog):

@@ -22,6 +22,7 @@ admission control (which must be first, see admission.py). `AioServerGuard` is t
 
 from __future__ import annotations
 
+import inspect
 import logging
 import threading
 import time
@@ -299,8 +300,11 @@ class AioServerGuard(grpc.aio.ServerInterceptor):
                 source = (requests(request_or_iterator, context) if kind == "stream_stream"
                           else request_or_iterator)
                 try:
-                    async for item in inner(source, context):
-                        yield item
+                    if inspect.iscoroutinefunction(inner):  # writes its answers (context.write)
+                        await inner(source, context)
+                    else:
+                        async for item in inner(source, context):
+                            yield item
                 except grpc.aio.AbortError:
                     raise
                 except Exception as e:  # noqa: BLE001 - mapped to a status, never its text
