@@ -37,6 +37,7 @@ class InFlight:
     k: int
     mode: str
     deadline: float
+    explain: bool = True
     candidates: Candidates | None = None
     versions: dict = field(default_factory=dict)
     degraded: list = field(default_factory=list)
@@ -45,6 +46,7 @@ class InFlight:
     base_rate: float = 0.0
     final: np.ndarray | None = None
     ranking: str = ""
+    ranker_answer: object = None    # the Rank answer, with every candidate's contributions when cheap
 
     @property
     def positions(self) -> np.ndarray:
@@ -159,8 +161,11 @@ async def rank_candidates(gw, r: InFlight) -> None:
     ranker_scores = None
     f = gw.fanout
     if r.mode == "hybrid":
-        resp, _ = await f.call("ranker", f.ranker.Rank, rank_request(r, slice(None)), r.deadline)
+        request = rank_request(r, slice(None))
+        request.contributions_if_cheap = r.explain  # then the finishing round needs no second Rank
+        resp, _ = await f.call("ranker", f.ranker.Rank, request, r.deadline)
         if r.answered("ranker", resp):
+            r.ranker_answer = resp
             ranker_scores = np.asarray(resp.scores, dtype=np.float32)[None, :]
         else:
             success, _ = await f.call("success", f.success.Predict, success_pb2.PredictRequest(
@@ -177,11 +182,12 @@ def rank_request(r: InFlight, rows, contributions: bool = False) -> ranker_pb2.R
                                   contributions=contributions)
 
 
-async def finish(gw, r: InFlight, rows: np.ndarray, explain_: bool) -> dict:
+async def finish(gw, r: InFlight, rows: np.ndarray) -> dict:
     """The final k rows' success probability (shown, not ranked on) and, when asked, their
     explanation details: matched/missing skills, success factors and the ranking score's split.
     One round of calls, for these rows only."""
-    f, s, ids = gw.fanout, r.student, r.ids(rows)
+    f, s, ids, explain_ = gw.fanout, r.student, r.ids(rows), r.explain
+    inline = r.ranker_answer is not None and len(r.ranker_answer.contribution_features) > 0
     calls = {}
     if explain_ or np.isnan(r.candidates.scores[0, rows, SUCCESS]).any():
         calls["success"] = f.call("success", f.success.Predict, success_pb2.PredictRequest(
@@ -189,7 +195,7 @@ async def finish(gw, r: InFlight, rows: np.ndarray, explain_: bool) -> dict:
     if explain_ and "content" in r.versions:
         calls["content"] = f.call("content", f.content.Score, common_pb2.ScoreRequest(
             profile=s.profile, internship_ids=ids, student_vector=r.vectors.get("content"), details=True), r.deadline)
-    if explain_ and r.ranking == "ranker":
+    if explain_ and r.ranking == "ranker" and not inline:
         calls["ranker"] = f.call("ranker", f.ranker.Rank, rank_request(r, rows, contributions=True), r.deadline)
     answers = await gather(calls)
     success = answers.get("success")
@@ -200,7 +206,9 @@ async def finish(gw, r: InFlight, rows: np.ndarray, explain_: bool) -> dict:
               for it in (answers["content"].items if answers.get("content") is not None else ())}
     factors = {p.internship_id: list(p.top_factors) for p in (success.predictions if success is not None else ())}
     contributions = {}
-    if answers.get("ranker") is not None:
+    if explain_ and inline and r.ranking == "ranker":
+        contributions = contribution_rows(r.ranker_answer, rows, of=len(r.positions))
+    elif answers.get("ranker") is not None:
         contributions = contribution_rows(answers["ranker"], rows)
     elif r.ranking == "blend":
         terms = blend_terms(r.candidates.scores[0, rows], gw.cfg.blend_weights)
@@ -211,10 +219,13 @@ async def finish(gw, r: InFlight, rows: np.ndarray, explain_: bool) -> dict:
     return {"skills": skills, "factors": factors, "contributions": contributions}
 
 
-def contribution_rows(resp, rows: np.ndarray) -> dict:
-    """Candidate row -> feature -> its share of the ranker's score, from the packed answer."""
+def contribution_rows(resp, rows: np.ndarray, of: int | None = None) -> dict:
+    """Candidate row -> feature -> its share of the ranker's score, from the packed answer: an
+    answer for exactly `rows`, or (`of` = the number of candidates) for every candidate."""
     names = list(resp.contribution_features)
-    values = np.asarray(resp.contribution_values, dtype=np.float64).reshape(len(rows), len(names) + 1)
+    values = np.asarray(resp.contribution_values, dtype=np.float64).reshape(-1, len(names) + 1)
+    if of is not None:
+        values = values[rows]
     return {int(row): dict(zip(names, v[:-1])) for row, v in zip(rows.tolist(), values.tolist())}
 
 

@@ -243,7 +243,8 @@ class Gateway(gateway_pb2_grpc.RecommendationGatewayServicer):
         student = self.resolve(request, v)
         strength, fairness_note = self.fairness_strength(request, context)
         mode = stages.MODE_NAMES[request.mode or gateway_pb2.MODE_HYBRID]
-        r = stages.InFlight(student, self.catalog.internships, k, mode, deadline)
+        want_explain = request.explain if request.HasField("explain") else True
+        r = stages.InFlight(student, self.catalog.internships, k, mode, deadline, explain=want_explain)
         await stages.retrieve(self, r, request)
         response = gateway_pb2.RecommendResponse(student_id=student.student_id, cold_start=student.cold_start,
                                                  fairness=fairness_note)
@@ -252,8 +253,7 @@ class Gateway(gateway_pb2_grpc.RecommendationGatewayServicer):
             await stages.rank_candidates(self, r)
             response.ranking = r.ranking
             order, moved = stages.fair_order(self, r, strength)
-            want_explain = request.explain if request.HasField("explain") else True
-            details = await stages.finish(self, r, order, want_explain)
+            details = await stages.finish(self, r, order)
             stages.answer(r, order, moved, details if want_explain else None, response)
         models, mixed = self.models_and_mixing(r.versions)
         response.models.extend(models)

@@ -812,3 +812,26 @@ def test_gateway_config_from_environment_and_flags(monkeypatch):
     assert cfg.fairness.exposure_targets == {"msme": 0.15} and cfg.fairness.min_shares == {"msme": 0.1, "local": 0.3}
     with pytest.raises(ValueError, match="unknown groups"):
         parse_config(["--fairness", '{"min_shares": {"big_firms": 0.2}}'])
+
+
+def test_explanations_under_treeshap_come_from_a_second_rank_call_for_the_final_items(fresh_system, students):
+    """Path attribution comes back with the one Rank call; under TreeSHAP the ranker declines
+    (too costly for every candidate) and the gateway asks for its final k: the explanation has
+    the ranker's split either way, each summing to the item's ranker score."""
+    from services.ranker.server import RankerRuntime
+
+    runtime = fresh_system.components.servers["ranker"].servicer.slot.get().model
+    answers = {}
+    try:
+        for method in ("path", "shap"):
+            runtime.contributions = method
+            answers[method] = fresh_system.gateway.recommend(student_id=students["top"], k=5)
+    finally:
+        runtime.contributions = RankerRuntime.contributions
+    path, shap = answers["path"], answers["shap"]
+    assert [it.internship_id for it in path.items] == [it.internship_id for it in shap.items]
+    for a, b in zip(path.items, shap.items):
+        assert a.explanation.contributions and b.explanation.contributions
+        assert {c.name for c in a.explanation.contributions} == {c.name for c in b.explanation.contributions}
+        assert a.scores.ranker == pytest.approx(b.scores.ranker, abs=1e-6)
+    assert not path.degraded and not shap.degraded

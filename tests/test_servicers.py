@@ -728,3 +728,26 @@ def test_id_lists_are_checked_in_one_pass_and_name_the_bad_one():
     assert bad(["I1\n"]) == [("ids[0]", "is not a valid id")]           # nor trail an id
     assert bad(["I1", ""]) == [("ids[1]", "is not a valid id")]
     assert bad(["x" * 65]) == [("ids[0]", "is not a valid id")]
+
+
+@pytest.mark.parametrize("method, answered", [("path", True), ("shap", False)])
+def test_ranker_contributions_if_cheap_only_under_path_attribution(loaded, catalog_rows, method, answered):
+    """The gateway asks for every candidate's contributions in its one Rank call when they are
+    cheap; under TreeSHAP (many times the cost per row) none come back and it asks for its final
+    few in a second call."""
+    from services.ranker.server import RankerRuntime
+
+    h = loaded["ranker"]
+    h.servicer.slot.get().model.contributions = method
+    try:
+        ids = catalog_rows["internships"][:30]
+        scores = np.random.default_rng(2).random((len(ids), 4)).astype(np.float32)
+        resp = h.ok("Rank", ranker_pb2.RankRequest(profile=profile(), internship_ids=ids,
+                                                   component_scores=scores.ravel().tolist(),
+                                                   contributions_if_cheap=True))
+        assert bool(resp.contribution_values) is answered
+        if answered:
+            values = np.asarray(resp.contribution_values).reshape(len(ids), len(resp.contribution_features) + 1)
+            np.testing.assert_allclose(values.sum(axis=1), resp.scores, atol=1e-4)
+    finally:
+        h.servicer.slot.get().model.contributions = RankerRuntime.contributions

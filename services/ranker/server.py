@@ -88,7 +88,7 @@ class RankerServicer(ModelAdmin, ranker_pb2_grpc.RankerServiceServicer):
         response = ranker_pb2.RankResponse(scores=scores.tolist(), model=loaded.version_message())
         if request.candidates:
             response.items.extend(common_pb2.ScoredItem(internship_id=i, score=s) for i, s in zip(ids, scores.tolist()))
-        if request.contributions:
+        if request.contributions or (request.contributions_if_cheap and rt.contributions == "path"):
             contrib = np.zeros((len(ids), len(FEATURES) + 1))
             if known.any():
                 contrib[known] = rt.model.contributions(features, rt.contributions)
