@@ -24,6 +24,12 @@ EVENT_WEIGHTS = {"view": 1.0, "save": 3.0, "apply": 5.0}
 MAX_EASE_ITEMS = 20_000
 
 
+def serving_parameters(kind: str, params: dict, n_items: int) -> int:
+    """The numbers a server holds to score a student: the item factors (ALS, students are folded
+    in) or the dense item-item matrix (EASE). Model selection breaks ties by it."""
+    return n_items * int(params["factors"]) if kind == "als" else n_items * n_items
+
+
 def event_weights(events) -> np.ndarray:
     """Confidence of each event (EVENT_WEIGHTS), vectorised over the distinct event names."""
     if not len(events):

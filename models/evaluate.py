@@ -105,8 +105,9 @@ def pipeline_scores(block: CandidateBlock, blend_weights: dict, ranker: RankerMo
 
 def evaluate_window(c: Components, rows: np.ndarray, relevant: sp.csr_matrix, *, k: int, n_candidates: int,
                     blend_weights: dict, ranker: RankerModel | None, groups: dict[str, np.ndarray],
-                    progress=None) -> dict:
-    """Metrics per model for students `rows` whose relevant items (binary, students x items) are given."""
+                    progress=None, ndcg_per_student: dict | None = None) -> dict:
+    """Metrics per model for students `rows` whose relevant items (binary, students x items) are given;
+    `ndcg_per_student`, when given, receives each model's NDCG@k per student (for intervals)."""
     n_rankable = int(c.open_items.sum())
     chunk = chunk_size(len(c.open_items))
     tops: dict[str, list] = {}
@@ -131,6 +132,8 @@ def evaluate_window(c: Components, rows: np.ndarray, relevant: sp.csr_matrix, *,
         valid = None if parts[0][1] is None else np.vstack([v for _, v in parts])
         m = ranking_metrics(topk, rel, n_rankable, valid)
         per_student = m.pop("_per_student")
+        if ndcg_per_student is not None:
+            ndcg_per_student[name] = per_student["ndcg"]
         m["groups"] = group_breakdown(per_student, {a: v[rows] for a, v in groups.items()}, k)
         results[name] = m
     # Candidate recall: the ceiling that any re-ranking of the retrieved candidates can reach.

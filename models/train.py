@@ -29,11 +29,11 @@ import scipy.sparse as sp
 from tqdm import tqdm
 
 from models import metrics as M
-from models.collaborative import MAX_EASE_ITEMS, CollaborativeModel, interaction_matrix
+from models.collaborative import MAX_EASE_ITEMS, CollaborativeModel, interaction_matrix, serving_parameters
 from models.content import ContentModel, profile_text
 from models.data.contract import Dataset, load_dataset
 from models.diagnostics import curves, permutation_importance, window_fingerprint
-from models import pipeline
+from models import pipeline, selection
 from models.evaluate import Components, chunk_size, evaluate_window, ranker_training_data
 from models.fairness_eval import evaluate_fairness, evaluate_shortlists
 from models.features import FeatureSpace, pair_features
@@ -288,10 +288,10 @@ class Trainer:
             valid_rows, valid_graded = self._window(c1, c2)
             collab_kind, collab_params, collab_table = self._select_collab(c1, valid_rows, valid_graded)
             self.report["collaborative_selection"] = collab_table
-            best = max(collab_table, key=lambda r: r[f"ndcg@{cfg.k}"])
+            chosen = next(r for r in collab_table if r.get("chosen"))
             self._emit("metrics", "collaborative: selection on the validation window",
-                       f"chose {collab_kind} {collab_params}",
-                       {f"collaborative.validation.ndcg@{cfg.k}": best[f"ndcg@{cfg.k}"]})
+                       f"chose {self.report['collaborative_choice']}",
+                       {f"collaborative.validation.ndcg@{cfg.k}": chosen[f"ndcg@{cfg.k}"]})
 
         success_algo = success_params = None
         if ds.has_outcomes:
@@ -328,11 +328,13 @@ class Trainer:
             comp_b = self._components(c2, self._fit_collab(collab_kind, collab_params, c2), success_b)
             test_rows, test_graded = self._window(c2, None)
             bar = self._bar(len(test_rows), "evaluating")
+            ndcg = {}
             test = evaluate_window(comp_b, test_rows, (test_graded > 0).astype(np.float32).tocsr(), k=cfg.k,
                                    n_candidates=cfg.candidates, blend_weights=blend_weights, ranker=ranker,
-                                   groups=self.groups, progress=bar.update)
+                                   groups=self.groups, progress=bar.update, ndcg_per_student=ndcg)
             bar.close()
             self.report["ranking"] = test
+            self.report["ranker_against_best_alternative"] = self._ranker_comparison(ndcg)
             self.report["evaluation_window"] = window = {
                 "data_version": ds.data_version, "train_until": c1, "valid_until": c2, "k": cfg.k,
                 "candidates": cfg.candidates, "test_students": int(len(test_rows)),
@@ -379,6 +381,23 @@ class Trainer:
         return np.array([sizes.get(str(c)) in ("Micro", "Small", "Medium") for c in ds.internships["company_id"]])
 
     # ------------------------------------------------------------------ stages
+    def _ranker_comparison(self, ndcg: dict) -> dict:
+        """The learned ranker against the best of the alternatives it replaces, on the same test
+        students, with the paired bootstrap interval of the NDCG difference."""
+        alternatives = [n for n in ("blend", "content", "collaborative", "success_only", "popularity") if n in ndcg]
+        best = max(alternatives, key=lambda n: float(np.mean(ndcg[n])))
+        out = {"alternative": best, f"ranker_ndcg@{self.cfg.k}": float(np.mean(ndcg["ranker"])),
+               f"alternative_ndcg@{self.cfg.k}": float(np.mean(ndcg[best])),
+               **selection.compare(ndcg["ranker"], ndcg[best], seed=self.cfg.seed)}
+        out["ranker_wins"] = out["beyond_noise"] and out["difference"] > 0
+        if not out["ranker_wins"]:
+            message = (f"the learned ranker does not beat {best} beyond noise on the test window (NDCG@{self.cfg.k} "
+                       f"difference {out['difference']:+.4f}, 95 % interval [{out['interval'][0]:+.4f}, "
+                       f"{out['interval'][1]:+.4f}])")
+            tqdm.write(f"  warning: {message}")
+            self._emit("message", "test window: components refitted up to c2, every model evaluated", message)
+        return out
+
     def _select_collab(self, c1: int, rows: np.ndarray, graded: sp.csr_matrix):
         """Fit every candidate on [start, c1) and keep the best NDCG@k on the validation window."""
         space_options = [("als", p) for p in self.cfg.als_grid]
@@ -387,7 +406,7 @@ class Trainer:
         relevant = (graded > 0).astype(np.float32).tocsr()
         seen = _csr(self.idx, self.idx.ts < c1, np.ones(len(self.idx.ts)), *graded.shape)
         open_items = self.base_space.items.deadline >= c1
-        table = []
+        table, per_student = [], []
         matrix = self._collab_matrix(c1)
         for kind, params in tqdm(space_options, desc="collaborative candidates", disable=not self.cfg.progress, leave=False):
             model = CollaborativeModel.fit(kind, {**params, "seed": self.cfg.seed}, matrix, self.idx.student_ids,
@@ -403,10 +422,18 @@ class Trainer:
                 scores[seen[part].toarray().astype(bool) | ~open_items[None, :]] = -np.inf
                 tops.append(M.top_k(scores, self.cfg.k))
             m = M.ranking_metrics(np.vstack(tops), relevant[rows], int(open_items.sum()))
-            m.pop("_per_student")
-            table.append({"kind": kind, "params": params, **m})
-        best = max(table, key=lambda r: r[f"ndcg@{self.cfg.k}"])
-        return best["kind"], best["params"], table
+            per_student.append(m.pop("_per_student")["ndcg"])
+            table.append({"kind": kind, "params": params, **m,
+                          "serving_parameters": serving_parameters(kind, params, len(self.idx.item_ids))})
+        choice = selection.choose(per_student, [r["serving_parameters"] for r in table],
+                                  [f"{r['kind']} {r['params']}" for r in table], seed=self.cfg.seed)
+        for row, iv, diff in zip(table, choice.intervals, choice.differences):
+            row[f"ndcg@{self.cfg.k}_interval"] = list(iv)
+            row["difference_to_best"] = {"mean": diff[0], "interval": list(diff[1:])}
+        chosen = table[choice.index]
+        chosen["chosen"] = True
+        self.report["collaborative_choice"] = choice.reason
+        return chosen["kind"], chosen["params"], table
 
     def _success_stage(self, c1: int):
         cfg = self.cfg

@@ -60,3 +60,15 @@ def test_shortlists_meet_every_feasible_minimum(default_report):
     sl = default_report["fairness"]["shortlists"]
     assert sl["shortlists"] >= 100, sl  # enough shortlists for the share to mean something
     assert sl["share_meeting_all_feasible_minimums"] >= gate("shortlists_feasible_min"), sl
+
+
+def test_ranker_beats_the_best_alternative_beyond_noise_and_selection_says_why(default_report):
+    versus = default_report["ranker_against_best_alternative"]
+    assert versus["alternative"] == "blend" and versus["ranker_wins"] is True, versus
+    assert versus["interval"][0] > 0.05, versus  # a paired 95 % interval, far from zero
+    rows = default_report["collaborative_selection"]
+    chosen = [r for r in rows if r.get("chosen")]
+    assert len(chosen) == 1 and default_report["collaborative_choice"].startswith(chosen[0]["kind"])
+    for r in rows:
+        low, high = r["ndcg@10_interval"]
+        assert low < r["ndcg@10"] < high and high - low < 0.05, r

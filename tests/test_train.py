@@ -180,3 +180,17 @@ def test_trains_what_it_can_without_outcomes(tmp_path):
     assert "no outcomes table: the success predictor is skipped" in report["data"]["notes"]
     assert set(report["bundles"]) == {"content", "collaborative", "ranker"}
     assert report["ranking"]["ranker"]["ndcg@10"] > report["ranking"]["popularity"]["ndcg@10"]
+
+
+def test_selection_reports_intervals_and_the_ranker_comparison(trained):
+    _, _, report = trained
+    rows = report["collaborative_selection"]
+    assert sum(bool(r.get("chosen")) for r in rows) == 1
+    for r in rows:
+        low, high = r["ndcg@10_interval"]
+        assert low <= r["ndcg@10"] <= high and r["serving_parameters"] > 0
+        assert r["difference_to_best"]["interval"][0] <= r["difference_to_best"]["mean"] <= 0 or r.get("chosen")
+    versus = report["ranker_against_best_alternative"]
+    assert versus["alternative"] in ("blend", "content", "collaborative", "success_only", "popularity")
+    assert versus["interval"][0] <= versus["difference"] <= versus["interval"][1]
+    assert versus["ranker_wins"] == (versus["interval"][0] > 0)

@@ -1,0 +1,55 @@
+"""Model selection with the noise in view (models/selection.py): bootstrap intervals over
+students, paired differences, ties within noise going to the cheaper model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from models import selection
+
+
+def students(mean: float, n: int = 2000, seed: int = 0) -> np.ndarray:
+    """Per-student NDCG-like values: mostly zero, some hits."""
+    rng = np.random.default_rng(seed)
+    return (rng.random(n) < mean).astype(np.float64)
+
+
+def test_interval_covers_the_mean_and_shrinks_with_more_students():
+    small, large = students(0.3, 400), students(0.3, 20_000)
+    lo_s, hi_s = selection.interval(selection.bootstrap_means(small))
+    lo_l, hi_l = selection.interval(selection.bootstrap_means(large))
+    assert lo_s < small.mean() < hi_s and lo_l < large.mean() < hi_l
+    assert (hi_l - lo_l) < (hi_s - lo_s) / 4  # sqrt(50) ~ 7x narrower
+    assert selection.bootstrap_means(small, seed=3).tolist() == selection.bootstrap_means(small, seed=3).tolist()
+
+
+def test_a_difference_within_noise_goes_to_the_cheaper_model():
+    base = students(0.30, seed=1)
+    nudged = base.copy()
+    nudged[:3] = 1.0  # a hair better: three students of 2,000
+    choice = selection.choose([nudged, base], costs=[1_000_000, 32_000], names=["ease", "als"])
+    assert choice.best == 0 and choice.index == 1
+    mean, low, high = choice.differences[1]
+    assert mean < 0 and low < 0 <= high
+    assert "within noise of the best (ease" in choice.reason and "cheaper to serve" in choice.reason
+
+
+def test_a_clearly_better_model_wins_whatever_it_costs():
+    strong, weak = students(0.40, seed=2), students(0.30, seed=2)
+    choice = selection.choose([weak, strong], costs=[10, 1_000_000], names=["cheap", "strong"])
+    assert choice.index == choice.best == 1
+    assert choice.differences[0][2] < 0  # the cheap one is clearly worse
+    assert choice.reason == "strong: the best mean"
+
+
+def test_paired_comparison_sees_a_small_consistent_gain_that_unpaired_intervals_miss():
+    rng = np.random.default_rng(4)
+    a = rng.random(3000)
+    b = a - 0.01 + rng.normal(0, 0.01, 3000)  # the same students, slightly worse, consistently
+    result = selection.compare(a, b)
+    assert result["beyond_noise"] and result["difference"] == pytest.approx(0.01, abs=0.002)
+    assert result["interval"][0] > 0
+    ia, ib = (selection.interval(selection.bootstrap_means(v)) for v in (a, b))
+    assert ia[0] < ib[1]  # each one's own interval overlaps the other's
+    assert not selection.compare(a, a)["beyond_noise"]
