@@ -207,7 +207,7 @@ async def finish(gw, r: InFlight, rows: np.ndarray) -> dict:
     factors = {p.internship_id: list(p.top_factors) for p in (success.predictions if success is not None else ())}
     contributions = {}
     if explain_ and inline and r.ranking == "ranker":
-        contributions = contribution_rows(r.ranker_answer, rows, of=len(r.positions))
+        contributions = contribution_rows(r.ranker_answer, rows, every_candidate=True)
     elif answers.get("ranker") is not None:
         contributions = contribution_rows(answers["ranker"], rows)
     elif r.ranking == "blend":
@@ -219,12 +219,12 @@ async def finish(gw, r: InFlight, rows: np.ndarray) -> dict:
     return {"skills": skills, "factors": factors, "contributions": contributions}
 
 
-def contribution_rows(resp, rows: np.ndarray, of: int | None = None) -> dict:
+def contribution_rows(resp, rows: np.ndarray, every_candidate: bool = False) -> dict:
     """Candidate row -> feature -> its share of the ranker's score, from the packed answer: an
-    answer for exactly `rows`, or (`of` = the number of candidates) for every candidate."""
+    answer for exactly `rows`, or one for every candidate."""
     names = list(resp.contribution_features)
     values = np.asarray(resp.contribution_values, dtype=np.float64).reshape(-1, len(names) + 1)
-    if of is not None:
+    if every_candidate:
         values = values[rows]
     return {int(row): dict(zip(names, v[:-1])) for row, v in zip(rows.tolist(), values.tolist())}
 
