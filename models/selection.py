@@ -16,7 +16,7 @@ import numpy as np
 
 LEVEL = 0.95
 SAMPLES = 1000
-_CHUNK = 100  # resamples drawn at once: bounded memory at hundreds of thousands of students
+_CHUNK = 25  # resamples drawn at once: (25, students, candidates) floats at a time
 
 
 def bootstrap_means(values: np.ndarray, *, samples: int = SAMPLES, seed: int = 0) -> np.ndarray:
