@@ -187,7 +187,9 @@ async def finish(gw, r: InFlight, rows: np.ndarray) -> dict:
     explanation details: matched/missing skills, success factors and the ranking score's split.
     One round of calls, for these rows only."""
     f, s, ids, explain_ = gw.fanout, r.student, r.ids(rows), r.explain
-    inline = r.ranker_answer is not None and len(r.ranker_answer.contribution_features) > 0
+    # The ranker's split of each final score came with its Rank answer when it was cheap.
+    inline = (explain_ and r.ranking == "ranker" and r.ranker_answer is not None
+              and len(r.ranker_answer.contribution_features) > 0)
     calls = {}
     if explain_ or np.isnan(r.candidates.scores[0, rows, SUCCESS]).any():
         calls["success"] = f.call("success", f.success.Predict, success_pb2.PredictRequest(
@@ -206,7 +208,7 @@ async def finish(gw, r: InFlight, rows: np.ndarray) -> dict:
               for it in (answers["content"].items if answers.get("content") is not None else ())}
     factors = {p.internship_id: list(p.top_factors) for p in (success.predictions if success is not None else ())}
     contributions = {}
-    if explain_ and inline and r.ranking == "ranker":
+    if inline:
         contributions = contribution_rows(r.ranker_answer, rows, every_candidate=True)
     elif answers.get("ranker") is not None:
         contributions = contribution_rows(answers["ranker"], rows)

@@ -42,7 +42,6 @@ def interval(draws: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
 class Choice:
     index: int          # the chosen candidate
     best: int           # the candidate with the highest mean
-    means: list[float]
     intervals: list[tuple[float, float]]           # each candidate's mean, bootstrap interval
     differences: list[tuple[float, float, float]]  # (mean, low, high) of candidate - best, paired
     reason: str
@@ -70,7 +69,7 @@ def choose(per_student: list[np.ndarray], costs: list[float], names: list[str], 
         reason = (f"{names[chosen]}: within noise of the best ({names[best]}; difference {d[0]:+.4f}, "
                   f"{int(100 * level)} % interval [{d[1]:+.4f}, {d[2]:+.4f}]) and cheaper to serve "
                   f"({costs[chosen]:,.0f} against {costs[best]:,.0f} parameters)")
-    return Choice(chosen, best, [float(m) for m in means], intervals, differences, reason)
+    return Choice(chosen, best, intervals, differences, reason)
 
 
 def compare(a: np.ndarray, b: np.ndarray, *, seed: int = 0, level: float = LEVEL) -> dict:

@@ -6,7 +6,6 @@ bundles; what the contract does not allow fails with file, row and column, never
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
