@@ -35,6 +35,7 @@ import platform
 import re
 import secrets
 import shutil
+import threading
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -642,6 +643,18 @@ def _load_object(fpath: Path, expected_sha256: str) -> Any:
     return joblib.load(io.BytesIO(data))
 
 
+# numpy parses each .npy header with ast.literal_eval, and CPython 3.11 can fail that with a
+# spurious "AST constructor recursion depth mismatch" SystemError when threads parse at once
+# (python/cpython#106905): several servers loading in one process (the tests), or a reload
+# beside the registry watch. Array headers are read one at a time; the data stays memory-mapped.
+_HEADER_LOCK = threading.Lock()
+
+
+def _load_array(fpath: Path, mmap: bool) -> np.ndarray:
+    with _HEADER_LOCK:
+        return np.load(fpath, mmap_mode="r" if mmap else None, allow_pickle=False)
+
+
 def load_bundle(path: Path, *, mmap: bool = True) -> Bundle:
     """Verify and load a bundle folder; arrays are memory-mapped read-only when ``mmap`` is true."""
     path = Path(path).resolve()
@@ -653,9 +666,7 @@ def load_bundle(path: Path, *, mmap: bool = True) -> Bundle:
         kind = entry["kind"]
         try:
             if kind == "array":
-                bundle.arrays[name] = np.load(
-                    fpath, mmap_mode="r" if mmap else None, allow_pickle=False
-                )
+                bundle.arrays[name] = _load_array(fpath, mmap)
             elif kind == "object":
                 bundle.objects[name] = _load_object(fpath, entry["sha256"])
             elif kind == "document":
