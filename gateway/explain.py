@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from models.data.domain import DISTANCE_CLASS_NAMES, distance_class, haversine_km
-from pmis.v1 import common_pb2, gateway_pb2
+from pmis.v1 import common_pb2, gateway_pb2, success_pb2
 
 MIN_EVIDENCE = 5          # applicants needed before collaborative evidence is shown (no one is exposed)
 HIGHER, LOWER = 1.25, 0.8  # success band: ratio to the base rate
@@ -58,6 +58,42 @@ def percent(probability: float) -> str:
     """'about 14%', or 'under 1%' rather than a discouraging and false 'about 0%'."""
     shown = f"{100 * probability:.0f}"
     return "under 1%" if shown == "0" else f"about {shown}%"
+
+
+def skill_rows(resp, ids) -> dict[str, tuple[list[str], list[str], list[float]]]:
+    """internship id -> (matched skills, missing skills, matched weights), for `ids` only, from
+    content's packed Score answer with details (None: no answer, no details)."""
+    if resp is None:
+        return {}
+    matched = _offsets(resp.matched_counts)
+    missing = _offsets(resp.missing_counts)
+    out = {}
+    for i, j in _rows_of(resp.internship_ids, ids):
+        a, b = matched[j], matched[j + 1]
+        out[i] = (list(resp.matched_skills[a:b]), list(resp.missing_skills[missing[j]:missing[j + 1]]),
+                  list(resp.matched_weights[a:b]))
+    return out
+
+
+def factor_rows(resp, ids) -> dict[str, list[success_pb2.Factor]]:
+    """internship id -> its success factors, for `ids` only, from success's packed answer."""
+    if resp is None or not resp.factor_counts:
+        return {}
+    at = _offsets(resp.factor_counts)
+    return {i: [success_pb2.Factor(name=n, value=v, contribution=c) for n, v, c in zip(
+        resp.factor_names[at[j]:at[j + 1]], resp.factor_values[at[j]:at[j + 1]],
+        resp.factor_contributions[at[j]:at[j + 1]])]
+        for i, j in _rows_of(resp.internship_ids, ids)}
+
+
+def _offsets(counts) -> list[int]:
+    return [0, *np.cumsum(np.asarray(counts, dtype=np.int64)).tolist()]
+
+
+def _rows_of(answered, ids):
+    """(id, row of the id in a packed answer) for each of `ids` the answer holds."""
+    row = {i: n for n, i in enumerate(answered)}
+    return [(i, row[i]) for i in ids if i in row]
 
 
 def reason_contributions(by_feature: dict[str, float]) -> dict[str, float]:

@@ -2,10 +2,12 @@
 
     retrieve (content and collaborative in parallel: ids and scores only)
       -> union and filter (applied/seen, closed, full, the student's hard filters)
-      -> score (what each retriever did not find, in parallel)
-      -> rank (ranker; blend when it is down) -> fair re-rank (the operator's policy)
-      -> finish: success probability and explanation details for the final k only, in one round
-      -> answer
+      -> score (in parallel: what each retriever did not find; every candidate's success
+         probability and, when explaining, its skills and success factors, packed)
+      -> rank (ranker, with each candidate's score split when cheap; blend when it is down)
+      -> fair re-rank (the operator's policy) -> finish (the final k's details) -> answer
+
+Six calls in three rounds; a seventh (Rank for the final k) only under TreeSHAP attribution.
 
 Every component answers in packed arrays; the (n, 4) score array is filled by catalogue position.
 A component that does not answer leaves its column NaN and is named in `degraded`.
@@ -44,6 +46,8 @@ class InFlight:
     vectors: dict = field(default_factory=dict)    # component -> StudentVector from its Retrieve
     collab_basis: str = ""
     base_rate: float = 0.0
+    content_details: object = None  # content's Score answer with every candidate's skills (when explaining)
+    success_answer: object = None   # success's answer: every candidate's probability (and factors)
     final: np.ndarray | None = None
     ranking: str = ""
     ranker_answer: object = None    # the Rank answer, with every candidate's contributions when cheap
@@ -130,13 +134,16 @@ def absorb_collaborative(r: InFlight, resp) -> None:
 
 
 async def score(gw, r: InFlight) -> None:
-    """Scores the retrievers did not give, in parallel."""
-    f, s = gw.fanout, r.student
+    """In parallel: the scores the retrievers did not give, and for every candidate its success
+    probability and, when explaining, its details (matched/missing skills, success factors), so
+    that whatever the final k turn out to be needs no further round."""
+    f, s, explain_ = gw.fanout, r.student, r.explain
     calls = {}
-    missing = r.missing(CONTENT)
+    missing = r.ids() if explain_ else r.missing(CONTENT)
     if "content" in r.versions and missing:
         calls["content"] = f.call("content", f.content.Score, common_pb2.ScoreRequest(
-            profile=s.profile, internship_ids=missing, student_vector=r.vectors.get("content")), r.deadline)
+            profile=s.profile, internship_ids=missing, student_vector=r.vectors.get("content"), details=explain_),
+            r.deadline)
     missing = r.missing(POPULARITY)
     if "collaborative" in r.versions and missing:
         vector = r.vectors.get("collaborative")
@@ -145,33 +152,34 @@ async def score(gw, r: InFlight) -> None:
         calls["collaborative"] = f.call("collaborative", f.collaborative.Score, common_pb2.ScoreRequest(
             student_id=s.student_id, internship_ids=missing, interactions=history, student_vector=vector),
             r.deadline)
+    calls["success"] = f.call("success", f.success.Predict, success_pb2.PredictRequest(
+        profile=s.profile, internship_ids=r.ids(), top_factors=3 if explain_ else 0, packed_factors=True), r.deadline)
     answers = await gather(calls)
     for name, resp in answers.items():
         if not r.answered(name, resp):
             continue
         if name == "content":
             r.fill(CONTENT, resp.internship_ids, resp.scores)
+            r.content_details = resp if explain_ else None
+        elif name == "success":
+            r.success_answer = resp
+            r.base_rate = resp.base_rate
+            r.fill(SUCCESS, resp.internship_ids, resp.probabilities)
         else:
             absorb_collaborative(r, resp)
 
 
 async def rank_candidates(gw, r: InFlight) -> None:
-    """The learned ranker; the static blend when it is down (with every candidate's success
-    probability, which the blend weighs); one component when the mode asks."""
+    """The learned ranker; the static blend when it is down; one component when the mode asks."""
     ranker_scores = None
     f = gw.fanout
     if r.mode == "hybrid":
         request = rank_request(r, slice(None))
-        request.contributions_if_cheap = r.explain  # then the finishing round needs no second Rank
+        request.contributions_if_cheap = r.explain  # then finishing needs no second Rank
         resp, _ = await f.call("ranker", f.ranker.Rank, request, r.deadline)
         if r.answered("ranker", resp):
             r.ranker_answer = resp
             ranker_scores = np.asarray(resp.scores, dtype=np.float32)[None, :]
-        else:
-            success, _ = await f.call("success", f.success.Predict, success_pb2.PredictRequest(
-                profile=r.student.profile, internship_ids=r.ids()), r.deadline)
-            if r.answered("success", success):
-                r.fill(SUCCESS, success.internship_ids, success.probabilities)
     r.final, r.ranking = rank(r.candidates, ranker_scores=ranker_scores, blend_weights=gw.cfg.blend_weights,
                               mode=r.mode)
 
@@ -183,42 +191,26 @@ def rank_request(r: InFlight, rows, contributions: bool = False) -> ranker_pb2.R
 
 
 async def finish(gw, r: InFlight, rows: np.ndarray) -> dict:
-    """The final k rows' success probability (shown, not ranked on) and, when asked, their
-    explanation details: matched/missing skills, success factors and the ranking score's split.
-    One round of calls, for these rows only."""
-    f, s, ids, explain_ = gw.fanout, r.student, r.ids(rows), r.explain
-    # The ranker's split of each final score came with its Rank answer when it was cheap.
-    inline = (explain_ and r.ranking == "ranker" and r.ranker_answer is not None
-              and len(r.ranker_answer.contribution_features) > 0)
-    calls = {}
-    if explain_ or np.isnan(r.candidates.scores[0, rows, SUCCESS]).any():
-        calls["success"] = f.call("success", f.success.Predict, success_pb2.PredictRequest(
-            profile=s.profile, internship_ids=ids, top_factors=3 if explain_ else 0), r.deadline)
-    if explain_ and "content" in r.versions:
-        calls["content"] = f.call("content", f.content.Score, common_pb2.ScoreRequest(
-            profile=s.profile, internship_ids=ids, student_vector=r.vectors.get("content"), details=True), r.deadline)
-    if explain_ and r.ranking == "ranker" and not inline:
-        calls["ranker"] = f.call("ranker", f.ranker.Rank, rank_request(r, rows, contributions=True), r.deadline)
-    answers = await gather(calls)
-    success = answers.get("success")
-    if "success" in calls and r.answered("success", success):
-        r.base_rate = success.base_rate
-        r.fill(SUCCESS, success.internship_ids, success.probabilities)
-    skills = {it.internship_id: (list(it.matched_skills), list(it.missing_skills), list(it.matched_weights))
-              for it in (answers["content"].items if answers.get("content") is not None else ())}
-    factors = {p.internship_id: list(p.top_factors) for p in (success.predictions if success is not None else ())}
+    """The final k rows' explanation details: matched/missing skills and success factors (they came
+    with the scoring round) and the ranking score's split (with the Rank answer when it was cheap,
+    else one more Rank call for these rows only)."""
+    f, ids = gw.fanout, r.ids(rows)
+    inline = r.ranking == "ranker" and r.ranker_answer is not None and len(r.ranker_answer.contribution_features) > 0
     contributions = {}
     if inline:
         contributions = contribution_rows(r.ranker_answer, rows, every_candidate=True)
-    elif answers.get("ranker") is not None:
-        contributions = contribution_rows(answers["ranker"], rows)
+    elif r.ranking == "ranker":
+        resp, _ = await f.call("ranker", f.ranker.Rank, rank_request(r, rows, contributions=True), r.deadline)
+        if resp is not None:
+            contributions = contribution_rows(resp, rows)
     elif r.ranking == "blend":
         terms = blend_terms(r.candidates.scores[0, rows], gw.cfg.blend_weights)
         contributions = {int(row): dict(zip(COMPONENT_SCORES, t)) for row, t in zip(rows.tolist(), terms.tolist())}
     elif r.ranking in ("content", "collaborative"):
         name = "content_score" if r.ranking == "content" else "collab_score"
         contributions = {int(row): {name: float(r.final[0, row])} for row in rows.tolist()}
-    return {"skills": skills, "factors": factors, "contributions": contributions}
+    return {"skills": explain.skill_rows(r.content_details, ids), "factors": explain.factor_rows(r.success_answer, ids),
+            "contributions": contributions}
 
 
 def contribution_rows(resp, rows: np.ndarray, every_candidate: bool = False) -> dict:

@@ -253,8 +253,8 @@ class Gateway(gateway_pb2_grpc.RecommendationGatewayServicer):
             await stages.rank_candidates(self, r)
             response.ranking = r.ranking
             order, moved = stages.fair_order(self, r, strength)
-            details = await stages.finish(self, r, order)
-            stages.answer(r, order, moved, details if want_explain else None, response)
+            details = await stages.finish(self, r, order) if want_explain else None
+            stages.answer(r, order, moved, details, response)
         models, mixed = self.models_and_mixing(r.versions)
         response.models.extend(models)
         response.mixed_data_versions = mixed
@@ -298,24 +298,23 @@ class Gateway(gateway_pb2_grpc.RecommendationGatewayServicer):
                                                                        details=True), deadline),
             f.call("collaborative", f.collaborative.Score, common_pb2.ScoreRequest(
                 student_id=student.student_id, internship_ids=ids, interactions=student.interactions), deadline),
-            f.call("success", f.success.Predict, success_pb2.PredictRequest(profile=student.profile,
-                                                                            internship_ids=ids, top_factors=3), deadline))
+            f.call("success", f.success.Predict, success_pb2.PredictRequest(
+                profile=student.profile, internship_ids=ids, top_factors=3, packed_factors=True), deadline))
         degraded = [name for name, r in (("content", c), ("collaborative", cf), ("success", s)) if r is None]
         if len(degraded) == 3:
             raise unavailable("no component answered")
         component = np.full(4, np.nan, dtype=np.float32)
         matched, missing, weights, prob, factors, base_rate, basis = [], [], [], None, [], 0.0, ""
-        if c is not None and c.items:
-            component[CONTENT] = c.items[0].score
-            matched, missing = list(c.items[0].matched_skills), list(c.items[0].missing_skills)
-            weights = list(c.items[0].matched_weights)
+        if c is not None and c.scores:
+            component[CONTENT] = c.scores[0]
+            matched, missing, weights = explain.skill_rows(c, ids).get(ids[0], ([], [], []))
         if cf is not None and cf.scores:
             basis = cf.basis
             if collaborative_known(basis):
                 component[COLLABORATIVE] = cf.scores[0]
             component[POPULARITY] = cf.popularity[0]
-        if s is not None and s.predictions:
-            prob, factors, base_rate = s.predictions[0].probability, list(s.predictions[0].top_factors), s.base_rate
+        if s is not None and s.probabilities:
+            prob, factors, base_rate = s.probabilities[0], explain.factor_rows(s, ids).get(ids[0]), s.base_rate
             component[SUCCESS] = prob
         scores = gateway_pb2.ComponentScores(**{n: float(x) for n, x in zip(SCORE_COLUMNS, component.tolist())
                                                 if x == x})

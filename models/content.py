@@ -9,14 +9,74 @@ the profile alone. Skills also enter as whole-phrase tokens ("skill_machine_lear
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
 from sklearn.feature_extraction.text import TfidfVectorizer
 
 from models.bundle import Bundle, BundleRef, arrays_to_csr, csr_to_arrays, write_bundle
+from models.features import Vocabulary
 
 COMPONENT = "content"
+
+
+@dataclass
+class SkillTable:
+    """Matched and missing skills of many internships, packed: internship i's matched skills are
+    the next matched_counts[i] entries of matched_skills (with matched_weights), strongest first;
+    its missing skills the next missing_counts[i] of missing_skills, by weight in the internship."""
+    matched_counts: np.ndarray
+    matched_skills: np.ndarray
+    matched_weights: np.ndarray
+    missing_counts: np.ndarray
+    missing_skills: np.ndarray
+
+    def rows(self) -> list[tuple[list[tuple[str, float]], list[str]]]:
+        """Per internship: ([(matched skill, weight)], [missing skill])."""
+        matched = np.split(np.arange(len(self.matched_skills)), np.cumsum(self.matched_counts)[:-1])
+        missing = np.split(self.missing_skills, np.cumsum(self.missing_counts)[:-1])
+        names, weights = self.matched_skills.tolist(), self.matched_weights.tolist()
+        return [([(names[j], weights[j]) for j in m.tolist()], lack.tolist()) for m, lack in zip(matched, missing)]
+
+
+class SkillExplainer:
+    """Matched and missing skills for any set of internships in a few array operations.
+
+    A matched skill's weight is its own term in the cosine match (profile weight x internship
+    weight of the skill's whole-phrase token); a missing skill ranks by its weight in the
+    internship (what it would add). Both are part of the score itself (the rest comes from the
+    words of the skills, the field and the sector).
+    """
+
+    def __init__(self, model: "ContentModel", skills: Vocabulary, item_bits: np.ndarray):
+        """`skills`: the feature space's skill vocabulary; `item_bits`: each internship's skills as
+        its bitset row, in the model's internship order."""
+        self.skills, self.tokens, self.item_bits = skills, skills.tokens, item_bits
+        columns = model.skill_columns(self.tokens.tolist())
+        known = np.flatnonzero(columns >= 0)
+        self.columns = columns
+        # (internships, skills): each internship's weight of each skill's phrase token.
+        sub = model.item_matrix[:, columns[known]].tocsr()
+        self.weights = sp.csr_matrix((sub.data, known[sub.indices], sub.indptr),
+                                     shape=(model.item_matrix.shape[0], len(self.tokens)))
+
+    def table(self, profile_vector: sp.csr_matrix, skills, positions) -> SkillTable:
+        positions = np.asarray(positions, dtype=np.int64)
+        n_tokens = len(self.tokens)
+        have = self.skills.flags(self.skills.bitsets([[str(s).strip().lower() for s in skills]]))[0]
+        flags = self.skills.flags(self.item_bits[positions])
+        in_item = self.weights[positions].toarray().astype(np.float64)
+        query = np.zeros(n_tokens)
+        known = self.columns >= 0
+        query[known] = profile_vector.toarray()[0, self.columns[known]].astype(np.float64)
+        rows, cols = np.nonzero(flags & have)
+        w = in_item[rows, cols] * query[cols]
+        order = np.lexsort((-w, rows))  # stable: equal weights keep the vocabulary's order
+        lack_rows, lack_cols = np.nonzero(flags & ~have)
+        lack_order = np.lexsort((-in_item[lack_rows, lack_cols], lack_rows))
+        return SkillTable(np.bincount(rows, minlength=len(positions)), self.tokens[cols[order]], w[order],
+                          np.bincount(lack_rows, minlength=len(positions)), self.tokens[lack_cols[lack_order]])
 
 
 def _skill_tokens(skills) -> str:
@@ -134,50 +194,10 @@ class ContentModel:
                                  minlength=len(item_pos))
         return out
 
-    def _skill_columns(self, skills: list[str]) -> np.ndarray:
+    def skill_columns(self, skills) -> np.ndarray:
         """Vocabulary column of each skill's whole-phrase token (-1 when the vectoriser lacks it)."""
         vocabulary = self.vectorizer.vocabulary_
-        return np.array([vocabulary.get("skill_" + sk.replace(" ", "_"), -1) for sk in skills], dtype=np.int64)
-
-    def _row_weights(self, item_pos: int, columns: np.ndarray) -> np.ndarray:
-        """TF-IDF weights of `columns` in one internship's row (0 where absent), straight from the
-        CSR arrays: slicing a scipy row costs ~100 us, this a few."""
-        m = self.item_matrix
-        lo, hi = int(m.indptr[item_pos]), int(m.indptr[item_pos + 1])
-        hit = m.indices[lo:hi][None, :] == columns[:, None]      # (skills, row nnz)
-        return np.where(hit.any(axis=1), m.data[lo:hi][hit.argmax(axis=1)], 0.0).astype(np.float64)
-
-    def skill_weight(self, item_pos: int, skill: str) -> float:
-        """TF-IDF weight of a skill's phrase token in an internship's vector: how much that skill
-        contributes to (or, if missing, would add to) the cosine match. 0 when absent."""
-        return float(self._row_weights(item_pos, self._skill_columns([skill]))[0])
-
-    def skill_details(self, profile_vector: sp.csr_matrix, positions, matched, missing) -> list:
-        """Per internship (of `positions`): its matched skills with each one's own term in the cosine
-        match (profile weight x internship weight of the skill's whole-phrase token), strongest
-        first; and its missing skills by their weight in the internship, strongest first (what they
-        would add). The terms are part of the score itself (the rest comes from the words of the
-        skills, the field and the sector). One pass over each internship's row."""
-        q = profile_vector.tocsr()
-        in_profile = dict(zip(q.indices.tolist(), q.data.tolist()))
-        vocabulary, m, out = self.vectorizer.vocabulary_, self.item_matrix, []
-        column = lambda skill: vocabulary.get("skill_" + skill.replace(" ", "_"), -1)  # noqa: E731
-        for p, have, lack in zip(np.asarray(positions).tolist(), matched, missing):
-            lo, hi = int(m.indptr[p]), int(m.indptr[p + 1])
-            row = dict(zip(m.indices[lo:hi].tolist(), m.data[lo:hi].tolist()))
-            terms = sorted(((s, in_profile.get(column(s), 0.0) * row.get(column(s), 0.0)) for s in have),
-                           key=lambda t: -t[1])
-            out.append((terms, sorted(lack, key=lambda s: -row.get(column(s), 0.0))))
-        return out
-
-    def skill_terms(self, profile_vector: sp.csr_matrix, item_pos: int, skills: list[str]) -> list[tuple[str, float]]:
-        """`skill_details` of matched skills for one internship."""
-        return self.skill_details(profile_vector, [item_pos], [skills], [[]])[0][0]
-
-    def order_skills(self, item_pos: int, skills: list[str]) -> list[str]:
-        """`skill_details` of missing skills for one internship."""
-        empty = sp.csr_matrix((1, self.item_matrix.shape[1]), dtype=np.float32)
-        return self.skill_details(empty, [item_pos], [[]], [skills])[0][1]
+        return np.array([vocabulary.get("skill_" + str(sk).replace(" ", "_"), -1) for sk in skills], dtype=np.int64)
 
     def save(self, root, metadata: dict, space_arrays: dict) -> BundleRef:
         # The feature space (skill vocabulary, internship skills) rides along for matched/missing skills.

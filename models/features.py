@@ -56,11 +56,14 @@ class Vocabulary:
         """Tokens whose bits are set in one bitset row."""
         return self.decode_many(np.asarray(bits)[None, :])[0]
 
-    def decode_many(self, bits: np.ndarray) -> list[list[str]]:
-        """Tokens per row of an (n, words) bitset matrix, vectorised with unpackbits."""
+    def flags(self, bits: np.ndarray) -> np.ndarray:
+        """(n, tokens) booleans from an (n, words) bitset matrix, vectorised with unpackbits."""
         bits = np.ascontiguousarray(bits, dtype="<u8")
-        flags = np.unpackbits(bits.view(np.uint8), axis=1, bitorder="little")[:, :len(self.tokens)]
-        rows, cols = np.nonzero(flags)
+        return np.unpackbits(bits.view(np.uint8), axis=1, bitorder="little")[:, :len(self.tokens)].astype(bool)
+
+    def decode_many(self, bits: np.ndarray) -> list[list[str]]:
+        """Tokens per row of an (n, words) bitset matrix."""
+        rows, cols = np.nonzero(self.flags(bits))
         out: list[list[str]] = [[] for _ in range(len(bits))]
         for r, c in zip(rows.tolist(), self.tokens[cols].tolist()):
             out[r].append(c)

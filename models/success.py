@@ -172,24 +172,37 @@ class SuccessModel:
         return _logit(self.predict(x))
 
     def factors(self, x: np.ndarray, top: int = 3) -> list[list[tuple[str, float, float]]]:
-        """Per row, the `top` features that move the log-odds most against the typical pair.
+        """Per row, the `top` features that move the log-odds most against the typical pair, as
+        (feature, value, contribution) tuples: `factor_table` unpacked."""
+        counts, features, values, contributions = self.factor_table(x, top)
+        rows = np.repeat(np.arange(len(counts)), counts)
+        out: list[list[tuple[str, float, float]]] = [[] for _ in range(len(counts))]
+        for r, f, v, c in zip(rows.tolist(), features.tolist(), values.tolist(), contributions.tolist()):
+            out[r].append((FEATURES[f], v, c))
+        return out
+
+    def factor_table(self, x: np.ndarray, top: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Every row's `top` factors, packed: (counts per row, feature index, value, contribution)
+        with row r's factors the next counts[r] entries, strongest first.
 
         Contribution of feature j = logit(p(x)) - logit(p(x with feature j set to its training
         median)): model-agnostic, exact for the model actually served, one batch per feature.
+        Features that do not move the log-odds (|contribution| <= 1e-6) are left out.
         """
         x = np.asarray(x, dtype=np.float32)
+        n, width = x.shape
         base = self._log_odds(x)
-        stacked = np.repeat(x[None, :, :], x.shape[1], axis=0)  # (features, rows, features)
-        for j in range(x.shape[1]):
-            stacked[j, :, j] = self.reference[j]
-        swapped = self._log_odds(stacked.reshape(-1, x.shape[1])).reshape(x.shape[1], len(x))
-        contrib = base[None, :] - swapped  # (features, rows)
-        out = []
-        for r in range(len(x)):
-            order = np.argsort(-np.abs(contrib[:, r]))[:top]
-            out.append([(FEATURES[j], float(x[r, j]), float(contrib[j, r])) for j in order
-                        if abs(contrib[j, r]) > 1e-6])
-        return out
+        stacked = np.repeat(x[None, :, :], width, axis=0)  # (features, rows, features)
+        stacked[np.arange(width), :, np.arange(width)] = self.reference[:, None]
+        swapped = self._log_odds(stacked.reshape(-1, width)).reshape(width, n)
+        contrib = (base[None, :] - swapped).T  # (rows, features)
+        order = np.argsort(-np.abs(contrib), axis=1, kind="stable")[:, :top]
+        strongest = np.take_along_axis(contrib, order, axis=1)
+        keep = np.abs(strongest) > 1e-6
+        rows = np.broadcast_to(np.arange(n)[:, None], order.shape)[keep]
+        features = order[keep]
+        return (keep.sum(axis=1), features, x[rows, features].astype(np.float64),
+                strongest[keep].astype(np.float64))
 
     def save(self, root, metadata: dict, space_arrays: dict) -> BundleRef:
         return write_bundle(root, COMPONENT, arrays=space_arrays, objects={"model": self.model},

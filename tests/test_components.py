@@ -11,8 +11,8 @@ from threadpoolctl import threadpool_limits
 
 from models.bundle import BundleError, load_bundle
 from models.collaborative import EVENT_WEIGHTS, CollaborativeModel, interaction_matrix
-from models.content import ContentModel, internship_text, profile_text
-from models.features import PAIR_FEATURES
+from models.content import ContentModel, SkillExplainer, internship_text, profile_text
+from models.features import PAIR_FEATURES, Vocabulary
 from models.ranker import COMPONENT_SCORES, RankerModel, blend_scores, ranker_features
 from models.ranker import FEATURES as RANKER_FEATURES
 from models.success import FEATURES as SUCCESS_FEATURES
@@ -64,13 +64,40 @@ def test_content_ranks_shared_skills_first(content_model):
     np.testing.assert_allclose(sub[0], scores[0, [2, 0]], rtol=1e-6)
 
 
+def _explainer(model) -> SkillExplainer:
+    skills = Vocabulary(t for row in _internships()["skills"] for t in row)
+    return SkillExplainer(model, skills, skills.bitsets(list(_internships()["skills"])))
+
+
 def test_content_skill_terms_are_parts_of_the_cosine(content_model):
-    text = profile_text(["python", "sql"])
-    terms = content_model.skill_terms(content_model.embed([text]), 0, ["sql", "python", "welding"])
-    assert [t[0] for t in terms][-1] == "welding" and terms[-1][1] == 0.0   # not in the internship: no term
+    text = profile_text(["python", "sql", "welding"])
+    (terms, missing), *_ = _explainer(content_model).table(content_model.embed([text]), ["python", "SQL ", "welding"],
+                                                           [0]).rows()
+    assert {t for t, _ in terms} == {"python", "sql"} and missing == ["data analysis"]
     assert terms[0][1] >= terms[1][1] > 0
     # each term is a share of the score, so together they cannot exceed it
     assert sum(v for _, v in terms) <= content_model.score([text], item_pos=np.array([0]))[0, 0] + 1e-6
+
+
+def test_content_skill_table_equals_a_per_item_reference(content_model):
+    """The packed, vectorised table against the obvious loop: per internship, matched skills with
+    profile weight x internship weight of the skill's phrase token, strongest first (ties in
+    vocabulary order), and missing skills by their weight in the internship."""
+    explainer = _explainer(content_model)
+    vocabulary, m = content_model.vectorizer.vocabulary_, content_model.item_matrix.toarray()
+    for student in (["python", "sql"], ["welding", "sales", "tally"], ["quantum basket weaving"], []):
+        vector = content_model.embed([profile_text(student)])
+        q = vector.toarray()[0]
+        positions = [3, 0, 2, 1, 0]
+        rows = explainer.table(vector, student, positions).rows()
+        for p, (terms, missing) in zip(positions, rows):
+            have = [t for t in explainer.tokens.tolist() if t in _internships()["skills"][p] and t in student]
+            lack = [t for t in explainer.tokens.tolist() if t in _internships()["skills"][p] and t not in student]
+            column = {t: vocabulary["skill_" + t.replace(" ", "_")] for t in have + lack}
+            expected = sorted(((t, float(q[column[t]]) * float(m[p, column[t]])) for t in have), key=lambda x: -x[1])
+            assert [t for t, _ in terms] == [t for t, _ in expected]
+            np.testing.assert_allclose([w for _, w in terms], [w for _, w in expected], rtol=1e-12)
+            assert missing == sorted(lack, key=lambda t: -m[p, column[t]])
 
 
 def test_content_brand_new_profile(content_model):
@@ -413,6 +440,29 @@ def test_logistic_success_is_served_as_arithmetic_equal_to_the_library(success_m
     # and the factors are measured on the same log-odds
     factors = success_model.factors(x[:5], 3)
     assert all(1 <= len(f) <= 3 for f in factors)
+
+
+def test_success_factor_table_equals_one_swap_at_a_time(success_model):
+    """The vectorised table against its definition, one row and one feature at a time: the change
+    in log-odds when the feature is set to the typical pair's value, strongest three first."""
+    x, _, _ = _success_data(60, seed=8)
+    x[::7, F["distance_class"]] = np.nan
+    counts, features, values, contributions = success_model.factor_table(x, 3)
+    assert counts.sum() == len(features) == len(values) == len(contributions)
+    at = 0
+    for r in range(len(x)):
+        base = success_model._log_odds(x[r:r + 1])[0]
+        change = []
+        for j in range(x.shape[1]):
+            swapped = x[r:r + 1].copy()
+            swapped[0, j] = success_model.reference[j]
+            change.append(base - success_model._log_odds(swapped)[0])
+        expected = [j for j in np.argsort(-np.abs(change), kind="stable")[:3] if abs(change[j]) > 1e-6]
+        n = counts[r]
+        assert features[at:at + n].tolist() == expected
+        np.testing.assert_allclose(contributions[at:at + n], [change[j] for j in expected], rtol=1e-9, atol=1e-12)
+        np.testing.assert_array_equal(values[at:at + n], x[r, expected].astype(np.float64))
+        at += n
 
 
 def test_non_linear_success_models_go_through_the_library():

@@ -20,6 +20,7 @@ import grpc
 import numpy as np
 import pytest
 
+from gateway import explain
 from models.registry import Registry
 from pmis.v1 import collaborative_pb2, common_pb2, content_pb2, ranker_pb2, success_pb2
 from services.collaborative import server as collaborative_server
@@ -183,9 +184,22 @@ def packed(resp) -> list[Item]:
     return [Item(i, s, p) for i, s, p in zip(resp.internship_ids, resp.scores, pops)]
 
 
-def detailed(h, profile_, ids) -> list:
-    """Content Score with explanation details (matched/missing skills) for these ids."""
-    return list(h.ok("Score", common_pb2.ScoreRequest(profile=profile_, internship_ids=ids, details=True)).items)
+@dataclass
+class Detail:
+    internship_id: str
+    score: float
+    matched_skills: list
+    missing_skills: list
+    matched_weights: list
+
+
+def detailed(h, profile_, ids) -> list[Detail]:
+    """Content Score with explanation details (matched/missing skills) for these ids, unpacked."""
+    resp = h.ok("Score", common_pb2.ScoreRequest(profile=profile_, internship_ids=ids, details=True))
+    assert not resp.items  # packed arrays only
+    rows = explain.skill_rows(resp, list(resp.internship_ids))
+    assert len(resp.matched_counts) == len(resp.missing_counts) == len(resp.internship_ids)
+    return [Detail(i, s, *rows[i]) for i, s in zip(resp.internship_ids, resp.scores)]
 
 
 def profile(**kw) -> common_pb2.StudentProfile:
@@ -298,9 +312,9 @@ def test_content_score_known_ids_only(loaded, catalog_rows):
     assert list(resp.internship_ids) == wanted and not resp.items  # request order, unknown id left out
     for it in packed(resp):
         assert it.score == by_id[it.internship_id].score  # the same arithmetic as retrieval, to the bit
-    details = h.ok("Score", common_pb2.ScoreRequest(profile=profile(), internship_ids=asked, details=True))
-    assert [it.internship_id for it in details.items] == wanted
-    assert [it.score for it in details.items] == list(resp.scores)
+    details = detailed(h, profile(), asked)
+    assert [it.internship_id for it in details] == wanted
+    assert [it.score for it in details] == list(resp.scores)
     only_unknown = h.ok("Score", common_pb2.ScoreRequest(profile=profile(), internship_ids=["I999999"]))
     assert len(only_unknown.internship_ids) == 0 and only_unknown.model.component == "content"
 
@@ -454,6 +468,13 @@ def test_success_predict(loaded, catalog_rows):
     assert 0 < resp.base_rate < 1
     assert resp.base_rate == pytest.approx(catalog_rows["selection_rate"], abs=0.1)
     # more factors on request, up to 10; probabilities do not depend on it
+    # packed, the same factors for every item in a handful of arrays
+    flat = h.ok("Predict", success_pb2.PredictRequest(profile=p, internship_ids=ids, top_factors=2, packed_factors=True))
+    assert not flat.predictions and list(flat.probabilities) == list(resp.probabilities)
+    assert len(flat.factor_counts) == len(ids) and sum(flat.factor_counts) == len(flat.factor_names)
+    by_id = explain.factor_rows(flat, ids)
+    assert [[(f.name, f.value, f.contribution) for f in by_id[pr.internship_id]] for pr in resp.predictions] == \
+        [[(f.name, f.value, f.contribution) for f in pr.top_factors] for pr in resp.predictions]
     more = h.ok("Predict", success_pb2.PredictRequest(profile=p, internship_ids=ids, top_factors=10))
     assert all(2 <= len(pr.top_factors) <= 10 for pr in more.predictions)
     assert [pr.probability for pr in more.predictions] == pytest.approx(probs.tolist(), abs=1e-6)
@@ -644,9 +665,9 @@ def test_content_skills_are_ordered_by_their_weight_in_the_internship(small_syst
     from services.content.server import _text
 
     vector = rt.model.embed([_text(profile)])
-    for p, item in zip(positions.tolist(), rt.details(profile, vector, positions, np.zeros(len(positions)))):
-        for skills in (list(item.matched_skills), list(item.missing_skills)):
-            weights = [rt.model.skill_weight(p, s) for s in skills]
+    for p, (terms, missing) in zip(positions.tolist(), rt.skills.table(vector, profile.skills, positions).rows()):
+        for skills in ([t for t, _ in terms], missing):
+            weights = [rt.skills.weights[p, rt.skills.skills.index[s]] for s in skills]
             assert weights == sorted(weights, reverse=True)
             assert all(w > 0 for w in weights)  # every listed skill is really in the internship's vector
             checked += len(skills) > 1

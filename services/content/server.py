@@ -1,5 +1,5 @@
-"""Content service: TF-IDF candidates and scores for a profile; matched and missing skills for the
-few items an answer shows."""
+"""Content service: TF-IDF candidates and scores for a profile; matched and missing skills of the
+items asked about, packed."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from models.content import ContentModel, profile_text
+from models.content import ContentModel, SkillExplainer, profile_text
 from models.features import FeatureSpace
 from models.pipeline import open_items, top_n
 from pmis.v1 import common_pb2, content_pb2, content_pb2_grpc
@@ -26,12 +26,14 @@ class ContentRuntime:
     model: ContentModel
     space: FeatureSpace
     index: ItemIndex
+    skills: SkillExplainer
     content_hash: str = ""
 
     @classmethod
     def from_bundle(cls, bundle) -> "ContentRuntime":
-        runtime = cls(ContentModel.from_bundle(bundle), FeatureSpace.from_arrays(bundle.arrays),
-                      ItemIndex(bundle.arrays["item_ids"]), bundle.ref.content_hash)
+        model, space = ContentModel.from_bundle(bundle), FeatureSpace.from_arrays(bundle.arrays)
+        runtime = cls(model, space, ItemIndex(bundle.arrays["item_ids"]),
+                      SkillExplainer(model, space.skills, space.items.skills), bundle.ref.content_hash)
         runtime.model.score(["warm up"])  # first call pays the vectoriser's lazy set-up, not a client
         return runtime
 
@@ -52,20 +54,6 @@ class ContentRuntime:
     def vector_message(self, vector: sp.csr_matrix) -> common_pb2.StudentVector:
         return common_pb2.StudentVector(content_hash=self.content_hash, indices=vector.indices.tolist(),
                                         values=vector.data.tolist())
-
-    def details(self, profile, vector, positions: np.ndarray, scores: np.ndarray) -> list[common_pb2.ScoredItem]:
-        """Scored items with matched skills (and their terms in the match) and missing skills, for
-        the few items an answer shows; `vector` is the profile's embedding the scores came from."""
-        student_bits = self.space.skills.bitsets([[s.strip().lower() for s in profile.skills]])[0]
-        items = self.space.items.skills[positions]
-        matched = self.space.skills.decode_many(items & student_bits)
-        missing = self.space.skills.decode_many(items & ~student_bits)
-        # Strongest first: matched skills by their own term in the match, missing ones by what
-        # they would add ("skills to learn" takes the first three).
-        details = self.model.skill_details(vector, positions, matched, missing)
-        return [common_pb2.ScoredItem(internship_id=i, score=s, matched_skills=[t[0] for t in terms],
-                                      matched_weights=[t[1] for t in terms], missing_skills=lack)
-                for i, s, (terms, lack) in zip(self.index.ids[positions].tolist(), scores.tolist(), details)]
 
     def excluded(self, ids, open_at: int) -> np.ndarray | None:
         mask = self.index.mask_of(ids) if ids else None
@@ -115,7 +103,12 @@ class ContentServicer(ModelAdmin, content_pb2_grpc.ContentServiceServicer):
         response = common_pb2.ScoredItems(internship_ids=rt.index.ids[positions].tolist(), scores=scores.tolist(),
                                           model=loaded.version_message(), basis="profile")
         if request.details:
-            response.items.extend(rt.details(request.profile, vector, positions, scores))
+            t = rt.skills.table(vector, request.profile.skills, positions)
+            response.matched_counts.extend(t.matched_counts.tolist())
+            response.matched_skills.extend(t.matched_skills.tolist())
+            response.matched_weights.extend(t.matched_weights.tolist())
+            response.missing_counts.extend(t.missing_counts.tolist())
+            response.missing_skills.extend(t.missing_skills.tolist())
         return response
 
     def ScorePairs(self, request, context):

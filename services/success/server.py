@@ -8,13 +8,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from models.features import FeatureSpace, pair_features
-from models.success import SuccessModel
+from models.success import FEATURES, SuccessModel
 from pmis.v1 import common_pb2, success_pb2, success_pb2_grpc
 from services.common.items import ItemIndex
 from services.common.profiles import profile_columns, profiles_columns
 from services.common.server import ModelAdmin, ModelSlot, run_component
 from services.common.validation import Violations
 
+FEATURE_NAMES = np.asarray(FEATURES)
 SERVICE = success_pb2.DESCRIPTOR.services_by_name["SuccessService"].full_name
 MAX_ITEMS, MAX_PAIRS = 1000, 1000
 
@@ -55,11 +56,15 @@ class SuccessServicer(ModelAdmin, success_pb2_grpc.SuccessServiceServicer):
         ids = rt.index.ids[positions].tolist()
         response.internship_ids.extend(ids)
         response.probabilities.extend(probabilities.tolist())
-        if request.top_factors:  # one message per item: asked for the few items an answer shows
-            for i, prob, fs in zip(ids, probabilities.tolist(), rt.model.factors(x, request.top_factors)):
-                response.predictions.add(internship_id=i, probability=prob,
-                                         top_factors=[success_pb2.Factor(name=n, value=val, contribution=c)
-                                                      for n, val, c in fs])
+        if request.top_factors:
+            counts, features, values, contributions = rt.model.factor_table(x, request.top_factors)
+            if request.packed_factors:
+                response.factor_counts.extend(counts.tolist())
+                response.factor_names.extend(FEATURE_NAMES[features].tolist())
+                response.factor_values.extend(values.tolist())
+                response.factor_contributions.extend(contributions.tolist())
+            else:  # one message per item and factor: for callers that ask about a few items
+                response.predictions.extend(predictions(ids, probabilities, counts, features, values, contributions))
         return response
 
     def PredictPairs(self, request, context):
@@ -74,6 +79,17 @@ class SuccessServicer(ModelAdmin, success_pb2_grpc.SuccessServiceServicer):
             x = pair_features(students, np.arange(n), rt.space.items, np.full(n, p, dtype=np.int64))
             probabilities = rt.model.predict(x)
         return common_pb2.PairScores(scores=probabilities.tolist(), model=loaded.version_message())
+
+
+def predictions(ids, probabilities, counts, features, values, contributions) -> list[success_pb2.Prediction]:
+    out, at = [], 0
+    for i, prob, n in zip(ids, probabilities.tolist(), counts.tolist()):
+        out.append(success_pb2.Prediction(internship_id=i, probability=prob, top_factors=[
+            success_pb2.Factor(name=FEATURES[f], value=v, contribution=c)
+            for f, v, c in zip(features[at:at + n].tolist(), values[at:at + n].tolist(),
+                               contributions[at:at + n].tolist())]))
+        at += n
+    return out
 
 
 def make_servicer(cfg) -> SuccessServicer:
