@@ -136,6 +136,12 @@ class RankerModel:
         (NaN = unavailable) and its pair features."""
         return self.predict(ranker_features(component_scores, pair))
 
+    def predict_with_contributions(self, x: np.ndarray, method: str = "path") -> tuple[np.ndarray, np.ndarray]:
+        """`predict` and `contributions` in one pass over the trees: a row's score is the sum of
+        its contributions (bias included), so the model is evaluated once, not twice."""
+        contributions = self.contributions(x, method)
+        return contributions.sum(axis=1).astype(np.float32), contributions
+
     def contributions(self, x: np.ndarray, method: str = "path") -> np.ndarray:
         """(n, len(FEATURES) + 1): each feature's exact additive share of each row's score, the bias
         last; a row sums to `predict` of that row.

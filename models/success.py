@@ -33,6 +33,9 @@ assert not set(FEATURES) & set(PROTECTED_ATTRIBUTES), "protected attributes must
 
 DISTANCE_COLUMN = FEATURES.index("distance_class")
 N_DISTANCE_CLASSES = 5
+# The pair feature each column of `design_matrix` comes from (the distance class: its one-hot).
+DESIGN_FEATURE = np.array([j for j in range(len(FEATURES)) if j != DISTANCE_COLUMN]
+                          + [DISTANCE_COLUMN] * N_DISTANCE_CLASSES)
 
 
 def design_matrix(x: np.ndarray) -> np.ndarray:
@@ -129,9 +132,20 @@ class LinearLogit:
                    float(clf.intercept_[0] - mean @ coef), float(calibrator.a_), float(calibrator.b_))
 
     def logit(self, design: np.ndarray) -> np.ndarray:
+        return -(self.a * (self._filled(design) @ self.weights + self.offset) + self.b)
+
+    def swap_effects(self, design: np.ndarray, reference: np.ndarray) -> np.ndarray:
+        """(rows, features): the change in log-odds when each pair feature alone is set to the
+        reference pair's value. The log-odds are linear in the design columns, so that is each
+        feature's columns' weighted difference to the reference, exactly."""
+        terms = -self.a * (self._filled(design) - self._filled(reference)) * self.weights
+        out = np.zeros((len(terms), len(FEATURES)))
+        np.add.at(out.T, DESIGN_FEATURE, terms.T)
+        return out
+
+    def _filled(self, design: np.ndarray) -> np.ndarray:
         d = np.asarray(design, dtype=np.float64)
-        d = np.where(np.isnan(d), self.fill, d)
-        return -(self.a * (d @ self.weights + self.offset) + self.b)
+        return np.where(np.isnan(d), self.fill, d)
 
 
 class SuccessModel:
@@ -191,11 +205,14 @@ class SuccessModel:
         """
         x = np.asarray(x, dtype=np.float32)
         n, width = x.shape
-        base = self._log_odds(x)
-        stacked = np.repeat(x[None, :, :], width, axis=0)  # (features, rows, features)
-        stacked[np.arange(width), :, np.arange(width)] = self.reference[:, None]
-        swapped = self._log_odds(stacked.reshape(-1, width)).reshape(width, n)
-        contrib = (base[None, :] - swapped).T  # (rows, features)
+        if self.linear is not None:
+            contrib = self.linear.swap_effects(design_matrix(x), design_matrix(self.reference[None, :]))
+        else:  # any model: one batch of rows per feature, each with that feature swapped
+            base = self._log_odds(x)
+            stacked = np.repeat(x[None, :, :], width, axis=0)  # (features, rows, features)
+            stacked[np.arange(width), :, np.arange(width)] = self.reference[:, None]
+            swapped = self._log_odds(stacked.reshape(-1, width)).reshape(width, n)
+            contrib = (base[None, :] - swapped).T  # (rows, features)
         order = np.argsort(-np.abs(contrib), axis=1, kind="stable")[:, :top]
         strongest = np.take_along_axis(contrib, order, axis=1)
         keep = np.abs(strongest) > 1e-6

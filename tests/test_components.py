@@ -360,6 +360,10 @@ def test_ranker_learns_planted_feature(tmp_path):
         assert contrib.shape == (50, len(RANKER_FEATURES) + 1)
         np.testing.assert_allclose(contrib.sum(axis=1), model.predict(xm), atol=1e-4)
         assert np.abs(contrib[:, :-1]).mean(axis=0).argmax() == RANKER_FEATURES.index("collab_score")
+        # served in one pass: the scores are the contributions' sums, equal to predict
+        scores, both = model.predict_with_contributions(xt, method)
+        assert np.abs(scores - model.predict(xt)).max() <= 1e-6
+        np.testing.assert_array_equal(both, model.contributions(xt, method))
     with pytest.raises(ValueError, match="unknown"):
         model.contributions(xm, "lime")
 

@@ -76,22 +76,24 @@ class RankerServicer(ModelAdmin, ranker_pb2_grpc.RankerServiceServicer):
         rt: RankerRuntime = loaded.model
         positions = np.array([rt.index.position.get(i, -1) for i in ids], dtype=np.int64)
         known = positions >= 0
+        explain = request.contributions or (request.contributions_if_cheap and rt.contributions == "path")
         scores = np.full(len(ids), np.nan, dtype=np.float32)
+        contrib = np.zeros((len(ids), len(FEATURES) + 1))
         if known.any():
             student = rt.space.students(profile_columns(request.profile))
             pair = pair_features(student, np.zeros(int(known.sum()), dtype=np.int64), rt.space.items, positions[known])
             features = ranker_features(component[known], pair)
-            scores[known] = rt.model.predict(features)
+            if explain:
+                scores[known], contrib[known] = rt.model.predict_with_contributions(features, rt.contributions)
+            else:
+                scores[known] = rt.model.predict(features)
         # Internships this bundle has never seen rank last rather than failing the call.
         finite_min = float(np.nanmin(scores)) if known.any() else 0.0
         scores[~known] = finite_min - 1.0
         response = ranker_pb2.RankResponse(scores=scores.tolist(), model=loaded.version_message())
         if request.candidates:
             response.items.extend(common_pb2.ScoredItem(internship_id=i, score=s) for i, s in zip(ids, scores.tolist()))
-        if request.contributions or (request.contributions_if_cheap and rt.contributions == "path"):
-            contrib = np.zeros((len(ids), len(FEATURES) + 1))
-            if known.any():
-                contrib[known] = rt.model.contributions(features, rt.contributions)
+        if explain:
             contrib[~known, -1] = scores[~known]  # unknown internships: no features, only the fallback score
             if request.candidates:
                 for row in contrib.tolist():
