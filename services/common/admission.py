@@ -63,7 +63,7 @@ COMPONENT_MIN_DEADLINE_MS = 10
 # Gateway (asyncio): by Little's law, requests in flight = throughput x time in the system. The
 # limit is the measured saturation throughput times the latency the answers should keep (see the
 # README's load-shedding section); beyond it a request would only queue behind the others.
-GATEWAY_MAX_IN_FLIGHT = 8
+GATEWAY_MAX_IN_FLIGHT = 4
 # A Recommend needs its whole fan-out; with less time than this left it would come back with
 # every component degraded.
 GATEWAY_MIN_DEADLINE_MS = 20
