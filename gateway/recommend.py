@@ -4,7 +4,8 @@
       -> union and filter (applied/seen, closed, full, the student's hard filters)
       -> score (in parallel: what each retriever did not find; every candidate's success
          probability and, when explaining, its skills and success factors, packed)
-      -> rank (ranker, with each candidate's score split when cheap; blend when it is down)
+      -> rank (the ranker service: its learned ranker, or the blend when training found the
+         ranker did not beat it; each candidate's score split when cheap; blend when it is down)
       -> fair re-rank (the operator's policy) -> finish (the final k's details) -> answer
 
 Six calls in three rounds; a seventh (Rank for the final k) only under TreeSHAP attribution.
@@ -180,8 +181,9 @@ async def rank_candidates(gw, r: InFlight) -> None:
         if r.answered("ranker", resp):
             r.ranker_answer = resp
             ranker_scores = np.asarray(resp.scores, dtype=np.float32)[None, :]
-    r.final, r.ranking = rank(r.candidates, ranker_scores=ranker_scores, blend_weights=gw.cfg.blend_weights,
-                              mode=r.mode)
+    r.final, r.ranking = rank(r.candidates, ranker_scores=ranker_scores,
+                              ranking=(r.ranker_answer.ranking or "ranker") if r.ranker_answer else "ranker",
+                              blend_weights=gw.cfg.blend_weights, mode=r.mode)
 
 
 def rank_request(r: InFlight, rows, contributions: bool = False) -> ranker_pb2.RankRequest:
@@ -195,15 +197,15 @@ async def finish(gw, r: InFlight, rows: np.ndarray) -> dict:
     with the scoring round) and the ranking score's split (with the Rank answer when it was cheap,
     else one more Rank call for these rows only)."""
     f, ids = gw.fanout, r.ids(rows)
-    inline = r.ranking == "ranker" and r.ranker_answer is not None and len(r.ranker_answer.contribution_features) > 0
+    ranked_by_service = r.ranker_answer is not None and r.mode == "hybrid"
     contributions = {}
-    if inline:
+    if ranked_by_service and len(r.ranker_answer.contribution_features) > 0:
         contributions = contribution_rows(r.ranker_answer, rows, every_candidate=True)
-    elif r.ranking == "ranker":
+    elif ranked_by_service:
         resp, _ = await f.call("ranker", f.ranker.Rank, rank_request(r, rows, contributions=True), r.deadline)
         if resp is not None:
             contributions = contribution_rows(resp, rows)
-    elif r.ranking == "blend":
+    elif r.ranking == "blend":  # the ranker was down: the gateway's own blend
         terms = blend_terms(r.candidates.scores[0, rows], gw.cfg.blend_weights)
         contributions = {int(row): dict(zip(COMPONENT_SCORES, t)) for row, t in zip(rows.tolist(), terms.tolist())}
     elif r.ranking in ("content", "collaborative"):

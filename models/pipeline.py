@@ -102,17 +102,20 @@ class Candidates:
 
 
 def rank(c: Candidates, *, ranker: RankerModel | None = None, ranker_scores: np.ndarray | None = None,
-         blend_weights: dict, mode: str = "hybrid") -> tuple[np.ndarray, str]:
-    """The ordering score (n, m) and its name: the learned ranker (a model here, or the scores a
-    ranker service returned), else the static blend; or one component when the mode asks."""
+         ranking: str = "ranker", blend_weights: dict, mode: str = "hybrid") -> tuple[np.ndarray, str]:
+    """The ordering score (n, m) and its name: the rank stage (a ranker bundle here, serving the
+    learned ranker or the blend it was trained beside; or the scores a ranker service returned,
+    named `ranking`), else the static blend; or one component when the mode asks."""
     if mode in ("content", "collaborative"):
         column = CONTENT if mode == "content" else COLLABORATIVE
         return np.nan_to_num(c.scores[..., column], nan=-np.inf), mode
+    if ranker is not None and ranker.ranking == "blend":  # what this ranker bundle serves
+        return blend_scores(c.scores, ranker.blend_weights), "blend"
     if ranker is not None and ranker_scores is None:
         ranker_scores = np.zeros(c.valid.shape, dtype=np.float32)
         ranker_scores[c.valid] = ranker.score(c.scores[c.valid], c.pair)
     if ranker_scores is not None:
-        return ranker_scores, "ranker"
+        return ranker_scores, ranking
     return blend_scores(c.scores, blend_weights), "blend"
 
 

@@ -111,9 +111,20 @@ def _node_value(node: dict) -> float:
     return float(node["leaf_value"] if "split_feature" not in node else node["internal_value"])
 
 
+RANKINGS = ("ranker", "blend")
+
+
 class RankerModel:
-    def __init__(self, model: LGBMRanker, params: dict, blend_weights: dict[str, float]):
-        self.model, self.params, self.blend_weights = model, params, blend_weights
+    """The learned ranker, with the static blend's tuned weights beside it.
+
+    `ranking` is what this bundle serves as the rank stage: "ranker" (the learned model) or
+    "blend" when training found that the learned ranker did not beat the blend beyond noise.
+    """
+
+    def __init__(self, model: LGBMRanker, params: dict, blend_weights: dict[str, float], ranking: str = "ranker"):
+        if ranking not in RANKINGS:
+            raise ValueError(f"ranking must be one of {RANKINGS}, not {ranking!r}")
+        self.model, self.params, self.blend_weights, self.ranking = model, params, blend_weights, ranking
         self._attribution: PathAttribution | None = None  # built on first use (walks the tree dump)
 
     @classmethod
@@ -142,6 +153,21 @@ class RankerModel:
         contributions = self.contributions(x, method)
         return contributions.sum(axis=1).astype(np.float32), contributions
 
+    def rank_list(self, component_scores: np.ndarray, pair: np.ndarray, contributions: str | None = None
+                  ) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+        """The rank stage for one student's list, as this bundle serves it: (scores, each row's
+        additive split of its score with the bias last, or None when not asked, and the split's
+        names). Under "blend" the split is the blend's terms."""
+        if self.ranking == "blend":
+            terms = blend_terms(component_scores, self.blend_weights)
+            split = np.hstack([terms, np.zeros((len(terms), 1))]) if contributions else None
+            return terms.sum(axis=-1).astype(np.float32), split, list(COMPONENT_SCORES)
+        features = ranker_features(component_scores, pair)
+        if contributions:
+            scores, split = self.predict_with_contributions(features, contributions)
+            return scores, split, list(FEATURES)
+        return self.predict(features), None, list(FEATURES)
+
     def contributions(self, x: np.ndarray, method: str = "path") -> np.ndarray:
         """(n, len(FEATURES) + 1): each feature's exact additive share of each row's score, the bias
         last; a row sums to `predict` of that row.
@@ -166,7 +192,7 @@ class RankerModel:
     def save(self, root, metadata: dict, space_arrays: dict) -> BundleRef:
         return write_bundle(root, COMPONENT, arrays=space_arrays, objects={"model": self.model},
                             documents={"model": {"params": self.params, "features": FEATURES,
-                                                 "blend_weights": self.blend_weights}},
+                                                 "blend_weights": self.blend_weights, "ranking": self.ranking}},
                             metadata=metadata, pickled_libraries=("lightgbm", "scikit-learn"))
 
     @classmethod
@@ -174,4 +200,4 @@ class RankerModel:
         doc = bundle.documents["model"]
         if doc["features"] != FEATURES:
             raise ValueError("ranker bundle was trained on another feature schema; retrain it")
-        return cls(bundle.objects["model"], doc["params"], doc["blend_weights"])
+        return cls(bundle.objects["model"], doc["params"], doc["blend_weights"], doc.get("ranking", "ranker"))

@@ -390,10 +390,13 @@ class Trainer:
                f"alternative_ndcg@{self.cfg.k}": float(np.mean(ndcg[best])),
                **selection.compare(ndcg["ranker"], ndcg[best], seed=self.cfg.seed)}
         out["ranker_wins"] = out["beyond_noise"] and out["difference"] > 0
+        against_blend = selection.compare(ndcg["ranker"], ndcg["blend"], seed=self.cfg.seed)
+        out["against_blend"] = against_blend
+        out["shipped_ranking"], out["why"] = shipped_ranking(out["ranker_wins"], against_blend, best)
         if not out["ranker_wins"]:
             message = (f"the learned ranker does not beat {best} beyond noise on the test window (NDCG@{self.cfg.k} "
                        f"difference {out['difference']:+.4f}, 95 % interval [{out['interval'][0]:+.4f}, "
-                       f"{out['interval'][1]:+.4f}])")
+                       f"{out['interval'][1]:+.4f}]); the rank stage serves: {out['shipped_ranking']} ({out['why']})")
             tqdm.write(f"  warning: {message}")
             self._emit("message", "test window: components refitted up to c2, every model evaluated", message)
         return out
@@ -527,7 +530,9 @@ class Trainer:
             written("success")
         if "ranker" in cfg.components:
             ranker = RankerModel.fit(rx, ry, rg, ranker_params, blend_weights, seed=cfg.seed)
-            refs["ranker"] = ranker.save(cfg.bundles_dir, {**base_meta, "metrics": strip(ranking["ranker"]),
+            ranker.ranking = self._shipped()
+            refs["ranker"] = ranker.save(cfg.bundles_dir, {**base_meta, "metrics": strip(ranking[ranker.ranking]),
+                                                          "ranking": self.report["ranker_against_best_alternative"],
                                                           "feature_importance": ranker.feature_importance()},
                                          space.arrays())
             written("ranker")
@@ -535,15 +540,20 @@ class Trainer:
         registry = Registry(Path(cfg.bundles_dir) / "registry.db")
         registry.register_many([(ref, self._manifest_metrics(c)) for c, ref in refs.items()],
                                alias="champion" if cfg.activate else None,
-                               reason=f"trained by run {self.run_id}", guard=cfg.register_guard)
+                               reason=f"trained by run {self.run_id}; rank stage serves: {self._shipped()}",
+                               guard=cfg.register_guard)
         self._emit("message", stage, "registered " + ", ".join(f"{c} v{r.version}" for c, r in refs.items()))
         return refs
 
     def _manifest_metrics(self, component: str) -> dict:
         if component == "success":
             return {k: v for k, v in self.report["success"].items() if isinstance(v, (int, float))}
-        m = self.report["ranking"][component]
+        m = self.report["ranking"][self._shipped() if component == "ranker" else component]
         return {k: v for k, v in m.items() if isinstance(v, (int, float))}
+
+    def _shipped(self) -> str:
+        """What the ranker bundle serves as the rank stage: its metrics are that ranking's."""
+        return self.report["ranker_against_best_alternative"]["shipped_ranking"]
 
     def _targets(self) -> dict:
         k = self.cfg.k
@@ -556,6 +566,20 @@ class Trainer:
             out["success_roc_auc"] = self.report["success"]["roc_auc"]
             out["success_ece"] = self.report["success"]["ece"]
         return out
+
+
+def shipped_ranking(ranker_wins: bool, against_blend: dict, best_alternative: str) -> tuple[str, str]:
+    """What the rank stage serves, and why. The learned ranker only when it earns its place: it
+    beats the best alternative beyond noise; or, when the best alternative cannot stand in for it
+    (a single component over the whole catalogue is a different retrieval, not a ranking of the
+    candidates), it still beats the blend beyond noise. Otherwise the blend: within noise of the
+    ranker or better, and cheaper to serve and to explain."""
+    if ranker_wins:
+        return "ranker", f"beats {best_alternative} beyond noise"
+    if against_blend["beyond_noise"] and against_blend["difference"] > 0:
+        return "ranker", (f"beats the blend beyond noise, though not {best_alternative} "
+                          f"(clients can ask for that component alone with its mode)")
+    return "blend", "the learned ranker does not beat the blend beyond noise"
 
 
 def train(cfg: TrainConfig) -> dict:

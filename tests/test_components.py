@@ -367,6 +367,19 @@ def test_ranker_learns_planted_feature(tmp_path):
     with pytest.raises(ValueError, match="unknown"):
         model.contributions(xm, "lime")
 
+    # A bundle whose rank stage is the blend (the learned ranker did not earn its place): the same
+    # trees travel, the blend's tuned weights order the list and its terms split each score.
+    model.ranking = "blend"
+    blended = RankerModel.from_bundle(load_bundle(model.save(tmp_path / "blend", {}, {}).path))
+    assert blended.ranking == "blend"
+    lists = np.random.default_rng(4).random((12, len(COMPONENT_SCORES)))
+    scores, split, names = blended.rank_list(lists, None, contributions="path")
+    np.testing.assert_allclose(scores, blend_scores(lists, blended.blend_weights), atol=1e-6)
+    np.testing.assert_allclose(split.sum(axis=1), scores, atol=1e-5)
+    assert names == list(COMPONENT_SCORES)
+    with pytest.raises(ValueError, match="ranking"):
+        RankerModel(model.model, {}, {}, ranking="popularity")
+
 
 # --------------------------------------------------------------------------- static blend
 

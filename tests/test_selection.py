@@ -53,3 +53,18 @@ def test_paired_comparison_sees_a_small_consistent_gain_that_unpaired_intervals_
     ia, ib = (selection.interval(selection.bootstrap_means(v)) for v in (a, b))
     assert ia[0] < ib[1]  # each one's own interval overlaps the other's
     assert not selection.compare(a, a)["beyond_noise"]
+
+
+def test_the_ranker_ships_only_when_it_earns_its_place():
+    from models.train import shipped_ranking
+
+    clear = {"difference": 0.03, "interval": [0.01, 0.05], "beyond_noise": True}
+    noise = {"difference": 0.002, "interval": [-0.004, 0.008], "beyond_noise": False}
+    worse = {"difference": -0.03, "interval": [-0.05, -0.01], "beyond_noise": True}
+    assert shipped_ranking(True, clear, "blend")[0] == "ranker"
+    # a whole-catalogue component ties with it, but the blend it would fall back to is clearly worse
+    ranking, why = shipped_ranking(False, clear, "collaborative")
+    assert ranking == "ranker" and "collaborative" in why
+    # within noise of the blend, or below it: the blend, cheaper to serve and to explain
+    assert shipped_ranking(False, noise, "blend")[0] == "blend"
+    assert shipped_ranking(False, worse, "popularity")[0] == "blend"

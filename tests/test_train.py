@@ -194,3 +194,23 @@ def test_selection_reports_intervals_and_the_ranker_comparison(trained):
     assert versus["alternative"] in ("blend", "content", "collaborative", "success_only", "popularity")
     assert versus["interval"][0] <= versus["difference"] <= versus["interval"][1]
     assert versus["ranker_wins"] == (versus["interval"][0] > 0)
+
+
+def test_the_rank_stage_shipped_is_the_one_selection_chose(trained):
+    """The ranker bundle serves what the comparison chose, its manifest and the registry say so,
+    and its registered metrics are that ranking's."""
+    from models.bundle import load_bundle
+    from models.ranker import RankerModel
+    from models.registry import Registry
+
+    root, cfg, report = trained
+    versus = report["ranker_against_best_alternative"]
+    shipped = versus["shipped_ranking"]
+    assert shipped in ("ranker", "blend") and versus["why"]
+    assert versus["against_blend"]["interval"][0] <= versus["against_blend"]["difference"]
+    registry = Registry(cfg.bundles_dir / "registry.db")
+    row = registry.resolve("ranker", "champion")
+    bundle = load_bundle(Path(row["path"]))
+    assert RankerModel.from_bundle(bundle).ranking == shipped
+    assert bundle.manifest["metadata"]["ranking"]["shipped_ranking"] == shipped
+    assert bundle.manifest["metadata"]["metrics"]["ndcg@10"] == report["ranking"][shipped]["ndcg@10"]

@@ -76,21 +76,23 @@ class RankerServicer(ModelAdmin, ranker_pb2_grpc.RankerServiceServicer):
         rt: RankerRuntime = loaded.model
         positions = np.array([rt.index.position.get(i, -1) for i in ids], dtype=np.int64)
         known = positions >= 0
-        explain = request.contributions or (request.contributions_if_cheap and rt.contributions == "path")
+        model = rt.model
+        explain = request.contributions or (request.contributions_if_cheap and
+                                            (rt.contributions == "path" or model.ranking == "blend"))
+        names = list(COMPONENT_SCORES) if model.ranking == "blend" else list(FEATURES)
         scores = np.full(len(ids), np.nan, dtype=np.float32)
-        contrib = np.zeros((len(ids), len(FEATURES) + 1))
+        contrib = np.zeros((len(ids), len(names) + 1))
         if known.any():
             student = rt.space.students(profile_columns(request.profile))
             pair = pair_features(student, np.zeros(int(known.sum()), dtype=np.int64), rt.space.items, positions[known])
-            features = ranker_features(component[known], pair)
+            scores[known], split, names = model.rank_list(component[known], pair, rt.contributions if explain else None)
             if explain:
-                scores[known], contrib[known] = rt.model.predict_with_contributions(features, rt.contributions)
-            else:
-                scores[known] = rt.model.predict(features)
+                contrib[known] = split
         # Internships this bundle has never seen rank last rather than failing the call.
         finite_min = float(np.nanmin(scores)) if known.any() else 0.0
         scores[~known] = finite_min - 1.0
-        response = ranker_pb2.RankResponse(scores=scores.tolist(), model=loaded.version_message())
+        response = ranker_pb2.RankResponse(scores=scores.tolist(), model=loaded.version_message(),
+                                           ranking=model.ranking)
         if request.candidates:
             response.items.extend(common_pb2.ScoredItem(internship_id=i, score=s) for i, s in zip(ids, scores.tolist()))
         if explain:
@@ -98,10 +100,10 @@ class RankerServicer(ModelAdmin, ranker_pb2_grpc.RankerServiceServicer):
             if request.candidates:
                 for row in contrib.tolist():
                     response.contributions.add(
-                        by_feature=[common_pb2.Contribution(name=f, value=v) for f, v in zip(FEATURES, row)],
+                        by_feature=[common_pb2.Contribution(name=f, value=v) for f, v in zip(names, row)],
                         bias=row[-1])
             else:
-                response.contribution_features.extend(FEATURES)
+                response.contribution_features.extend(names)
                 response.contribution_values.extend(contrib.ravel().tolist())
         return response
 
