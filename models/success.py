@@ -150,11 +150,14 @@ class LinearLogit:
 
 class SuccessModel:
     def __init__(self, calibrated: CalibratedClassifierCV, algorithm: str, params: dict,
-                 reference: np.ndarray, base_rate: float):
+                 reference: np.ndarray, base_rate: float, serves_base_rate: bool = False):
         self.model, self.algorithm, self.params = calibrated, algorithm, params
         # The typical applicant-internship pair (training medians): factors are measured against it.
         self.reference = np.asarray(reference, dtype=np.float32)
         self.base_rate = float(base_rate)
+        # Training found the model no better than the base rate beyond noise: it serves the base
+        # rate for every pair (and no factors), and says so.
+        self.serves_base_rate = bool(serves_base_rate)
         # A logistic regression is served as its arithmetic; other algorithms through the library.
         self.linear = LinearLogit.of(calibrated)
 
@@ -176,6 +179,8 @@ class SuccessModel:
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Calibrated P(selected | applies), one per row of pair features."""
+        if self.serves_base_rate:
+            return np.full(len(x), self.base_rate, dtype=np.float32)
         if self.linear is not None:
             return expit(self.linear.logit(design_matrix(x))).astype(np.float32)
         return self.model.predict_proba(design_matrix(x))[:, 1].astype(np.float32)
@@ -205,7 +210,9 @@ class SuccessModel:
         """
         x = np.asarray(x, dtype=np.float32)
         n, width = x.shape
-        if self.linear is not None:
+        if self.serves_base_rate:  # nothing moves a constant
+            contrib = np.zeros((n, width))
+        elif self.linear is not None:
             contrib = self.linear.swap_effects(design_matrix(x), design_matrix(self.reference[None, :]))
         else:  # any model: one batch of rows per feature, each with that feature swapped
             base = self._log_odds(x)
@@ -225,6 +232,7 @@ class SuccessModel:
         return write_bundle(root, COMPONENT, arrays=space_arrays, objects={"model": self.model},
                             documents={"model": {"algorithm": self.algorithm, "params": _jsonable(self.params),
                                                  "features": FEATURES, "base_rate": self.base_rate,
+                                                 "serves_base_rate": self.serves_base_rate,
                                                  "reference": [None if np.isnan(v) else float(v)
                                                                for v in self.reference]}},
                             metadata=metadata, pickled_libraries=("scikit-learn",))
@@ -235,7 +243,8 @@ class SuccessModel:
         if doc["features"] != FEATURES:
             raise ValueError("success bundle was trained on another feature schema; retrain it")
         reference = np.array([np.nan if v is None else v for v in doc["reference"]], dtype=np.float32)
-        return cls(bundle.objects["model"], doc["algorithm"], doc["params"], reference, doc["base_rate"])
+        return cls(bundle.objects["model"], doc["algorithm"], doc["params"], reference, doc["base_rate"],
+                   doc.get("serves_base_rate", False))
 
 
 def _one_openmp_thread():

@@ -325,6 +325,7 @@ class Trainer:
                 xs, ys = self._success_rows(c2, self._space(None))
                 xs, ys = self._subsample(xs, ys, 4 * cfg.max_success_rows)
                 success_b = SuccessModel.fit(xs, ys, success_algo, success_params, folds=cfg.cv_folds, seed=cfg.seed)
+                success_b.serves_base_rate = self.success_serves_base_rate
             comp_b = self._components(c2, self._fit_collab(collab_kind, collab_params, c2), success_b)
             test_rows, test_graded = self._window(c2, None)
             bar = self._bar(len(test_rows), "evaluating")
@@ -458,6 +459,15 @@ class Trainer:
         x_eval = pair_features(self.students, idx.out_s[later], space.items, idx.out_i[later])
         p = model.predict(x_eval)
         report = M.classification_report(idx.out_y[later], p)
+        report["against_base_rate"] = against = against_base_rate(idx.out_y[later], p, model.base_rate, cfg.seed)
+        self.success_serves_base_rate = model.serves_base_rate = not against["model_wins"]
+        report["serves"] = "the base rate" if model.serves_base_rate else "the model"
+        if model.serves_base_rate:
+            message = ("the success predictor does not beat the base rate beyond noise (log-loss difference "
+                       f"{against['difference']:+.4f}, 95 % interval [{against['interval'][0]:+.4f}, "
+                       f"{against['interval'][1]:+.4f}]): the bundle serves the base rate")
+            tqdm.write(f"  warning: {message}")
+            self._emit("message", "success predictor: search, calibration, evaluation", message)
         report["curves"] = curves(idx.out_y[later], p)
         report["feature_importance"] = permutation_importance(model.predict, x_eval, idx.out_y[later],
                                                               SUCCESS_FEATURES, seed=cfg.seed)
@@ -522,6 +532,7 @@ class Trainer:
             x, y = self._success_rows(None, space)
             x, y = self._subsample(x, y, 4 * cfg.max_success_rows)
             success = SuccessModel.fit(x, y, success_algo, success_params, folds=cfg.cv_folds, seed=cfg.seed)
+            success.serves_base_rate = self.success_serves_base_rate
             s_metrics = {k: v for k, v in self.report["success"].items()
                          if k not in ("reliability", "search", "curves", "feature_importance")}
             refs["success"] = success.save(cfg.bundles_dir, {
@@ -566,6 +577,19 @@ class Trainer:
             out["success_roc_auc"] = self.report["success"]["roc_auc"]
             out["success_ece"] = self.report["success"]["ece"]
         return out
+
+
+def against_base_rate(y: np.ndarray, p: np.ndarray, base_rate: float, seed: int) -> dict:
+    """The success model's log-loss against the training base rate's on the same applications,
+    with the paired bootstrap interval of the difference (positive: the model is better)."""
+    y = np.asarray(y, dtype=np.float64)
+    eps = 1e-7
+    def loss(q):  # noqa: E306
+        q = np.clip(np.asarray(q, dtype=np.float64), eps, 1 - eps)
+        return -(y * np.log(q) + (1 - y) * np.log(1 - q))
+    out = selection.compare(loss(np.full(len(y), base_rate)), loss(p), seed=seed)
+    out["model_wins"] = out["beyond_noise"] and out["difference"] > 0
+    return out
 
 
 def shipped_ranking(ranker_wins: bool, against_blend: dict, best_alternative: str) -> tuple[str, str]:

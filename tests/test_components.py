@@ -459,6 +459,20 @@ def test_logistic_success_is_served_as_arithmetic_equal_to_the_library(success_m
     assert all(1 <= len(f) <= 3 for f in factors)
 
 
+def test_a_success_model_that_serves_the_base_rate(success_model, tmp_path):
+    """Training found it no better than the base rate: the bundle serves the base rate to every
+    pair, with no factors, and keeps saying so after a round trip."""
+    x, _, _ = _success_data(50, seed=9)
+    success_model.serves_base_rate = True
+    try:
+        loaded = SuccessModel.from_bundle(load_bundle(success_model.save(tmp_path, {}, {}).path))
+    finally:
+        success_model.serves_base_rate = False
+    assert loaded.serves_base_rate
+    np.testing.assert_array_equal(loaded.predict(x), np.float32(loaded.base_rate))
+    assert loaded.factor_table(x, 3)[0].sum() == 0
+
+
 def test_success_factor_table_equals_one_swap_at_a_time(success_model):
     """The vectorised table against its definition, one row and one feature at a time: the change
     in log-odds when the feature is set to the typical pair's value, strongest three first."""

@@ -67,6 +67,7 @@ def test_ranker_beats_the_best_alternative_beyond_noise_and_selection_says_why(d
     assert versus["alternative"] == "blend" and versus["ranker_wins"] is True, versus
     assert versus["interval"][0] > 0.05, versus  # a paired 95 % interval, far from zero
     assert versus["shipped_ranking"] == "ranker", versus  # so the learned ranker serves the rank stage
+    assert default_report["success"]["against_base_rate"]["model_wins"], default_report["success"]["against_base_rate"]
     rows = default_report["collaborative_selection"]
     chosen = [r for r in rows if r.get("chosen")]
     assert len(chosen) == 1 and default_report["collaborative_choice"].startswith(chosen[0]["kind"])

@@ -68,3 +68,16 @@ def test_the_ranker_ships_only_when_it_earns_its_place():
     # within noise of the blend, or below it: the blend, cheaper to serve and to explain
     assert shipped_ranking(False, noise, "blend")[0] == "blend"
     assert shipped_ranking(False, worse, "popularity")[0] == "blend"
+
+
+def test_the_success_model_ships_only_when_it_beats_the_base_rate():
+    from models.train import against_base_rate
+
+    rng = np.random.default_rng(0)
+    y = (rng.random(4000) < 0.2).astype(float)
+    informative = np.clip(np.where(y == 1, 0.45, 0.12) + rng.normal(0, 0.03, len(y)), 0.01, 0.99)
+    clear = against_base_rate(y, informative, 0.2, seed=0)
+    assert clear["model_wins"] and clear["difference"] > 0 and clear["interval"][0] > 0
+    # a model that only adds noise around the base rate does not ship
+    noisy = np.clip(0.2 + rng.normal(0, 0.05, len(y)), 0.01, 0.99)
+    assert not against_base_rate(y, noisy, 0.2, seed=0)["model_wins"]

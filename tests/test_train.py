@@ -214,3 +214,10 @@ def test_the_rank_stage_shipped_is_the_one_selection_chose(trained):
     assert RankerModel.from_bundle(bundle).ranking == shipped
     assert bundle.manifest["metadata"]["ranking"]["shipped_ranking"] == shipped
     assert bundle.manifest["metadata"]["metrics"]["ndcg@10"] == report["ranking"][shipped]["ndcg@10"]
+    # the success predictor likewise: the model only when it beats the base rate beyond noise
+    from models.success import SuccessModel
+
+    against = report["success"]["against_base_rate"]
+    success = SuccessModel.from_bundle(load_bundle(Path(registry.resolve("success", "champion")["path"])))
+    assert success.serves_base_rate == (not against["model_wins"])
+    assert report["success"]["serves"] == ("the base rate" if success.serves_base_rate else "the model")
