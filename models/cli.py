@@ -72,7 +72,7 @@ def _train_config(args):
     return TrainConfig(data_dir=Path(args.data), bundles_dir=Path(args.bundles), runs_dir=Path(args.runs),
                        seed=args.seed, cv_folds=args.cv_folds, search_budget=args.search_budget,
                        max_eval_students=args.max_eval_students, activate=not args.no_activate,
-                       progress=not args.quiet)
+                       progress=not args.quiet, split=args.split)
 
 
 def cmd_train(args) -> int:
@@ -261,6 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--cv-folds", type=int, default=3)
         sp.add_argument("--search-budget", type=int, default=4)
         sp.add_argument("--max-eval-students", type=int, default=20_000)
+        sp.add_argument("--split", choices=["time", "random"], default="time",
+                        help="validation scheme: time cutoffs (default), or a random share of each student's "
+                             "internships for data whose timestamps carry no order")
         sp.add_argument("--no-activate", action="store_true", help="register the new versions without moving champion")
 
     g = sub.add_parser("generate", help="generate a synthetic scheme dataset")

@@ -26,7 +26,11 @@ from sklearn.metrics import precision_recall_curve, roc_auc_score, roc_curve
 
 LOWER_IS_BETTER = ("log_loss", "brier", "ece")
 NOT_A_SCORE = ("students", "n", "prevalence", "calibration_slope", "calibration_intercept", "train_rows")
-WINDOW_KEYS = ("data_version", "train_until", "valid_until", "k", "candidates", "test_students", "sample_seed")
+WINDOW_KEYS = ("data_version", "train_until", "valid_until", "k", "candidates", "test_students", "sample_seed",
+               "split", "split_seed")
+# Keys added later, left out of the fingerprint at their old default so that windows recorded
+# before them keep their fingerprints (a time split was the only kind).
+LATER_KEYS = {"split": ("time", None), "split_seed": (None,)}
 
 
 def curves(y: np.ndarray, p: np.ndarray, max_points: int = 200) -> dict:
@@ -77,7 +81,7 @@ def permutation_importance(predict: Callable[[np.ndarray], np.ndarray], x: np.nd
 def window_fingerprint(window: dict | None) -> str:
     if not window:
         return ""
-    core = {k: window.get(k) for k in WINDOW_KEYS}
+    core = {k: window.get(k) for k in WINDOW_KEYS if window.get(k) not in LATER_KEYS.get(k, ())}
     return hashlib.sha256(json.dumps(core, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -9,6 +9,10 @@ Time protocol (interactions sorted by time, cutoffs at quantiles of their timest
                       the relevant items; anything they interacted with before c2 and any
                       internship closed at c2 is excluded.
 Then each component is refitted on everything (stage C) and written as a bundle.
+
+With `split="random"` (`pmis train --split random`) the three windows are instead a random
+share of each student's internships (see `Split`): for data whose timestamps carry no order.
+The report's `split.kind` says which protocol was used.
 """
 
 from __future__ import annotations
@@ -93,6 +97,7 @@ class TrainConfig:
     progress: bool = True
     components: tuple[str, ...] = COMPONENTS  # which bundles to refit, write and register
     success_algorithms: tuple[str, ...] | None = None  # None: every candidate of models.success
+    split: str = "time"             # "time" (cutoffs) or "random" (per-student holdout): models.train.Split
     train_until: int | None = None  # explicit cutoffs (epoch seconds) instead of the fractions
     valid_until: int | None = None
     on_progress: Callable[[Progress], None] | None = None
@@ -145,6 +150,68 @@ def cutoffs(ts: np.ndarray, valid_fraction: float, test_fraction: float) -> tupl
     return c1, c2
 
 
+VALID, TEST = 1, 2  # phases: 0 train, 1 validation, 2 test
+
+
+@dataclass
+class Split:
+    """What each stage may see: every interaction's phase (0 train, 1 validation, 2 test) and
+    every outcome's (the phase of its application; -1 without one, never used).
+
+    `time` (the default) cuts at two timestamps: later data judges models fitted on earlier data.
+    `random` holds out, per student, a random share of the internships they interacted with
+    (all of a pair's events together), for data whose timestamps carry no order; nothing is then
+    closed at a cutoff."""
+    kind: str
+    phase: np.ndarray
+    out_phase: np.ndarray | None
+    cutoffs: tuple[int, int] | None = None
+
+    @classmethod
+    def by_time(cls, idx: Indexed, c1: int, c2: int) -> "Split":
+        def phase(ts):
+            return (ts >= c1).astype(np.int8) + (ts >= c2)
+        out = None
+        if idx.out_ts is not None:
+            known = ~np.isnan(idx.out_ts.astype(np.float64))
+            out = np.where(known, phase(np.nan_to_num(idx.out_ts.astype(np.float64))), -1).astype(np.int8)
+        return cls("time", phase(idx.ts).astype(np.int8), out, (c1, c2))
+
+    @classmethod
+    def at_random(cls, idx: Indexed, valid_fraction: float, test_fraction: float, seed: int) -> "Split":
+        n_items = len(idx.item_ids)
+        pairs, pair_of = np.unique(idx.s.astype(np.int64) * n_items + idx.i, return_inverse=True)
+        student = pairs // n_items
+        order = np.lexsort((np.random.default_rng(seed).random(len(pairs)), student))
+        starts = np.searchsorted(student[order], student[order], side="left")
+        sizes = np.bincount(student, minlength=student.max() + 1 if len(student) else 0)[student[order]]
+        share = np.empty(len(pairs))
+        share[order] = (np.arange(len(pairs)) - starts + 1) / sizes  # rank within the student, in (0, 1]
+        pair_phase = ((share > 1 - valid_fraction - test_fraction).astype(np.int8)
+                      + (share > 1 - test_fraction))
+        out = None
+        if idx.out_s is not None:
+            at = np.searchsorted(pairs, idx.out_s.astype(np.int64) * n_items + idx.out_i)
+            at = np.minimum(at, len(pairs) - 1)
+            hit = pairs[at] == idx.out_s.astype(np.int64) * n_items + idx.out_i
+            out = np.where(hit, pair_phase[at], -1).astype(np.int8)
+        return cls("random", pair_phase[pair_of], out)
+
+    def before(self, phase: int | None) -> np.ndarray:
+        """Interactions a stage fitted before `phase` may use (None: all)."""
+        return np.ones(len(self.phase), bool) if phase is None else self.phase < phase
+
+    def outcomes_before(self, phase: int | None) -> np.ndarray:
+        return self.out_phase >= 0 if phase is None else (self.out_phase >= 0) & (self.out_phase < phase)
+
+    def now(self, phase: int) -> int | None:
+        """The moment `phase` starts (time split), for what is open then; None: everything open."""
+        return None if self.cutoffs is None else self.cutoffs[phase - 1]
+
+    def counts(self) -> dict:
+        return {name: int((self.phase == p).sum()) for p, name in enumerate(("train", "valid", "test"))}
+
+
 def _csr(idx: Indexed, mask: np.ndarray, values: np.ndarray, n_s: int, n_i: int) -> sp.csr_matrix:
     m = sp.coo_matrix((values[mask].astype(np.float32), (idx.s[mask], idx.i[mask])), shape=(n_s, n_i)).tocsr()
     m.sum_duplicates()
@@ -194,33 +261,32 @@ class Trainer:
         return tqdm(total=total, desc=desc, disable=not self.cfg.progress, leave=False, unit="students")
 
     def _space(self, before: int | None) -> FeatureSpace:
-        """The feature space with applicant counts as known at time `before` (None: all data)."""
+        """The feature space with applicant counts as known before phase `before` (None: all data)."""
         idx = self.idx
-        mask = idx.event == "apply"
-        if before is not None:
-            mask &= idx.ts < before
+        mask = (idx.event == "apply") & self.split.before(before)
         counts = np.bincount(idx.i[mask], minlength=len(idx.item_ids)).astype(np.float64)
         return dataclasses.replace(self.base_space, items=dataclasses.replace(self.base_space.items, applicants=counts))
 
+    def _open_items(self, phase: int | None) -> np.ndarray:
+        now = int(self.idx.ts.max()) + 1 if phase is None else self.split.now(phase)
+        deadline = self.base_space.items.deadline
+        return np.ones(len(deadline), bool) if now is None else pipeline.open_items(deadline, now)
+
     def _components(self, before: int | None, collab: CollaborativeModel, success: SuccessModel | None) -> Components:
         idx = self.idx
-        mask = np.ones(len(idx.ts), bool) if before is None else idx.ts < before
-        seen = _csr(idx, mask, np.ones(len(idx.ts)), len(idx.student_ids), len(idx.item_ids))
-        now = before if before is not None else int(idx.ts.max()) + 1
-        open_items = pipeline.open_items(self.base_space.items.deadline, now)
+        seen = _csr(idx, self.split.before(before), np.ones(len(idx.ts)), len(idx.student_ids), len(idx.item_ids))
         return Components(self.content, collab, success, self._space(before), self.students, self.profile_texts,
-                          seen, open_items)
+                          seen, self._open_items(before))
 
-    def _window(self, lo: int, hi: int | None) -> tuple[np.ndarray, sp.csr_matrix]:
-        """Students with a save/apply in [lo, hi) and their graded relevance (apply 2, save 1)."""
+    def _window(self, phase: int) -> tuple[np.ndarray, sp.csr_matrix]:
+        """Students with a save/apply in `phase` and their graded relevance (apply 2, save 1)."""
         idx = self.idx
-        mask = (idx.ts >= lo) & (idx.ts < (hi if hi is not None else np.iinfo(np.int64).max))
         grades = np.vectorize(GRADES.get, otypes=[np.float32])(idx.event)
-        mask &= grades > 0
+        mask = (self.split.phase == phase) & (grades > 0)
         graded = _csr(idx, mask, grades, len(idx.student_ids), len(idx.item_ids))
         graded.data = np.minimum(graded.data, 2)
-        # an item the student saw before lo is not a discovery: it cannot count as relevant
-        seen_before = _csr(idx, idx.ts < lo, np.ones(len(idx.ts)), *graded.shape)
+        # an item the student saw in an earlier phase is not a discovery: it cannot count as relevant
+        seen_before = _csr(idx, self.split.before(phase), np.ones(len(idx.ts)), *graded.shape)
         graded = graded - graded.multiply(seen_before > 0)
         graded.eliminate_zeros()
         rows = np.flatnonzero(graded.getnnz(axis=1) > 0)
@@ -230,7 +296,7 @@ class Trainer:
 
     def _collab_matrix(self, before: int | None) -> sp.csr_matrix:
         idx = self.idx
-        mask = np.ones(len(idx.ts), bool) if before is None else idx.ts < before
+        mask = self.split.before(before)
         return interaction_matrix(idx.s[mask], idx.i[mask], idx.event[mask], len(idx.student_ids), len(idx.item_ids))
 
     def _fit_collab(self, kind: str, params: dict, before: int | None) -> CollaborativeModel:
@@ -239,9 +305,19 @@ class Trainer:
 
     def _success_rows(self, before: int | None, space: FeatureSpace):
         idx = self.idx
-        mask = np.ones(len(idx.out_s), bool) if before is None else idx.out_ts < before
+        mask = self.split.outcomes_before(before)
         x = pair_features(self.students, idx.out_s[mask], space.items, idx.out_i[mask])
         return x, idx.out_y[mask]
+
+    def _split(self) -> Split:
+        cfg = self.cfg
+        if cfg.split == "random":
+            return Split.at_random(self.idx, cfg.valid_fraction, cfg.test_fraction, cfg.seed)
+        if cfg.split != "time":
+            raise ValueError(f"split must be 'time' or 'random', not {cfg.split!r}")
+        if cfg.train_until is not None and cfg.valid_until is not None:
+            return Split.by_time(self.idx, int(cfg.train_until), int(cfg.valid_until))
+        return Split.by_time(self.idx, *cutoffs(self.idx.ts, cfg.valid_fraction, cfg.test_fraction))
 
     def _subsample(self, x, y, n):
         if len(y) <= n:
@@ -264,20 +340,20 @@ class Trainer:
             self.profile_texts = [profile_text(s, f, p) for s, f, p in zip(
                 ds.students["skills"], ds.students["field"], ds.students["preferred_sectors"])]
             self.groups = {a: ds.students[a].astype(str).to_numpy() for a in GROUP_ATTRIBUTES if a in ds.students}
-        if cfg.train_until is not None and cfg.valid_until is not None:
-            c1, c2 = int(cfg.train_until), int(cfg.valid_until)
+        self.split = self._split()
+        self.report["split"] = split_report = {"kind": self.split.kind, "interactions": self.split.counts()}
+        if self.split.cutoffs is not None:
+            c1, c2 = self.split.cutoffs
+            split_report.update(train_until=iso(c1), valid_until=iso(c2))
+            empty = [w for w, n in split_report["interactions"].items() if n == 0]
+            if empty or c1 >= c2:
+                raise ValueError(f"the time split (train until {iso(c1)}, valid until {iso(c2)}) leaves the "
+                                 f"{' and '.join(empty) or 'validation'} window empty; data spans "
+                                 f"{iso(int(self.idx.ts.min()))} .. {iso(int(self.idx.ts.max()))}")
         else:
-            c1, c2 = cutoffs(self.idx.ts, cfg.valid_fraction, cfg.test_fraction)
-        iso = lambda t: datetime.fromtimestamp(t, timezone.utc).isoformat()  # noqa: E731
-        self.report["split"] = {"train_until": iso(c1), "valid_until": iso(c2),
-                                "interactions": {"train": int((self.idx.ts < c1).sum()),
-                                                 "valid": int(((self.idx.ts >= c1) & (self.idx.ts < c2)).sum()),
-                                                 "test": int((self.idx.ts >= c2).sum())}}
-        empty = [w for w, n in self.report["split"]["interactions"].items() if n == 0]
-        if empty or c1 >= c2:
-            raise ValueError(f"the time split (train until {iso(c1)}, valid until {iso(c2)}) leaves the "
-                             f"{' and '.join(empty) or 'validation'} window empty; data spans "
-                             f"{iso(int(self.idx.ts.min()))} .. {iso(int(self.idx.ts.max()))}")
+            split_report["held_out_per_student"] = {"valid": cfg.valid_fraction, "test": cfg.test_fraction}
+            if not split_report["interactions"]["valid"] or not split_report["interactions"]["test"]:
+                raise ValueError("the random split leaves a window empty: too few interactions per student")
         self.report["data"] = {"data_version": ds.data_version, "rows": ds.report.rows, "notes": ds.report.notes,
                                "interactions_until": int(self.idx.ts.max())}
 
@@ -285,8 +361,8 @@ class Trainer:
             self.content = ContentModel.fit(ds.internships)
 
         with self._stage("collaborative: selection on the validation window"):
-            valid_rows, valid_graded = self._window(c1, c2)
-            collab_kind, collab_params, collab_table = self._select_collab(c1, valid_rows, valid_graded)
+            valid_rows, valid_graded = self._window(VALID)
+            collab_kind, collab_params, collab_table = self._select_collab(VALID, valid_rows, valid_graded)
             self.report["collaborative_selection"] = collab_table
             chosen = next(r for r in collab_table if r.get("chosen"))
             self._emit("metrics", "collaborative: selection on the validation window",
@@ -296,7 +372,7 @@ class Trainer:
         success_algo = success_params = None
         if ds.has_outcomes:
             with self._stage("success predictor: search, calibration, evaluation"):
-                success_algo, success_params, success_a = self._success_stage(c1)
+                success_algo, success_params, success_a = self._success_stage(VALID)
                 s = self.report["success"]
                 self._emit("metrics", "success predictor: search, calibration, evaluation",
                            f"chose {success_algo}", {f"success.{m}": s[m] for m in
@@ -307,7 +383,7 @@ class Trainer:
             self._skip_stage("success predictor: search, calibration, evaluation", "no outcomes table in the dataset")
 
         with self._stage("ranker: trained on the validation window"):
-            comp_a = self._components(c1, self._fit_collab(collab_kind, collab_params, c1), success_a)
+            comp_a = self._components(VALID, self._fit_collab(collab_kind, collab_params, VALID), success_a)
             x, y, g, blocks = ranker_training_data(comp_a, valid_rows, valid_graded, cfg.candidates)
             blend_weights = self._tune_blend(blocks, valid_graded)
             # Small trees, few of them: on the default data's windows the test NDCG is flat from 30 to
@@ -322,12 +398,12 @@ class Trainer:
         with self._stage("test window: components refitted up to c2, every model evaluated"):
             success_b = None
             if ds.has_outcomes:
-                xs, ys = self._success_rows(c2, self._space(None))
+                xs, ys = self._success_rows(TEST, self._space(None))
                 xs, ys = self._subsample(xs, ys, 4 * cfg.max_success_rows)
                 success_b = SuccessModel.fit(xs, ys, success_algo, success_params, folds=cfg.cv_folds, seed=cfg.seed)
                 success_b.serves_base_rate = self.success_serves_base_rate
-            comp_b = self._components(c2, self._fit_collab(collab_kind, collab_params, c2), success_b)
-            test_rows, test_graded = self._window(c2, None)
+            comp_b = self._components(TEST, self._fit_collab(collab_kind, collab_params, TEST), success_b)
+            test_rows, test_graded = self._window(TEST)
             bar = self._bar(len(test_rows), "evaluating")
             ndcg = {}
             test = evaluate_window(comp_b, test_rows, (test_graded > 0).astype(np.float32).tocsr(), k=cfg.k,
@@ -337,7 +413,9 @@ class Trainer:
             self.report["ranking"] = test
             self.report["ranker_against_best_alternative"] = self._ranker_comparison(ndcg)
             self.report["evaluation_window"] = window = {
-                "data_version": ds.data_version, "train_until": c1, "valid_until": c2, "k": cfg.k,
+                "data_version": ds.data_version, "split": self.split.kind,
+                **({"train_until": self.split.cutoffs[0], "valid_until": self.split.cutoffs[1]}
+                   if self.split.cutoffs else {"split_seed": cfg.seed}), "k": cfg.k,
                 "candidates": cfg.candidates, "test_students": int(len(test_rows)),
                 "sample_seed": cfg.seed if len(test_rows) >= cfg.max_eval_students else None}
             window["fingerprint"] = window_fingerprint(window)
@@ -350,7 +428,7 @@ class Trainer:
                 blend_weights=blend_weights, ranker=ranker, item_msme=self._item_msme(ds),
                 student_attrs={"district": self.students.district}, groups=self.groups)
             if ds.has_outcomes:
-                later = self.idx.out_ts >= c2
+                later = self.split.out_phase >= TEST
                 attrs = ds.students[[a for a in ("gender", "social_category", "disability", "rural")
                                      if a in ds.students]].to_dict("records")
                 self.report["fairness"]["shortlists"] = evaluate_shortlists(
@@ -402,16 +480,16 @@ class Trainer:
             self._emit("message", "test window: components refitted up to c2, every model evaluated", message)
         return out
 
-    def _select_collab(self, c1: int, rows: np.ndarray, graded: sp.csr_matrix):
-        """Fit every candidate on [start, c1) and keep the best NDCG@k on the validation window."""
+    def _select_collab(self, phase: int, rows: np.ndarray, graded: sp.csr_matrix):
+        """Fit every candidate on what precedes `phase` and keep the best NDCG@k on it."""
         space_options = [("als", p) for p in self.cfg.als_grid]
         if len(self.idx.item_ids) <= MAX_EASE_ITEMS:
             space_options += [("ease", p) for p in self.cfg.ease_grid]
         relevant = (graded > 0).astype(np.float32).tocsr()
-        seen = _csr(self.idx, self.idx.ts < c1, np.ones(len(self.idx.ts)), *graded.shape)
-        open_items = self.base_space.items.deadline >= c1
+        seen = _csr(self.idx, self.split.before(phase), np.ones(len(self.idx.ts)), *graded.shape)
+        open_items = self._open_items(phase)
         table, per_student = [], []
-        matrix = self._collab_matrix(c1)
+        matrix = self._collab_matrix(phase)
         for kind, params in tqdm(space_options, desc="collaborative candidates", disable=not self.cfg.progress, leave=False):
             model = CollaborativeModel.fit(kind, {**params, "seed": self.cfg.seed}, matrix, self.idx.student_ids,
                                            self.idx.item_ids)
@@ -439,10 +517,10 @@ class Trainer:
         self.report["collaborative_choice"] = choice.reason
         return chosen["kind"], chosen["params"], table
 
-    def _success_stage(self, c1: int):
+    def _success_stage(self, phase: int):
         cfg = self.cfg
         space = self._space(None)  # competition as known when the company decides
-        x, y = self._success_rows(c1, space)
+        x, y = self._success_rows(phase, space)
         xs, ys = self._subsample(x, y, cfg.max_success_rows)
         def searched(name, result):
             if cfg.progress:
@@ -455,7 +533,7 @@ class Trainer:
         xf, yf = self._subsample(x, y, 4 * cfg.max_success_rows)
         model = SuccessModel.fit(xf, yf, best, params, folds=cfg.cv_folds, seed=cfg.seed)
         idx = self.idx
-        later = idx.out_ts >= c1
+        later = self.split.out_phase >= phase
         x_eval = pair_features(self.students, idx.out_s[later], space.items, idx.out_i[later])
         p = model.predict(x_eval)
         report = M.classification_report(idx.out_y[later], p)

@@ -221,3 +221,40 @@ def test_the_rank_stage_shipped_is_the_one_selection_chose(trained):
     success = SuccessModel.from_bundle(load_bundle(Path(registry.resolve("success", "champion")["path"])))
     assert success.serves_base_rate == (not against["model_wins"])
     assert report["success"]["serves"] == ("the base rate" if success.serves_base_rate else "the model")
+
+
+def test_random_split_holds_out_a_share_of_each_students_internships():
+    from models.train import Indexed, Split
+
+    rng = np.random.default_rng(0)
+    s = np.repeat(np.arange(50), 20)
+    i = rng.integers(0, 30, len(s))
+    events = np.where(rng.random(len(s)) < 0.5, "view", "apply")
+    idx = Indexed(np.arange(50).astype(str), np.arange(30).astype(str), s, i, events, np.zeros(len(s), np.int64),
+                  s[:40], i[:40], np.ones(40, np.int64), np.zeros(40))
+    split = Split.at_random(idx, 0.15, 0.15, seed=1)
+    assert split.kind == "random" and split.cutoffs is None and split.now(1) is None
+    pair = s * 30 + i
+    for p in np.unique(pair):  # every event of a (student, internship) pair in one window
+        assert len(set(split.phase[pair == p].tolist())) == 1
+    for student in range(50):  # each student: about 70 / 15 / 15 of their internships
+        phases = [split.phase[pair == p][0] for p in np.unique(pair[s == student])]
+        assert abs(np.mean(np.equal(phases, 0)) - 0.7) <= 0.15 and 2 in phases
+    # an outcome belongs to its application's window; the same seed gives the same split
+    np.testing.assert_array_equal(split.out_phase, split.phase[:40])
+    np.testing.assert_array_equal(Split.at_random(idx, 0.15, 0.15, seed=1).phase, split.phase)
+    assert not np.array_equal(Split.at_random(idx, 0.15, 0.15, seed=2).phase, split.phase)
+
+
+def test_trains_and_evaluates_with_a_random_split(tmp_path):
+    data = tmp_path / "data"
+    generate(data, students=600, internships=150, seed=3, progress=False, catalog=False)
+    cfg = TrainConfig(data_dir=data, bundles_dir=tmp_path / "b", runs_dir=tmp_path / "r", search_budget=1,
+                      progress=False, als_grid=[{"factors": 8, "regularization": 0.05, "alpha": 1.0, "iterations": 5}],
+                      ease_grid=[], split="random")
+    report = train(cfg)
+    assert report["split"]["kind"] == "random" and "train_until" not in report["split"]
+    assert report["split"]["held_out_per_student"] == {"valid": 0.15, "test": 0.15}
+    assert min(report["split"]["interactions"].values()) > 0
+    assert report["evaluation_window"]["split"] == "random"
+    assert report["ranking"]["ranker"]["ndcg@10"] > report["ranking"]["popularity"]["ndcg@10"] > 0
