@@ -38,7 +38,7 @@ from models.content import ContentModel, profile_text
 from models.data.contract import Dataset, load_dataset
 from models.diagnostics import curves, permutation_importance, window_fingerprint
 from models import pipeline, selection
-from models.evaluate import Components, chunk_size, evaluate_window, ranker_training_data
+from models.evaluate import Components, chunk_size, collaborative_scores, evaluate_window, ranker_training_data
 from models.fairness_eval import evaluate_fairness, evaluate_shortlists
 from models.features import FeatureSpace, pair_features
 from models.ranker import COMPONENT_SCORES, RankerModel, blend_scores
@@ -108,6 +108,9 @@ class TrainConfig:
         {"factors": f, "regularization": r, "alpha": a, "iterations": 15}
         for f in (32, 64) for r in (0.05,) for a in (1.0, 5.0)])
     ease_grid: list[dict] = field(default_factory=lambda: [{"lambda": lam} for lam in (100.0, 400.0)])
+    # (name, kind, params) of collaborative models to score beside the chosen one on the test
+    # window, fitted the same way (models.bench_collab: `implicit` ALS with its default settings)
+    reference_collaborative: list[tuple[str, str, dict]] = field(default_factory=list)
 
 
 @dataclass
@@ -340,6 +343,7 @@ class Trainer:
             self.profile_texts = [profile_text(s, f, p) for s, f, p in zip(
                 ds.students["skills"], ds.students["field"], ds.students["preferred_sectors"])]
             self.groups = {a: ds.students[a].astype(str).to_numpy() for a in GROUP_ATTRIBUTES if a in ds.students}
+        iso = lambda t: datetime.fromtimestamp(t, timezone.utc).isoformat()  # noqa: E731
         self.split = self._split()
         self.report["split"] = split_report = {"kind": self.split.kind, "interactions": self.split.counts()}
         if self.split.cutoffs is not None:
@@ -402,8 +406,11 @@ class Trainer:
                 xs, ys = self._subsample(xs, ys, 4 * cfg.max_success_rows)
                 success_b = SuccessModel.fit(xs, ys, success_algo, success_params, folds=cfg.cv_folds, seed=cfg.seed)
                 success_b.serves_base_rate = self.success_serves_base_rate
-            comp_b = self._components(TEST, self._fit_collab(collab_kind, collab_params, TEST), success_b)
+            collab_b = self._fit_collab(collab_kind, collab_params, TEST)
+            comp_b = self._components(TEST, collab_b, success_b)
             test_rows, test_graded = self._window(TEST)
+            if cfg.reference_collaborative:
+                self.report["collaborative_references"] = self._collab_references(collab_b, test_rows, test_graded)
             bar = self._bar(len(test_rows), "evaluating")
             ndcg = {}
             test = evaluate_window(comp_b, test_rows, (test_graded > 0).astype(np.float32).tocsr(), k=cfg.k,
@@ -486,25 +493,13 @@ class Trainer:
         if len(self.idx.item_ids) <= MAX_EASE_ITEMS:
             space_options += [("ease", p) for p in self.cfg.ease_grid]
         relevant = (graded > 0).astype(np.float32).tocsr()
-        seen = _csr(self.idx, self.split.before(phase), np.ones(len(self.idx.ts)), *graded.shape)
-        open_items = self._open_items(phase)
         table, per_student = [], []
         matrix = self._collab_matrix(phase)
         for kind, params in tqdm(space_options, desc="collaborative candidates", disable=not self.cfg.progress, leave=False):
             model = CollaborativeModel.fit(kind, {**params, "seed": self.cfg.seed}, matrix, self.idx.student_ids,
                                            self.idx.item_ids)
-            tops = []
-            step = chunk_size(len(open_items))
-            for start in range(0, len(rows), step):
-                part = rows[start:start + step]
-                known = np.asarray(matrix[part].getnnz(axis=1) > 0)
-                scores = np.array(model.popularity_scores(len(part)), dtype=np.float32)
-                if known.any():
-                    scores[known] = model.score_users(part[known])
-                scores[seen[part].toarray().astype(bool) | ~open_items[None, :]] = -np.inf
-                tops.append(M.top_k(scores, self.cfg.k))
-            m = M.ranking_metrics(np.vstack(tops), relevant[rows], int(open_items.sum()))
-            per_student.append(m.pop("_per_student")["ndcg"])
+            m, ndcg = self._collab_metrics(model, phase, rows, relevant)
+            per_student.append(ndcg)
             table.append({"kind": kind, "params": params, **m,
                           "serving_parameters": serving_parameters(kind, params, len(self.idx.item_ids))})
         choice = selection.choose(per_student, [r["serving_parameters"] for r in table],
@@ -516,6 +511,37 @@ class Trainer:
         chosen["chosen"] = True
         self.report["collaborative_choice"] = choice.reason
         return chosen["kind"], chosen["params"], table
+
+    def _collab_metrics(self, model: CollaborativeModel, phase: int, rows: np.ndarray, relevant: sp.csr_matrix):
+        """A collaborative model's top-k over the open catalogue for `rows` (fitted on what precedes
+        `phase`; each student folded in from their history as the service does, popularity for
+        students without one), against their relevant items in `phase`: (metrics, NDCG per student)."""
+        seen = _csr(self.idx, self.split.before(phase), np.ones(len(self.idx.ts)), *relevant.shape)
+        open_items = self._open_items(phase)
+        tops = []
+        step = chunk_size(len(open_items))
+        for start in range(0, len(rows), step):
+            part = rows[start:start + step]
+            scores, _ = collaborative_scores(model, part)  # as served: folded in from the history
+            scores[seen[part].toarray().astype(bool) | ~open_items[None, :]] = -np.inf
+            tops.append(M.top_k(scores, self.cfg.k))
+        m = M.ranking_metrics(np.vstack(tops), relevant[rows], int(open_items.sum()))
+        return m, m.pop("_per_student")["ndcg"]
+
+    def _collab_references(self, chosen: CollaborativeModel, rows: np.ndarray, graded: sp.csr_matrix) -> list[dict]:
+        """The chosen collaborative model against reference models (cfg.reference_collaborative),
+        each fitted on the same data and scored on the same test students the same way."""
+        relevant = (graded > 0).astype(np.float32).tocsr()
+        ours, ours_ndcg = self._collab_metrics(chosen, TEST, rows, relevant)
+        out = [{"name": f"chosen: {chosen.kind} {chosen.params}", **ours,
+                "interval": list(selection.interval(selection.bootstrap_means(ours_ndcg, seed=self.cfg.seed)))}]
+        for name, kind, params in self.cfg.reference_collaborative:
+            model = self._fit_collab(kind, params, TEST)
+            m, ndcg = self._collab_metrics(model, TEST, rows, relevant)
+            out.append({"name": name, **m,
+                        "interval": list(selection.interval(selection.bootstrap_means(ndcg, seed=self.cfg.seed))),
+                        "chosen_minus_this": selection.compare(ours_ndcg, ndcg, seed=self.cfg.seed)})
+        return out
 
     def _success_stage(self, phase: int):
         cfg = self.cfg

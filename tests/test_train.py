@@ -251,10 +251,18 @@ def test_trains_and_evaluates_with_a_random_split(tmp_path):
     generate(data, students=600, internships=150, seed=3, progress=False, catalog=False)
     cfg = TrainConfig(data_dir=data, bundles_dir=tmp_path / "b", runs_dir=tmp_path / "r", search_budget=1,
                       progress=False, als_grid=[{"factors": 8, "regularization": 0.05, "alpha": 1.0, "iterations": 5}],
-                      ease_grid=[], split="random")
+                      ease_grid=[], split="random",
+                      reference_collaborative=[("reference", "als", {"factors": 4, "regularization": 0.01,
+                                                                     "alpha": 1.0, "iterations": 3})])
     report = train(cfg)
     assert report["split"]["kind"] == "random" and "train_until" not in report["split"]
     assert report["split"]["held_out_per_student"] == {"valid": 0.15, "test": 0.15}
     assert min(report["split"]["interactions"].values()) > 0
     assert report["evaluation_window"]["split"] == "random"
     assert report["ranking"]["ranker"]["ndcg@10"] > report["ranking"]["popularity"]["ndcg@10"] > 0
+    # a reference model scored beside the chosen one, the same way the evaluation scores it
+    chosen, reference = report["collaborative_references"]
+    assert chosen["ndcg@10"] == pytest.approx(report["ranking"]["collaborative"]["ndcg@10"], abs=1e-9)
+    assert reference["name"] == "reference" and reference["interval"][0] <= reference["ndcg@10"] <= reference["interval"][1]
+    diff = reference["chosen_minus_this"]
+    assert diff["difference"] == pytest.approx(chosen["ndcg@10"] - reference["ndcg@10"], abs=1e-9)
