@@ -417,6 +417,9 @@ class Trainer:
                                    n_candidates=cfg.candidates, blend_weights=blend_weights, ranker=ranker,
                                    groups=self.groups, progress=bar.update, ndcg_per_student=ndcg)
             bar.close()
+            for name, per_student in ndcg.items():  # every model's NDCG@k with its 95 % bootstrap interval
+                test[name][f"ndcg@{cfg.k}_interval"] = list(selection.interval(
+                    selection.bootstrap_means(per_student, seed=cfg.seed)))
             self.report["ranking"] = test
             self.report["ranker_against_best_alternative"] = self._ranker_comparison(ndcg)
             self.report["evaluation_window"] = window = {

@@ -184,6 +184,9 @@ def test_trains_what_it_can_without_outcomes(tmp_path):
 
 def test_selection_reports_intervals_and_the_ranker_comparison(trained):
     _, _, report = trained
+    for name in ("popularity", "content", "collaborative", "success_only", "blend", "ranker"):
+        low, high = report["ranking"][name]["ndcg@10_interval"]  # on the test window
+        assert low <= report["ranking"][name]["ndcg@10"] <= high and high - low < 0.2
     rows = report["collaborative_selection"]
     assert sum(bool(r.get("chosen")) for r in rows) == 1
     for r in rows:
