@@ -24,6 +24,20 @@ EVENT_WEIGHTS = {"view": 1.0, "save": 3.0, "apply": 5.0}
 MAX_EASE_ITEMS = 20_000
 
 
+def search_space(trial, n_items: int) -> tuple[str, dict]:
+    """One point of the hyperparameter search (an Optuna trial): ALS with factors, regularization
+    and alpha on log scales over several decades and its iterations, or EASE with its lambda on a
+    log scale (small catalogues only)."""
+    kinds = ["als", "ease"] if n_items <= MAX_EASE_ITEMS else ["als"]
+    kind = trial.suggest_categorical("kind", kinds)
+    if kind == "ease":
+        return kind, {"lambda": trial.suggest_float("lambda", 1.0, 1e4, log=True)}
+    return kind, {"factors": trial.suggest_int("factors", 8, 256, log=True),
+                  "regularization": trial.suggest_float("regularization", 1e-3, 10.0, log=True),
+                  "alpha": trial.suggest_float("alpha", 0.1, 100.0, log=True),
+                  "iterations": trial.suggest_int("iterations", 5, 30)}
+
+
 def serving_parameters(kind: str, params: dict, n_items: int) -> int:
     """The numbers a server holds to score a student: the item factors (ALS, students are folded
     in) or the dense item-item matrix (EASE). Model selection breaks ties by it."""

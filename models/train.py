@@ -28,12 +28,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import optuna
 import pandas as pd
 import scipy.sparse as sp
 from tqdm import tqdm
 
 from models import metrics as M
-from models.collaborative import MAX_EASE_ITEMS, CollaborativeModel, interaction_matrix, serving_parameters
+from models.collaborative import MAX_EASE_ITEMS, CollaborativeModel, interaction_matrix, search_space, serving_parameters
 from models.content import ContentModel, profile_text
 from models.data.contract import Dataset, load_dataset
 from models.diagnostics import curves, permutation_importance, window_fingerprint
@@ -47,6 +48,7 @@ from models.report import write_report
 from models.success import FEATURES as SUCCESS_FEATURES
 from models.success import SuccessModel, search
 
+optuna.logging.set_verbosity(optuna.logging.WARNING)  # the report holds every trial
 log = logging.getLogger("pmis.train")
 GRADES = {"view": 0, "save": 1, "apply": 2}
 GROUP_ATTRIBUTES = ["gender", "social_category", "rural", "college_tier", "disability"]
@@ -108,6 +110,8 @@ class TrainConfig:
         {"factors": f, "regularization": r, "alpha": a, "iterations": 15}
         for f in (32, 64) for r in (0.05,) for a in (1.0, 5.0)])
     ease_grid: list[dict] = field(default_factory=lambda: [{"lambda": lam} for lam in (100.0, 400.0)])
+    collab_trials: int = 30        # hyperparameter search: at most this many fits (the grids come first)
+    collab_patience: int = 10      # and stop after this many without a new best
     # (name, kind, params) of collaborative models to score beside the chosen one on the test
     # window, fitted the same way (models.bench_collab: `implicit` ALS with its default settings)
     reference_collaborative: list[tuple[str, str, dict]] = field(default_factory=list)
@@ -491,20 +495,37 @@ class Trainer:
         return out
 
     def _select_collab(self, phase: int, rows: np.ndarray, graded: sp.csr_matrix):
-        """Fit every candidate on what precedes `phase` and keep the best NDCG@k on it."""
-        space_options = [("als", p) for p in self.cfg.als_grid]
-        if len(self.idx.item_ids) <= MAX_EASE_ITEMS:
-            space_options += [("ease", p) for p in self.cfg.ease_grid]
+        """Search the collaborative model's hyperparameters on what precedes `phase`, scoring each
+        trial's NDCG@k on `phase` (TPE, seeded; the configured grid is tried first), then choose
+        among every trial with the noise in view."""
+        cfg = self.cfg
         relevant = (graded > 0).astype(np.float32).tocsr()
         table, per_student = [], []
         matrix = self._collab_matrix(phase)
-        for kind, params in tqdm(space_options, desc="collaborative candidates", disable=not self.cfg.progress, leave=False):
-            model = CollaborativeModel.fit(kind, {**params, "seed": self.cfg.seed}, matrix, self.idx.student_ids,
+        n_items = len(self.idx.item_ids)
+        grid = [("als", p) for p in cfg.als_grid] + ([("ease", p) for p in cfg.ease_grid] if n_items <= MAX_EASE_ITEMS
+                                                      else [])
+        study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=cfg.seed))
+        for kind, params in grid:
+            study.enqueue_trial({"kind": kind, **params})
+        bar = tqdm(total=cfg.collab_trials, desc="collaborative search", disable=not cfg.progress, leave=False)
+
+        def objective(trial) -> float:
+            kind, params = search_space(trial, n_items)
+            model = CollaborativeModel.fit(kind, {**params, "seed": cfg.seed}, matrix, self.idx.student_ids,
                                            self.idx.item_ids)
             m, ndcg = self._collab_metrics(model, phase, rows, relevant)
             per_student.append(ndcg)
             table.append({"kind": kind, "params": params, **m,
-                          "serving_parameters": serving_parameters(kind, params, len(self.idx.item_ids))})
+                          "serving_parameters": serving_parameters(kind, params, n_items)})
+            bar.update()
+            return float(np.mean(ndcg))
+
+        study.optimize(objective, n_trials=cfg.collab_trials, callbacks=[_stop_without_progress(cfg.collab_patience)])
+        bar.close()
+        self.report["collaborative_search"] = {"trials": len(table), "budget": cfg.collab_trials,
+                                               "patience": cfg.collab_patience, "sampler": f"TPE, seed {cfg.seed}",
+                                               "started_from": "the configured grid"}
         choice = selection.choose(per_student, [r["serving_parameters"] for r in table],
                                   [f"{r['kind']} {r['params']}" for r in table], seed=self.cfg.seed)
         for row, iv, diff in zip(table, choice.intervals, choice.differences):
@@ -684,6 +705,15 @@ class Trainer:
             out["success_roc_auc"] = self.report["success"]["roc_auc"]
             out["success_ece"] = self.report["success"]["ece"]
         return out
+
+
+def _stop_without_progress(patience: int):
+    """An Optuna callback: stop the study after `patience` finished trials without a new best."""
+    def callback(study, trial) -> None:
+        done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+        if len(done) > patience and study.best_trial.number < done[-patience].number:
+            study.stop()
+    return callback
 
 
 def against_base_rate(y: np.ndarray, p: np.ndarray, base_rate: float, seed: int) -> dict:

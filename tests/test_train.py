@@ -174,7 +174,7 @@ def test_trains_what_it_can_without_outcomes(tmp_path):
     (data / "outcomes.parquet").unlink()
     cfg = TrainConfig(data_dir=data, bundles_dir=tmp_path / "b", runs_dir=tmp_path / "r", search_budget=1,
                       progress=False, als_grid=[{"factors": 8, "regularization": 0.05, "alpha": 1.0, "iterations": 5}],
-                      ease_grid=[])
+                      ease_grid=[], collab_trials=1)
     report = train(cfg)
     assert report["success"] == {"skipped": "no outcomes table in the dataset"}
     assert "no outcomes table: the success predictor is skipped" in report["data"]["notes"]
@@ -254,7 +254,7 @@ def test_trains_and_evaluates_with_a_random_split(tmp_path):
     generate(data, students=600, internships=150, seed=3, progress=False, catalog=False)
     cfg = TrainConfig(data_dir=data, bundles_dir=tmp_path / "b", runs_dir=tmp_path / "r", search_budget=1,
                       progress=False, als_grid=[{"factors": 8, "regularization": 0.05, "alpha": 1.0, "iterations": 5}],
-                      ease_grid=[], split="random",
+                      ease_grid=[], collab_trials=1, split="random",
                       reference_collaborative=[("reference", "als", {"factors": 4, "regularization": 0.01,
                                                                      "alpha": 1.0, "iterations": 3})])
     report = train(cfg)

@@ -70,7 +70,7 @@ def tiny_system(tmp_path_factory) -> SimpleNamespace:
         train(TrainConfig(data_dir=system.data, bundles_dir=system.bundles, runs_dir=system.runs, search_budget=1,
                           success_algorithms=("logistic_regression",), progress=False,
                           als_grid=[{"factors": 16, "regularization": 0.05, "alpha": 1.0, "iterations": 10}],
-                          ease_grid=[{"lambda": 200.0}]))
+                          ease_grid=[{"lambda": 200.0}], collab_trials=2))
         (base / "ready").write_text("ok")
     return system
 
