@@ -44,6 +44,8 @@ def main(argv=None) -> int:
     k = cfg.k
     print(f"{a.data}: {a.split} split {json.dumps(report['split']['interactions'])}, "
           f"{report['evaluation_window']['test_students']} test students, training {seconds:.0f} s")
+    search = report["collaborative_search"]
+    print(f"search: {search['trials']} trials ({search['sampler']}); {report['collaborative_choice']}")
     print(f"{'model':<58} {'NDCG@' + str(k):>8}  95 % interval      chosen - this (95 %)")
     for r in rows:
         diff = r.get("chosen_minus_this")
