@@ -110,7 +110,9 @@ class TrainConfig:
         {"factors": f, "regularization": r, "alpha": a, "iterations": 15}
         for f in (32, 64) for r in (0.05,) for a in (1.0, 5.0)])
     ease_grid: list[dict] = field(default_factory=lambda: [{"lambda": lam} for lam in (100.0, 400.0)])
-    collab_trials: int = 30        # hyperparameter search: at most this many fits (the grids come first)
+    # Hyperparameter search: at most this many fits (the grids come first); None: as many as
+    # COLLAB_SEARCH_CELLS allows for this data (interactions x trials), between the grid and 30.
+    collab_trials: int | None = None
     collab_patience: int = 10      # and stop after this many without a new best
     # (name, kind, params) of collaborative models to score beside the chosen one on the test
     # window, fitted the same way (models.bench_collab: `implicit` ALS with its default settings)
@@ -508,7 +510,8 @@ class Trainer:
         study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=cfg.seed))
         for kind, params in grid:
             study.enqueue_trial({"kind": kind, **params})
-        bar = tqdm(total=cfg.collab_trials, desc="collaborative search", disable=not cfg.progress, leave=False)
+        budget = cfg.collab_trials or collab_trial_budget(matrix.nnz, len(grid))
+        bar = tqdm(total=budget, desc="collaborative search", disable=not cfg.progress, leave=False)
 
         def objective(trial) -> float:
             kind, params = search_space(trial, n_items)
@@ -521,9 +524,9 @@ class Trainer:
             bar.update()
             return float(np.mean(ndcg))
 
-        study.optimize(objective, n_trials=cfg.collab_trials, callbacks=[_stop_without_progress(cfg.collab_patience)])
+        study.optimize(objective, n_trials=budget, callbacks=[_stop_without_progress(cfg.collab_patience)])
         bar.close()
-        self.report["collaborative_search"] = {"trials": len(table), "budget": cfg.collab_trials,
+        self.report["collaborative_search"] = {"trials": len(table), "budget": budget,
                                                "patience": cfg.collab_patience, "sampler": f"TPE, seed {cfg.seed}",
                                                "started_from": "the configured grid"}
         choice = selection.choose(per_student, [r["serving_parameters"] for r in table],
@@ -705,6 +708,17 @@ class Trainer:
             out["success_roc_auc"] = self.report["success"]["roc_auc"]
             out["success_ece"] = self.report["success"]["ece"]
         return out
+
+
+# Interactions x trials the collaborative search may spend: 30 trials up to ~70,000 interactions
+# (a few seconds each at most there), the grid alone at millions (where one ALS fit takes minutes).
+COLLAB_SEARCH_CELLS = 2_000_000
+
+
+def collab_trial_budget(interactions: int, grid: int) -> int:
+    """Trials for the collaborative search: what COLLAB_SEARCH_CELLS allows, never fewer than the
+    grid, never more than 30. Depends only on the data, so a run is reproducible from its seed."""
+    return int(max(grid, min(30, COLLAB_SEARCH_CELLS // max(interactions, 1))))
 
 
 def _stop_without_progress(patience: int):

@@ -81,3 +81,12 @@ def test_the_success_model_ships_only_when_it_beats_the_base_rate():
     # a model that only adds noise around the base rate does not ship
     noisy = np.clip(0.2 + rng.normal(0, 0.05, len(y)), 0.01, 0.99)
     assert not against_base_rate(y, noisy, 0.2, seed=0)["model_wins"]
+
+
+def test_the_collaborative_search_budget_scales_with_the_data():
+    from models.train import collab_trial_budget
+
+    assert collab_trial_budget(30_000, 6) == 30               # the default data: a real search
+    assert collab_trial_budget(200_000, 6) == 10
+    assert collab_trial_budget(7_000_000, 4) == 4             # 1M students: the grid alone
+    assert collab_trial_budget(0, 2) == 30
