@@ -328,7 +328,7 @@ def test_models_activate_rollback_and_history_move_the_champion(home, tmp_path):
     assert [(m["action"], m["version"], m["previous_version"]) for m in moves] == \
         [("set", 1, None), ("set", 2, 1), ("set", 1, 2), ("rollback", 2, 1)]
     assert [m["reason"] for m in moves[2:]] == ["v2 misbehaves", "rollback from the CLI"]
-    assert moves[1]["reason"] == f"trained by run {run_id(home.ran.stdout)[0]}"
+    assert moves[1]["reason"] == f"trained by run {run_id(home.ran.stdout)[0]}; rank stage serves: ranker"
     # another alias has its own history; the champion does not move
     assert ok(pmis(mine, "models", "activate", "content", 1, "--alias", "canary")) == "content: canary -> v1\n"
     (canary,) = [json.loads(line) for line in
