@@ -6,15 +6,21 @@ candidate models are fitted and the trainer keeps whichever wins on the validati
   implicit's own least-squares `recalculate_user` against the stored item factors.
 - EASE (Steck 2019): a closed-form item-item model B = I - P / diag(P), P = (X'X + lambda I)^-1.
   Exact and strong on small catalogues; O(items^2) memory, so only tried below MAX_EASE_ITEMS.
+- item-kNN from `implicit` (BM25Recommender): each internship's K nearest by cosine over
+  BM25-weighted interactions, a sparse item-item matrix; a student scores as their row times it.
+EASE and item-kNN score a student straight from their interaction row (nothing to fold in).
 Students the model has never seen get item popularity (the fallback), unless they bring
 interactions to fold in.
 """
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import scipy.sparse as sp
 from implicit.als import AlternatingLeastSquares
+from implicit.nearest_neighbours import BM25Recommender
 from threadpoolctl import threadpool_limits
 
 from models.bundle import Bundle, BundleRef, arrays_to_csr, csr_to_arrays, write_bundle
@@ -22,16 +28,19 @@ from models.bundle import Bundle, BundleRef, arrays_to_csr, csr_to_arrays, write
 COMPONENT = "collaborative"
 EVENT_WEIGHTS = {"view": 1.0, "save": 3.0, "apply": 5.0}
 MAX_EASE_ITEMS = 20_000
+ROW_KINDS = ("ease", "knn")  # scored from the student's interaction row, no factors
 
 
 def search_space(trial, n_items: int) -> tuple[str, dict]:
     """One point of the hyperparameter search (an Optuna trial): ALS with factors, regularization
     and alpha on log scales over several decades and its iterations, or EASE with its lambda on a
     log scale (small catalogues only)."""
-    kinds = ["als", "ease"] if n_items <= MAX_EASE_ITEMS else ["als"]
-    kind = trial.suggest_categorical("kind", kinds)
+    kind = trial.suggest_categorical("kind", ["als", "ease", "knn"] if n_items <= MAX_EASE_ITEMS else ["als", "knn"])
     if kind == "ease":
         return kind, {"lambda": trial.suggest_float("lambda", 1.0, 1e4, log=True)}
+    if kind == "knn":
+        return kind, {"neighbours": trial.suggest_int("neighbours", 10, 500, log=True),
+                      "k1": trial.suggest_float("k1", 0.5, 3.0), "b": trial.suggest_float("b", 0.1, 1.0)}
     return kind, {"factors": trial.suggest_int("factors", 8, 256, log=True),
                   "regularization": trial.suggest_float("regularization", 1e-3, 10.0, log=True),
                   "alpha": trial.suggest_float("alpha", 0.1, 100.0, log=True),
@@ -41,7 +50,9 @@ def search_space(trial, n_items: int) -> tuple[str, dict]:
 def serving_parameters(kind: str, params: dict, n_items: int) -> int:
     """The numbers a server holds to score a student: the item factors (ALS, students are folded
     in) or the dense item-item matrix (EASE). Model selection breaks ties by it."""
-    return n_items * int(params["factors"]) if kind == "als" else n_items * n_items
+    if kind == "als":
+        return n_items * int(params["factors"])
+    return n_items * int(params["neighbours"]) if kind == "knn" else n_items * n_items
 
 
 def event_weights(events) -> np.ndarray:
@@ -66,13 +77,15 @@ class CollaborativeModel:
     def __init__(self, kind: str, params: dict, user_ids: np.ndarray, item_ids: np.ndarray,
                  popularity: np.ndarray, user_items: sp.csr_matrix,
                  user_factors: np.ndarray | None = None, item_factors: np.ndarray | None = None,
-                 ease_b: np.ndarray | None = None, item_deadline: np.ndarray | None = None):
+                 ease_b: np.ndarray | None = None, item_deadline: np.ndarray | None = None,
+                 similarity: sp.csr_matrix | None = None):
         self.kind, self.params = kind, params
         self.user_ids, self.item_ids = user_ids, item_ids
         self.user_index = {u: i for i, u in enumerate(user_ids.tolist())}
         self.popularity = popularity      # (n_items,) normalised weighted interaction counts
         self.user_items = user_items      # training confidences, for EASE scoring and exclusion
         self.user_factors, self.item_factors, self.ease_b = user_factors, item_factors, ease_b
+        self.similarity = similarity      # item-kNN: (items, items), each row an item's neighbours
         # Epoch seconds per item (int64 max = none), so retrieval can leave out closed internships;
         # None in bundles written before it was stored.
         self.item_deadline = item_deadline
@@ -110,12 +123,22 @@ class CollaborativeModel:
             b[np.diag_indices_from(b)] = 0.0
             return cls(kind, params, np.asarray(user_ids), np.asarray(item_ids), popularity, user_items,
                        ease_b=b.astype(np.float32))
+        if kind == "knn":
+            knn = BM25Recommender(K=int(params["neighbours"]), K1=float(params["k1"]), B=float(params["b"]),
+                                  num_threads=1)
+            with warnings.catch_warnings():  # implicit converts its own BM25 weights to CSR and says so
+                warnings.simplefilter("ignore")
+                knn.fit(user_items, show_progress=False)
+            return cls(kind, params, np.asarray(user_ids), np.asarray(item_ids), popularity, user_items,
+                       similarity=sp.csr_matrix(knn.similarity, dtype=np.float32))
         raise ValueError(f"unknown collaborative model kind {kind!r}")
 
     def scores_for_rows(self, user_rows: sp.csr_matrix, user_vectors: np.ndarray | None = None) -> np.ndarray:
-        """Scores (n, n_items) from interaction rows (EASE) or user factor vectors (ALS)."""
+        """Scores (n, n_items) from interaction rows (EASE, item-kNN) or user factor vectors (ALS)."""
         if self.kind == "ease":
             return np.asarray((user_rows > 0).astype(np.float32) @ self.ease_b, dtype=np.float32)
+        if self.kind == "knn":  # as implicit's own scorer: the confidences times the neighbours
+            return np.asarray((sp.csr_matrix(user_rows, dtype=np.float32) @ self.similarity).toarray(), dtype=np.float32)
         return np.asarray(user_vectors @ self.item_factors.T, dtype=np.float32)
 
     def known(self, user_ids) -> np.ndarray:
@@ -125,7 +148,7 @@ class CollaborativeModel:
         """Scores for students the model was trained on, by their row position."""
         user_pos = np.asarray(user_pos)
         rows = self.user_items[user_pos]
-        vectors = None if self.kind == "ease" else self.user_factors[user_pos]
+        vectors = None if self.kind in ROW_KINDS else self.user_factors[user_pos]
         return self.scores_for_rows(rows, vectors)
 
     def history_row(self, item_pos: np.ndarray, events) -> sp.csr_matrix:
@@ -138,8 +161,8 @@ class CollaborativeModel:
 
     def fold_in_rows(self, rows: sp.csr_matrix) -> np.ndarray | None:
         """Students' factors solved against the served item factors from their interaction rows
-        (ALS; no retraining). EASE scores straight from the rows: None."""
-        if self.kind == "ease":
+        (ALS; no retraining). EASE and item-kNN score straight from the rows: None."""
+        if self.kind in ROW_KINDS:
             return None
         rows = sp.csr_matrix(rows, dtype=np.float32)
         return np.asarray(self._als.recalculate_user(np.arange(rows.shape[0]), rows), dtype=np.float32)
@@ -147,7 +170,7 @@ class CollaborativeModel:
     def scores_of(self, rows: sp.csr_matrix, vectors: np.ndarray | None, item_pos: np.ndarray | None = None
                   ) -> np.ndarray:
         """Scores (n, n_items), or (n, len(item_pos)) for given items only."""
-        if self.kind == "ease":
+        if self.kind in ROW_KINDS:
             full = self.scores_for_rows(rows)
             return full if item_pos is None else full[:, item_pos]
         factors = self.item_factors if item_pos is None else self.item_factors[np.asarray(item_pos)]
@@ -168,6 +191,8 @@ class CollaborativeModel:
             arrays["item_deadline"] = np.asarray(item_deadline, dtype=np.int64)
         if self.kind == "als":
             arrays.update(user_factors=self.user_factors, item_factors=self.item_factors)
+        elif self.kind == "knn":
+            arrays.update(csr_to_arrays("similarity", self.similarity))
         else:
             arrays.update(ease_b=self.ease_b)
         return write_bundle(root, COMPONENT, arrays=arrays,
@@ -178,4 +203,5 @@ class CollaborativeModel:
         a, doc = bundle.arrays, bundle.documents["model"]
         return cls(doc["kind"], doc["params"], a["user_ids"], a["item_ids"], a["popularity"],
                    arrays_to_csr("user_items", a), user_factors=a.get("user_factors"),
-                   item_factors=a.get("item_factors"), ease_b=a.get("ease_b"), item_deadline=a.get("item_deadline"))
+                   item_factors=a.get("item_factors"), ease_b=a.get("ease_b"), item_deadline=a.get("item_deadline"),
+                   similarity=arrays_to_csr("similarity", a) if doc["kind"] == "knn" else None)

@@ -122,6 +122,7 @@ def test_content_bundle_round_trip(content_model, tmp_path):
 # --------------------------------------------------------------------------- collaborative
 
 ALS_PARAMS = {"factors": 8, "regularization": 0.05, "alpha": 2.0, "iterations": 8, "seed": 0}
+KNN_PARAMS = {"neighbours": 20, "k1": 1.2, "b": 0.75}
 
 
 @pytest.fixture(scope="module")
@@ -209,13 +210,35 @@ def test_popularity_fallback(interactions):
     assert model.known(["S0000", "S0299", "nobody", ""]).tolist() == [True, True, False, False]
 
 
-@pytest.mark.parametrize("kind,params", [("als", ALS_PARAMS), ("ease", {"lambda": 5.0})])
+def test_item_knn_scores_as_implicit_does_and_learns_groups(interactions):
+    from implicit.nearest_neighbours import BM25Recommender
+
+    m, user_ids, item_ids = interactions
+    model = CollaborativeModel.fit("knn", KNN_PARAMS, m, user_ids, item_ids)
+    reference = BM25Recommender(K=KNN_PARAMS["neighbours"], K1=KNN_PARAMS["k1"], B=KNN_PARAMS["b"], num_threads=1)
+    reference.fit(m, show_progress=False)
+    users = np.array([0, 1, 2, 150])
+    ids, scores = reference.recommend(users, m[users], N=len(item_ids), filter_already_liked_items=False)
+    ours = model.score_users(users)
+    for row, user in enumerate(users):
+        scored = scores[row] > -1e30  # implicit leaves items with no neighbour unscored
+        np.testing.assert_allclose(ours[row][ids[row][scored]], scores[row][scored], rtol=1e-4, atol=1e-4)
+        assert not ours[row][np.setdiff1d(np.arange(len(item_ids)), ids[row][scored])].any()
+        top = np.argsort(-ours[row])[:10]
+        assert np.mean(top // 20 == user % 3) >= 0.8
+    # a student's own row is all it needs: scoring fresh interactions is the same arithmetic
+    items, events = m[7].indices, np.array(["apply"] * m[7].nnz)
+    np.testing.assert_allclose(model.fold_in(items, events),
+                               model.scores_for_rows(model.history_row(items, events))[0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("kind,params", [("als", ALS_PARAMS), ("ease", {"lambda": 5.0}), ("knn", KNN_PARAMS)])
 def test_collaborative_bundle_round_trip(interactions, tmp_path, kind, params):
     m, user_ids, item_ids = interactions
     model = CollaborativeModel.fit(kind, params, m, user_ids, item_ids)
     ref = model.save(tmp_path, {"data_version": "t"})
     bundle = load_bundle(ref.path)
-    big = "item_factors" if kind == "als" else "ease_b"
+    big = {"als": "item_factors", "ease": "ease_b", "knn": "similarity_data"}[kind]
     assert isinstance(bundle.arrays[big], np.memmap) and not bundle.arrays[big].flags.writeable
     assert isinstance(bundle.arrays["popularity"], np.memmap)
     loaded = CollaborativeModel.from_bundle(bundle)
@@ -224,7 +247,7 @@ def test_collaborative_bundle_round_trip(interactions, tmp_path, kind, params):
     np.testing.assert_array_equal(loaded.score_users(users), model.score_users(users))
     np.testing.assert_array_equal(loaded.popularity_scores(1)[0], model.popularity)
     assert (loaded.user_items != model.user_items).nnz == 0
-    if kind == "ease":
+    if kind != "als":
         items, events = np.array([1, 2, 3]), np.array(["apply", "view", "save"])
         np.testing.assert_allclose(loaded.fold_in(items, events), model.fold_in(items, events), atol=1e-6)
 
