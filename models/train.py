@@ -524,7 +524,7 @@ class Trainer:
             bar.update()
             return float(np.mean(ndcg))
 
-        study.optimize(objective, n_trials=budget, callbacks=[_stop_without_progress(cfg.collab_patience)])
+        study.optimize(objective, n_trials=budget, callbacks=[_stop_without_progress(cfg.collab_patience, len(grid))])
         bar.close()
         self.report["collaborative_search"] = {"trials": len(table), "budget": budget,
                                                "patience": cfg.collab_patience, "sampler": f"TPE, seed {cfg.seed}",
@@ -721,11 +721,12 @@ def collab_trial_budget(interactions: int, grid: int) -> int:
     return int(max(grid, min(30, COLLAB_SEARCH_CELLS // max(interactions, 1))))
 
 
-def _stop_without_progress(patience: int):
-    """An Optuna callback: stop the study after `patience` finished trials without a new best."""
+def _stop_without_progress(patience: int, after: int = 0):
+    """An Optuna callback: stop the study once `patience` finished trials beyond the first `after`
+    (the grid) have brought no new best."""
     def callback(study, trial) -> None:
         done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-        if len(done) > patience and study.best_trial.number < done[-patience].number:
+        if len(done) >= after + patience and study.best_trial.number < done[-patience].number:
             study.stop()
     return callback
 
