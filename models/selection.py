@@ -47,10 +47,13 @@ class Choice:
     reason: str
 
 
+MATERIALLY_CHEAPER = 0.5  # at most half the best candidate's serving parameters
+
+
 def choose(per_student: list[np.ndarray], costs: list[float], names: list[str], *, seed: int = 0,
            level: float = LEVEL) -> Choice:
-    """The best candidate by mean, unless cheaper ones are within the noise of it: then the
-    cheapest of those (`costs`, lower is cheaper; ties by mean)."""
+    """The best candidate by mean, unless materially cheaper ones (at most half its `costs`) are
+    within the noise of it: then the cheapest of those (ties by mean)."""
     stacked = np.column_stack([np.asarray(v, dtype=np.float64) for v in per_student])
     means = stacked.mean(axis=0)
     best = int(np.argmax(means))
@@ -59,11 +62,15 @@ def choose(per_student: list[np.ndarray], costs: list[float], names: list[str], 
     intervals = [interval(draws[:, j], level) for j in range(len(names))]
     differences = [(float(means[j] - means[best]), *interval(diff_draws[:, j], level)) for j in range(len(names))]
     tied = [j for j in range(len(names)) if differences[j][2] >= 0]  # not clearly worse than the best
-    chosen = min(tied, key=lambda j: (costs[j], -means[j]))
+    # A tie goes to a cheaper model only when the saving matters: a few factors fewer is not worth
+    # a lower mean (and among many search trials some always land within noise of the best).
+    worth_it = [j for j in tied if j == best or costs[j] <= MATERIALLY_CHEAPER * costs[best]]
+    chosen = min(worth_it, key=lambda j: (costs[j], -means[j]))
     if chosen == best:
         reason = f"{names[best]}: the best mean"
         if len(tied) > 1:
-            reason += (f"; within noise of it: {', '.join(names[j] for j in tied if j != best)}, none cheaper")
+            reason += (f"; within noise of it: {', '.join(names[j] for j in tied if j != best)}, none at most "
+                       f"half its serving cost")
     else:
         d = differences[chosen]
         reason = (f"{names[chosen]}: within noise of the best ({names[best]}; difference {d[0]:+.4f}, "

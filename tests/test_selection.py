@@ -43,6 +43,17 @@ def test_a_clearly_better_model_wins_whatever_it_costs():
     assert choice.reason == "strong: the best mean"
 
 
+def test_a_tie_goes_to_a_cheaper_model_only_when_the_saving_matters():
+    base = students(0.30, seed=1)
+    nudged = base.copy()
+    nudged[:3] = 1.0  # a hair better: three students of 2,000
+    slightly_cheaper = selection.choose([nudged, base], costs=[32_000, 27_000], names=["als 32", "als 27"])
+    assert slightly_cheaper.index == slightly_cheaper.best == 0
+    assert "none at most half its serving cost" in slightly_cheaper.reason
+    much_cheaper = selection.choose([nudged, base], costs=[32_000, 8_000], names=["als 32", "als 8"])
+    assert much_cheaper.index == 1 and "cheaper to serve" in much_cheaper.reason
+
+
 def test_paired_comparison_sees_a_small_consistent_gain_that_unpaired_intervals_miss():
     rng = np.random.default_rng(4)
     a = rng.random(3000)
