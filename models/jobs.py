@@ -206,6 +206,9 @@ def normalise_config(raw: dict, default_data: Path, data_roots: list[Path]) -> t
     train_until, valid_until = split.get("train_until"), split.get("valid_until")
     if (train_until is not None or valid_until is not None) and (vf or tf):
         v.append(("split", "set either the fractions or the cutoffs, not both"))
+    random_split = bool(split.get("random"))
+    if random_split and (train_until is not None or valid_until is not None):
+        v.append(("split.random", "a random split takes the fractions, not cutoffs"))
     if (train_until is None) != (valid_until is None):
         missing = "valid_until" if valid_until is None else "train_until"
         v.append((f"split.{missing}", "required when the other cutoff is set"))
@@ -237,7 +240,7 @@ def normalise_config(raw: dict, default_data: Path, data_roots: list[Path]) -> t
     config = {"components": components, "data_source": str(data_path), "success_algorithms": algorithms,
               "search_budget": budget, "cv_folds": folds, "valid_fraction": vf, "test_fraction": tf,
               "train_until": None if train_until is None else int(train_until),
-              "valid_until": None if valid_until is None else int(valid_until),
+              "valid_until": None if valid_until is None else int(valid_until), "split_random": random_split,
               "auto_activate": bool(auto.get("enabled")), "margin": margin, "seed": seed,
               "max_eval_students": max_eval, "description": description}
     return config, v
@@ -250,6 +253,8 @@ def train_config(config: dict, bundles_dir: Path, runs_dir: Path):
     split = {"valid_fraction": config["valid_fraction"], "test_fraction": config["test_fraction"]}
     if config.get("train_until") is not None:
         split = {"train_until": config["train_until"], "valid_until": config["valid_until"]}
+    elif config.get("split_random"):
+        split["split"] = "random"
     return TrainConfig(data_dir=Path(config["data_source"]), bundles_dir=Path(bundles_dir), runs_dir=Path(runs_dir),
                        seed=config["seed"], cv_folds=config["cv_folds"], search_budget=config["search_budget"],
                        max_eval_students=config["max_eval_students"], activate=False, progress=False,

@@ -242,6 +242,7 @@ def config(**kw) -> T.TrainingConfig:
     ({"split": {"train_until": 2000}}, {"split.valid_until"}),
     ({"split": {"train_until": 2000, "valid_until": 1000}}, {"split.valid_until"}),
     ({"split": {"train_until": 1000, "valid_until": 2000, "test_fraction": 0.2}}, {"split"}),
+    ({"split": {"train_until": 1000, "valid_until": 2000, "random": True}}, {"split.random"}),
     ({"auto_activation": {"enabled": True, "margin": 1.5}}, {"auto_activation.margin"}),
     ({"auto_activation": {"enabled": True, "margin": float("nan")}}, {"auto_activation.margin"}),
     ({"max_eval_students": 5, "description": "x" * 201}, {"max_eval_students", "description"}),
@@ -268,6 +269,13 @@ def test_config_defaults_and_normalisation(tiny_system):
     cut, violations = normalise_config({"split": {"train_until": 10, "valid_until": 20}}, tiny_system.data,
                                        [tiny_system.root])
     assert violations == [] and (cut["train_until"], cut["valid_until"]) == (10, 20)
+    # a random split: the fractions, held out per student; the job's TrainConfig says so
+    from models.jobs import train_config
+
+    shuffled, violations = normalise_config({"split": {"random": True}}, tiny_system.data, [tiny_system.root])
+    assert violations == [] and shuffled["split_random"] is True
+    assert train_config(shuffled, tiny_system.root / "b", tiny_system.root / "r").split == "random"
+    assert train_config(config_, tiny_system.root / "b", tiny_system.root / "r").split == "time"
 
 
 def test_start_training_rejects_bad_configs_with_field_violations(trainer):

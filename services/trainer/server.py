@@ -325,6 +325,7 @@ def config_message(c: dict) -> trainer_pb2.TrainingConfig:
         split.valid_until.CopyFrom(_ts(c["valid_until"]))
     else:
         split.valid_fraction, split.test_fraction = c["valid_fraction"], c["test_fraction"]
+        split.random = bool(c.get("split_random"))
     return trainer_pb2.TrainingConfig(
         components=c["components"], data_source=c["data_source"],
         success=trainer_pb2.SuccessSearch(algorithms=c["success_algorithms"], search_budget=c["search_budget"]),
@@ -336,7 +337,8 @@ def config_message(c: dict) -> trainer_pb2.TrainingConfig:
 def config_dict(m: trainer_pb2.TrainingConfig) -> dict:
     split = {"valid_fraction": m.split.valid_fraction, "test_fraction": m.split.test_fraction,
              "train_until": m.split.train_until.ToSeconds() if m.split.HasField("train_until") else None,
-             "valid_until": m.split.valid_until.ToSeconds() if m.split.HasField("valid_until") else None}
+             "valid_until": m.split.valid_until.ToSeconds() if m.split.HasField("valid_until") else None,
+             "random": m.split.random}
     return {"components": list(m.components), "data_source": m.data_source,
             "success": {"algorithms": list(m.success.algorithms), "search_budget": m.success.search_budget},
             "cv_folds": m.cv_folds, "split": split,
