@@ -190,16 +190,6 @@ class SuccessModel:
             return self.linear.logit(design_matrix(x))
         return _logit(self.predict(x))
 
-    def factors(self, x: np.ndarray, top: int = 3) -> list[list[tuple[str, float, float]]]:
-        """Per row, the `top` features that move the log-odds most against the typical pair, as
-        (feature, value, contribution) tuples: `factor_table` unpacked."""
-        counts, features, values, contributions = self.factor_table(x, top)
-        rows = np.repeat(np.arange(len(counts)), counts)
-        out: list[list[tuple[str, float, float]]] = [[] for _ in range(len(counts))]
-        for r, f, v, c in zip(rows.tolist(), features.tolist(), values.tolist(), contributions.tolist()):
-            out[r].append((FEATURES[f], v, c))
-        return out
-
     def factor_table(self, x: np.ndarray, top: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Every row's `top` factors, packed: (counts per row, feature index, value, contribution)
         with row r's factors the next counts[r] entries, strongest first.
