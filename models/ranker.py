@@ -154,19 +154,23 @@ class RankerModel:
         return contributions.sum(axis=1).astype(np.float32), contributions
 
     def rank_list(self, component_scores: np.ndarray, pair: np.ndarray, contributions: str | None = None
-                  ) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+                  ) -> tuple[np.ndarray, np.ndarray | None]:
         """The rank stage for one student's list, as this bundle serves it: (scores, each row's
-        additive split of its score with the bias last, or None when not asked, and the split's
-        names). Under "blend" the split is the blend's terms."""
+        additive split of its score over `split_names` with the bias last, or None when not
+        asked). Under "blend" the split is the blend's terms."""
         if self.ranking == "blend":
             terms = blend_terms(component_scores, self.blend_weights)
             split = np.hstack([terms, np.zeros((len(terms), 1))]) if contributions else None
-            return terms.sum(axis=-1).astype(np.float32), split, list(COMPONENT_SCORES)
+            return terms.sum(axis=-1).astype(np.float32), split
         features = ranker_features(component_scores, pair)
         if contributions:
-            scores, split = self.predict_with_contributions(features, contributions)
-            return scores, split, list(FEATURES)
-        return self.predict(features), None, list(FEATURES)
+            return self.predict_with_contributions(features, contributions)
+        return self.predict(features), None
+
+    @property
+    def split_names(self) -> list[str]:
+        """What `rank_list`'s split of a score is over: the blend's terms or the ranker's features."""
+        return list(COMPONENT_SCORES) if self.ranking == "blend" else list(FEATURES)
 
     def contributions(self, x: np.ndarray, method: str = "path") -> np.ndarray:
         """(n, len(FEATURES) + 1): each feature's exact additive share of each row's score, the bias

@@ -38,6 +38,11 @@ def interval(draws: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
     return float(low), float(high)
 
 
+def mean_interval(values: np.ndarray, *, seed: int = 0, level: float = LEVEL) -> list[float]:
+    """The percentile-bootstrap interval of the mean of `values` (one per student)."""
+    return list(interval(bootstrap_means(values, seed=seed), level))
+
+
 @dataclass
 class Choice:
     index: int          # the chosen candidate
@@ -82,5 +87,5 @@ def choose(per_student: list[np.ndarray], costs: list[float], names: list[str], 
 def compare(a: np.ndarray, b: np.ndarray, *, seed: int = 0, level: float = LEVEL) -> dict:
     """Mean of a - b over the same students, with its paired bootstrap interval."""
     d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
-    low, high = interval(bootstrap_means(d, seed=seed), level)
+    low, high = mean_interval(d, seed=seed, level=level)
     return {"difference": float(d.mean()), "interval": [low, high], "beyond_noise": bool(low > 0 or high < 0)}

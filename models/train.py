@@ -424,8 +424,7 @@ class Trainer:
                                    groups=self.groups, progress=bar.update, ndcg_per_student=ndcg)
             bar.close()
             for name, per_student in ndcg.items():  # every model's NDCG@k with its 95 % bootstrap interval
-                test[name][f"ndcg@{cfg.k}_interval"] = list(selection.interval(
-                    selection.bootstrap_means(per_student, seed=cfg.seed)))
+                test[name][f"ndcg@{cfg.k}_interval"] = selection.mean_interval(per_student, seed=cfg.seed)
             self.report["ranking"] = test
             self.report["ranker_against_best_alternative"] = self._ranker_comparison(ndcg)
             self.report["evaluation_window"] = window = {
@@ -561,12 +560,12 @@ class Trainer:
         relevant = (graded > 0).astype(np.float32).tocsr()
         ours, ours_ndcg = self._collab_metrics(chosen, TEST, rows, relevant)
         out = [{"name": f"chosen: {chosen.kind} {chosen.params}", **ours,
-                "interval": list(selection.interval(selection.bootstrap_means(ours_ndcg, seed=self.cfg.seed)))}]
+                "interval": selection.mean_interval(ours_ndcg, seed=self.cfg.seed)}]
         for name, kind, params in self.cfg.reference_collaborative:
             model = self._fit_collab(kind, params, TEST)
             m, ndcg = self._collab_metrics(model, TEST, rows, relevant)
             out.append({"name": name, **m,
-                        "interval": list(selection.interval(selection.bootstrap_means(ndcg, seed=self.cfg.seed))),
+                        "interval": selection.mean_interval(ndcg, seed=self.cfg.seed),
                         "chosen_minus_this": selection.compare(ours_ndcg, ndcg, seed=self.cfg.seed)})
         return out
 

@@ -400,10 +400,10 @@ def test_ranker_learns_planted_feature(tmp_path):
     blended = RankerModel.from_bundle(load_bundle(model.save(tmp_path / "blend", {}, {}).path))
     assert blended.ranking == "blend"
     lists = np.random.default_rng(4).random((12, len(COMPONENT_SCORES)))
-    scores, split, names = blended.rank_list(lists, None, contributions="path")
+    scores, split = blended.rank_list(lists, None, contributions="path")
     np.testing.assert_allclose(scores, blend_scores(lists, blended.blend_weights), atol=1e-6)
     np.testing.assert_allclose(split.sum(axis=1), scores, atol=1e-5)
-    assert names == list(COMPONENT_SCORES)
+    assert blended.split_names == list(COMPONENT_SCORES)
     with pytest.raises(ValueError, match="ranking"):
         RankerModel(model.model, {}, {}, ranking="popularity")
 

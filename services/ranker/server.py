@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from models.features import FeatureSpace, pair_features
-from models.ranker import COMPONENT_SCORES, FEATURES, RankerModel, ranker_features
+from models.ranker import COMPONENT_SCORES, RankerModel
 from pmis.v1 import common_pb2, ranker_pb2, ranker_pb2_grpc
 from services.common.items import ItemIndex
 from services.common.profiles import profile_columns
@@ -79,13 +79,13 @@ class RankerServicer(ModelAdmin, ranker_pb2_grpc.RankerServiceServicer):
         model = rt.model
         explain = request.contributions or (request.contributions_if_cheap and
                                             (rt.contributions == "path" or model.ranking == "blend"))
-        names = list(COMPONENT_SCORES) if model.ranking == "blend" else list(FEATURES)
+        names = model.split_names
         scores = np.full(len(ids), np.nan, dtype=np.float32)
         contrib = np.zeros((len(ids), len(names) + 1))
         if known.any():
             student = rt.space.students(profile_columns(request.profile))
             pair = pair_features(student, np.zeros(int(known.sum()), dtype=np.int64), rt.space.items, positions[known])
-            scores[known], split, names = model.rank_list(component[known], pair, rt.contributions if explain else None)
+            scores[known], split = model.rank_list(component[known], pair, rt.contributions if explain else None)
             if explain:
                 contrib[known] = split
         # Internships this bundle has never seen rank last rather than failing the call.
