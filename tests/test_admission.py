@@ -342,6 +342,48 @@ def test_component_server_wires_the_limiter_in_front_of_metrics():
         cs.server.stop(None).wait(WAIT)
 
 
+def test_open_health_watches_hold_no_worker_of_a_component_server():
+    """Every gateway replica's channel keeps a health Watch open on every component replica. A
+    watch that held a worker thread for its life (as a guard that rewrapped it as a generator
+    did) would, with as many watchers as workers, leave none for the calls: here one worker,
+    three watchers, and calls still answered; status changes still reach every watcher."""
+    class Servicer:
+        slot = None
+
+    cfg = ServerConfig(component=component_name("watched"), host="127.0.0.1", port=0, metrics_port=0,
+                       bundles=None, alias="champion", version=None, path=None, grace=0.1, drain=0.0, workers=1,
+                       max_connection_age_ms=60_000)
+    service = None
+
+    def add(servicer, server):
+        nonlocal service
+        service = SlowService(None)
+        server.add_generic_rpc_handlers((service.handlers(),))
+
+    cs = ComponentServer(cfg, SERVICE, Servicer(), add)
+    cs.server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{cs.port}") as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            watches = [stub.Watch(health_pb2.HealthCheckRequest(service=SERVICE), timeout=WAIT) for _ in range(3)]
+            assert [next(w).status for w in watches] == [health_pb2.HealthCheckResponse.NOT_SERVING] * 3
+            for i in range(5):
+                assert channel.unary_unary(WORK)(b"x%d" % i, timeout=WAIT) == b"done:x%d" % i
+            cs._set_health(SERVING)
+            assert [next(w).status for w in watches] == [SERVING] * 3
+            for w in watches:
+                w.cancel()
+        def watches_counted():  # a watch its client cancelled ends without a status of the server's
+            return sum(metric("pmis_grpc_requests_total", component=cfg.component, method="Watch", code=code)
+                       for code in ("OK", "CANCELLED"))
+        wait_for = time.monotonic() + WAIT
+        while watches_counted() < 3:
+            assert time.monotonic() < wait_for, "the three watches were not counted when they ended"
+            time.sleep(0.01)
+    finally:
+        cs.server.stop(None).wait(WAIT)
+
+
 # --------------------------------------------------------------------------- aio server
 
 

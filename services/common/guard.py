@@ -197,6 +197,8 @@ class ServerGuard(grpc.ServerInterceptor):
                     telemetry.observe(self.component, name, _code_name(context), time.perf_counter() - start)
             return behavior
 
+        if kind == "unary_stream" and getattr(inner, "experimental_non_blocking", False):
+            return _rewrap(handler, kind, self._non_blocking(inner, name, check_caller, refuse_unusable, run))
         if kind == "unary_unary":
             def body(request, context):
                 check_caller(context)
@@ -229,6 +231,24 @@ class ServerGuard(grpc.ServerInterceptor):
                     telemetry.observe(self.component, name, _code_name(context), time.perf_counter() - start)
             return _rewrap(handler, kind, streaming)
         return _rewrap(handler, kind, observed(body))
+
+    def _non_blocking(self, inner, name: str, check_caller, refuse_unusable, run):
+        """A stream that answers through grpcio's `send_response_callback` (health Watch) keeps
+        that form: it returns at once and holds no worker thread while it is open. Wrapped as a
+        generator, every open Watch -- one per gateway replica's channel -- would hold one of the
+        server's workers for its whole life, and as many watchers as workers stop every call."""
+        def behavior(request, context, send_response_callback=None):
+            start = time.perf_counter()
+            context.add_callback(lambda: telemetry.observe(self.component, name, _code_name(context),
+                                                           time.perf_counter() - start))
+            check_caller(context)
+            if _unusable(request):
+                refuse_unusable(request, context)
+            run(lambda: inner(request, context, send_response_callback=send_response_callback), context)
+
+        behavior.experimental_non_blocking = True
+        behavior.experimental_thread_pool = getattr(inner, "experimental_thread_pool", None)
+        return behavior
 
 
 class AioServerGuard(grpc.aio.ServerInterceptor):
