@@ -103,59 +103,101 @@ def pipeline_scores(block: CandidateBlock, blend_weights: dict, ranker: RankerMo
     return out
 
 
+def candidate_blocks(c: Components, rows: np.ndarray, n_candidates: int):
+    """The candidate blocks of `rows`, one chunk of students at a time (chunk_size)."""
+    chunk = chunk_size(len(c.open_items))
+    for start in range(0, len(rows), chunk):
+        yield candidate_block(c, rows[start:start + chunk], n_candidates)
+
+
+class WindowMetrics:
+    """`evaluate_window` one block at a time, so that one pass over a window's candidate blocks
+    can also feed the fairness evaluation and the ranker's training rows (a block is the costly
+    part: whole-catalogue scores for every student of the chunk)."""
+
+    def __init__(self, c: Components, relevant: sp.csr_matrix, *, k: int, n_candidates: int, blend_weights: dict,
+                 ranker: RankerModel | None):
+        self.c, self.relevant, self.k, self.n_candidates = c, relevant, k, n_candidates
+        self.blend_weights, self.ranker = blend_weights, ranker
+        self.tops: dict[str, list] = {}
+        self.rows: list[np.ndarray] = []
+        self.candidate_recall: list[np.ndarray] = []
+
+    def add(self, block: CandidateBlock) -> dict[str, np.ndarray]:
+        """Adds one block; returns its pipeline scores (`pipeline_scores`) for other consumers."""
+        c, k, part = self.c, self.k, block.rows
+        self.rows.append(part)
+        pop = np.where(np.isinf(block.content_full), -np.inf, c.collaborative.popularity[None, :])
+        for name, full in (("popularity", pop), ("content", block.content_full), ("collaborative", block.collab_full)):
+            self.tops.setdefault(name, []).append((top_k(full, k), None))
+        scores = pipeline_scores(block, self.blend_weights, self.ranker)
+        for name, s in scores.items():
+            self.tops.setdefault(name, []).append(_pipeline_top_k(block, s, k))
+        hits = (gather(self.relevant, part, block.items) > 0) & block.valid
+        n_rel = np.asarray(self.relevant[part].sum(axis=1)).ravel()
+        self.candidate_recall.append(hits.sum(axis=1) / np.maximum(n_rel, 1))
+        return scores
+
+    def result(self, groups: dict[str, np.ndarray], ndcg_per_student: dict | None = None) -> dict:
+        """Metrics per model; `ndcg_per_student`, when given, receives each model's NDCG@k per student."""
+        rows = np.concatenate(self.rows) if self.rows else np.zeros(0, dtype=np.int64)
+        rel, n_rankable = self.relevant[rows], int(self.c.open_items.sum())
+        results = {}
+        for name, parts in self.tops.items():
+            topk = np.vstack([t for t, _ in parts])
+            valid = None if parts[0][1] is None else np.vstack([v for _, v in parts])
+            m = ranking_metrics(topk, rel, n_rankable, valid)
+            per_student = m.pop("_per_student")
+            if ndcg_per_student is not None:
+                ndcg_per_student[name] = per_student["ndcg"]
+            m["groups"] = group_breakdown(per_student, {a: v[rows] for a, v in groups.items()}, self.k)
+            results[name] = m
+        # Candidate recall: the ceiling that any re-ranking of the retrieved candidates can reach.
+        results["candidates"] = {"recall@candidates": float(np.mean(np.concatenate(self.candidate_recall))),
+                                 "per_student": int(2 * self.n_candidates)}
+        return results
+
+
 def evaluate_window(c: Components, rows: np.ndarray, relevant: sp.csr_matrix, *, k: int, n_candidates: int,
                     blend_weights: dict, ranker: RankerModel | None, groups: dict[str, np.ndarray],
                     progress=None, ndcg_per_student: dict | None = None) -> dict:
     """Metrics per model for students `rows` whose relevant items (binary, students x items) are given;
     `ndcg_per_student`, when given, receives each model's NDCG@k per student (for intervals)."""
-    n_rankable = int(c.open_items.sum())
-    chunk = chunk_size(len(c.open_items))
-    tops: dict[str, list] = {}
-    candidate_recall = []
-    for start in range(0, len(rows), chunk):
-        part = rows[start:start + chunk]
-        block = candidate_block(c, part, n_candidates)
-        pop = np.where(np.isinf(block.content_full), -np.inf, c.collaborative.popularity[None, :])
-        for name, full in (("popularity", pop), ("content", block.content_full), ("collaborative", block.collab_full)):
-            tops.setdefault(name, []).append((top_k(full, k), None))
-        for name, scores in pipeline_scores(block, blend_weights, ranker).items():
-            tops.setdefault(name, []).append(_pipeline_top_k(block, scores, k))
-        hits = (gather(relevant, part, block.items) > 0) & block.valid
-        n_rel = np.asarray(relevant[part].sum(axis=1)).ravel()
-        candidate_recall.append(hits.sum(axis=1) / np.maximum(n_rel, 1))
+    metrics = WindowMetrics(c, relevant, k=k, n_candidates=n_candidates, blend_weights=blend_weights, ranker=ranker)
+    for block in candidate_blocks(c, rows, n_candidates):
+        metrics.add(block)
         if progress:
-            progress(len(part))
-    rel = relevant[rows]
-    results = {}
-    for name, parts in tops.items():
-        topk = np.vstack([t for t, _ in parts])
-        valid = None if parts[0][1] is None else np.vstack([v for _, v in parts])
-        m = ranking_metrics(topk, rel, n_rankable, valid)
-        per_student = m.pop("_per_student")
-        if ndcg_per_student is not None:
-            ndcg_per_student[name] = per_student["ndcg"]
-        m["groups"] = group_breakdown(per_student, {a: v[rows] for a, v in groups.items()}, k)
-        results[name] = m
-    # Candidate recall: the ceiling that any re-ranking of the retrieved candidates can reach.
-    results["candidates"] = {"recall@candidates": float(np.mean(np.concatenate(candidate_recall))),
-                             "per_student": int(2 * n_candidates)}
-    return results
+            progress(len(block.rows))
+    return metrics.result(groups, ndcg_per_student)
+
+
+@dataclass
+class TrainingRows:
+    """A block's ranker training rows: features, graded labels, group sizes (students with a
+    positive among two or more candidates), and optionally the slim block for blend tuning."""
+    x: np.ndarray
+    y: np.ndarray
+    sizes: np.ndarray
+    block: tuple | None = None  # (CandidateBlock without the dense full-catalogue scores, labels)
+
+
+def training_rows(block: CandidateBlock, graded: sp.csr_matrix, keep_block: bool = True) -> TrainingRows:
+    labels = np.where(block.valid, gather(graded, block.rows, block.items), 0)
+    x = ranker_features(block.scores[block.valid], block.pair)
+    sizes = block.valid.sum(axis=1)
+    keep_rows = (labels.max(axis=1) > 0) & (sizes > 1)
+    keep_flat = np.repeat(keep_rows, sizes)
+    slim = (dataclasses.replace(block, content_full=None, collab_full=None), labels) if keep_block else None
+    return TrainingRows(x[keep_flat], labels[block.valid][keep_flat], sizes[keep_rows], slim)
+
+
+def stack_training_rows(parts: list[TrainingRows]):
+    """(x, y, group sizes, slim blocks) of all parts, in order."""
+    return (np.vstack([p.x for p in parts]), np.concatenate([p.y for p in parts]),
+            np.concatenate([p.sizes for p in parts]), [p.block for p in parts if p.block is not None])
 
 
 def ranker_training_data(c: Components, rows: np.ndarray, graded: sp.csr_matrix, n_candidates: int):
-    """Features, graded labels and group sizes of the candidates of students with a positive among them."""
-    chunk = chunk_size(len(c.open_items))
-    xs, ys, groups, blocks = [], [], [], []
-    for start in range(0, len(rows), chunk):
-        block = candidate_block(c, rows[start:start + chunk], n_candidates)
-        labels = np.where(block.valid, gather(graded, block.rows, block.items), 0)
-        x = ranker_features(block.scores[block.valid], block.pair)
-        sizes = block.valid.sum(axis=1)
-        keep_rows = (labels.max(axis=1) > 0) & (sizes > 1)
-        keep_flat = np.repeat(keep_rows, sizes)
-        xs.append(x[keep_flat])
-        ys.append(labels[block.valid][keep_flat])
-        groups.append(sizes[keep_rows])
-        # keep what blend tuning needs, not the dense full-catalogue score blocks
-        blocks.append((dataclasses.replace(block, content_full=None, collab_full=None), labels))
-    return np.vstack(xs), np.concatenate(ys), np.concatenate(groups), blocks
+    """Features, graded labels and group sizes of the candidates of students with a positive among
+    them, and the slim blocks with their labels (blend tuning)."""
+    return stack_training_rows([training_rows(b, graded) for b in candidate_blocks(c, rows, n_candidates)])

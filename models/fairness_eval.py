@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import scipy.sparse as sp
 
-from models.evaluate import Components, candidate_block, chunk_size, pipeline_scores
+from models.evaluate import CandidateBlock, Components, candidate_blocks, pipeline_scores
 from models.fair_ranking import gini, position_weights
 from models.fairness import FairnessConfig, FairReranker, item_groups
 from models.metrics import group_breakdown
@@ -41,26 +41,37 @@ class ScoredList:
     success_p: np.ndarray    # per candidate (nan without a success predictor)
 
 
-def scored_lists(c: Components, rows: np.ndarray, relevant: sp.csr_matrix, *, n_candidates: int,
-                 blend_weights: dict, ranker: RankerModel, item_msme: np.ndarray,
-                 student_attrs: dict[str, np.ndarray], cfg: FairnessConfig) -> list[ScoredList]:
-    items, students = c.space.items, c.students
-    sector_names = np.append(c.space.sectors.tokens, "")[items.sector]  # -1 (unknown) -> ""
-    out = []
-    for start in range(0, len(rows), chunk_size(len(items))):
-        block = candidate_block(c, rows[start:start + chunk_size(len(items))], n_candidates)
-        scores = pipeline_scores(block, blend_weights, ranker)["ranker"]
+class ListMaker:
+    """A block's candidate lists as the gateway would re-rank them (`ScoredList`s)."""
+
+    def __init__(self, c: Components, relevant: sp.csr_matrix, *, item_msme: np.ndarray,
+                 student_attrs: dict[str, np.ndarray], cfg: FairnessConfig):
+        self.c, self.relevant, self.item_msme, self.student_attrs, self.cfg = c, relevant, item_msme, student_attrs, cfg
+        self.sector_names = np.append(c.space.sectors.tokens, "")[c.space.items.sector]  # -1 (unknown) -> ""
+
+    def lists(self, block: CandidateBlock, ranker_scores: np.ndarray) -> list[ScoredList]:
+        items, students, relevant = self.c.space.items, self.c.students, self.relevant
+        out = []
         for i, row in enumerate(block.rows.tolist()):
             valid = block.valid[i]
             cand = block.items[i][valid]
-            g = item_groups(cfg.groups, item_district=items.district[cand], item_lat=items.latitude[cand],
+            g = item_groups(self.cfg.groups, item_district=items.district[cand], item_lat=items.latitude[cand],
                             item_lon=items.longitude[cand], item_remote=items.remote[cand],
-                            item_msme=item_msme[cand], item_sector=sector_names[cand],
-                            student_district=student_attrs["district"][row],
+                            item_msme=self.item_msme[cand], item_sector=self.sector_names[cand],
+                            student_district=self.student_attrs["district"][row],
                             student_lat=students.latitude[row], student_lon=students.longitude[row])
-            out.append(ScoredList(row, cand, scores[i][valid], g, np.asarray(relevant[row, cand].todense()).ravel() > 0,
+            out.append(ScoredList(row, cand, ranker_scores[i][valid], g,
+                                  np.asarray(relevant[row, cand].todense()).ravel() > 0,
                                   int(relevant[row].nnz), block.scores[i, valid, 3]))
-    return out
+        return out
+
+
+def scored_lists(c: Components, rows: np.ndarray, relevant: sp.csr_matrix, *, n_candidates: int,
+                 blend_weights: dict, ranker: RankerModel, item_msme: np.ndarray,
+                 student_attrs: dict[str, np.ndarray], cfg: FairnessConfig) -> list[ScoredList]:
+    maker = ListMaker(c, relevant, item_msme=item_msme, student_attrs=student_attrs, cfg=cfg)
+    return [x for block in candidate_blocks(c, rows, n_candidates)
+            for x in maker.lists(block, pipeline_scores(block, blend_weights, ranker)["ranker"])]
 
 
 def serve_lists(lists: list[ScoredList], slots: np.ndarray, cfg: FairnessConfig, *, enabled: bool,
@@ -88,11 +99,14 @@ def serve_lists(lists: list[ScoredList], slots: np.ndarray, cfg: FairnessConfig,
 def evaluate_fairness(c: Components, rows: np.ndarray, relevant: sp.csr_matrix, *, k: int, n_candidates: int,
                       blend_weights: dict, ranker: RankerModel, item_msme: np.ndarray,
                       student_attrs: dict[str, np.ndarray], groups: dict[str, np.ndarray],
-                      cfg: FairnessConfig | None = None, strength: float = 1.0, sweep_students: int = 5000) -> dict:
+                      cfg: FairnessConfig | None = None, strength: float = 1.0, sweep_students: int = 5000,
+                      lists: list[ScoredList] | None = None) -> dict:
+    """`lists`, when given, are `rows`' lists already made (ListMaker, with `cfg`'s groups)."""
     cfg = cfg or FairnessConfig()
     slots = np.nan_to_num(c.space.items.slots, nan=1.0)
-    lists = scored_lists(c, rows, relevant, n_candidates=n_candidates, blend_weights=blend_weights, ranker=ranker,
-                         item_msme=item_msme, student_attrs=student_attrs, cfg=cfg)
+    if lists is None:
+        lists = scored_lists(c, rows, relevant, n_candidates=n_candidates, blend_weights=blend_weights, ranker=ranker,
+                             item_msme=item_msme, student_attrs=student_attrs, cfg=cfg)
     served = {"before": serve_lists(lists, slots, cfg, enabled=False, strength=strength, k=k),
               "after": serve_lists(lists, slots, cfg, enabled=True, strength=strength, k=k)}
     open_items = c.open_items

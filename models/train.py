@@ -39,8 +39,10 @@ from models.content import ContentModel, profile_text
 from models.data.contract import Dataset, load_dataset
 from models.diagnostics import curves, permutation_importance, window_fingerprint
 from models import pipeline, selection
-from models.evaluate import Components, chunk_size, collaborative_scores, evaluate_window, ranker_training_data
-from models.fairness_eval import evaluate_fairness, evaluate_shortlists
+from models.evaluate import (Components, WindowMetrics, candidate_blocks, chunk_size, collaborative_scores,
+                             ranker_training_data, stack_training_rows, training_rows)
+from models.fairness_eval import ListMaker, evaluate_fairness, evaluate_shortlists
+from models.fairness import FairnessConfig
 from models.features import FeatureSpace, pair_features
 from models.ranker import COMPONENT_SCORES, RankerModel, blend_scores
 from models.registry import Registry
@@ -417,12 +419,24 @@ class Trainer:
             test_rows, test_graded = self._window(TEST)
             if cfg.reference_collaborative:
                 self.report["collaborative_references"] = self._collab_references(collab_b, test_rows, test_graded)
+            relevant = (test_graded > 0).astype(np.float32).tocsr()
+            # One pass over the window's candidate blocks feeds the metrics, the fairness lists and
+            # the ranker's final training rows: a block is the costly part (whole-catalogue scores).
+            window_metrics = WindowMetrics(comp_b, relevant, k=cfg.k, n_candidates=cfg.candidates,
+                                           blend_weights=blend_weights, ranker=ranker)
+            fairness_cfg = FairnessConfig()
+            list_maker = ListMaker(comp_b, relevant, item_msme=self._item_msme(ds),
+                                   student_attrs={"district": self.students.district}, cfg=fairness_cfg)
+            lists, final_rows = [], []
             bar = self._bar(len(test_rows), "evaluating")
-            ndcg = {}
-            test = evaluate_window(comp_b, test_rows, (test_graded > 0).astype(np.float32).tocsr(), k=cfg.k,
-                                   n_candidates=cfg.candidates, blend_weights=blend_weights, ranker=ranker,
-                                   groups=self.groups, progress=bar.update, ndcg_per_student=ndcg)
+            for block in candidate_blocks(comp_b, test_rows, cfg.candidates):
+                scores = window_metrics.add(block)
+                lists += list_maker.lists(block, scores["ranker"])
+                final_rows.append(training_rows(block, test_graded, keep_block=False))
+                bar.update(len(block.rows))
             bar.close()
+            ndcg = {}
+            test = window_metrics.result(self.groups, ndcg)
             for name, per_student in ndcg.items():  # every model's NDCG@k with its 95 % bootstrap interval
                 test[name][f"ndcg@{cfg.k}_interval"] = selection.mean_interval(per_student, seed=cfg.seed)
             self.report["ranking"] = test
@@ -439,9 +453,9 @@ class Trainer:
                        {f"{name}.{m}": v for name, block in test.items() if isinstance(block, dict)
                         for m, v in block.items() if m in (f"ndcg@{cfg.k}", f"recall@{cfg.k}", f"map@{cfg.k}")})
             self.report["fairness"] = evaluate_fairness(
-                comp_b, test_rows, (test_graded > 0).astype(np.float32).tocsr(), k=cfg.k, n_candidates=cfg.candidates,
-                blend_weights=blend_weights, ranker=ranker, item_msme=self._item_msme(ds),
-                student_attrs={"district": self.students.district}, groups=self.groups)
+                comp_b, test_rows, relevant, k=cfg.k, n_candidates=cfg.candidates, blend_weights=blend_weights,
+                ranker=ranker, item_msme=self._item_msme(ds), student_attrs={"district": self.students.district},
+                groups=self.groups, cfg=fairness_cfg, lists=lists)
             if ds.has_outcomes:
                 later = self.split.out_phase >= TEST
                 attrs = ds.students[[a for a in ("gender", "social_category", "disability", "rural")
@@ -450,7 +464,7 @@ class Trainer:
                     comp_b, self.idx.out_s[later], self.idx.out_i[later], self.idx.out_y[later], attrs)
             # The ranker's final fit also learns from the test window (stage-B scores): the
             # windows exist to choose and to report; the shipped model uses all the data.
-            x2, y2, g2, _ = ranker_training_data(comp_b, test_rows, test_graded, cfg.candidates)
+            x2, y2, g2, _ = stack_training_rows(final_rows)
             self.report["ranker"]["feature_importance"] = ranker.feature_importance()
 
         with self._stage("final refit on all data and bundles"):
