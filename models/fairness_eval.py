@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 
 from models.evaluate import CandidateBlock, Components, candidate_blocks, pipeline_scores
@@ -171,12 +172,14 @@ def fairness_sweep(lists: list[ScoredList], slots: np.ndarray, open_items: np.nd
 
 
 def evaluate_shortlists(c: Components, out_s: np.ndarray, out_i: np.ndarray, out_y: np.ndarray,
-                        student_attrs: list[dict], groups: dict[str, float] | None = None,
-                        min_pool: int = 3) -> dict:
+                        student_attrs: pd.DataFrame, groups: dict[str, float] | None = None,
+                        min_pool: int = 3, max_pools: int = 5000, seed: int = 0) -> dict:
     """Shortlists of every internship's applicants (the given outcomes), without and with minimums.
 
     Applicants are scored as the gateway scores them: mean of the z-scored content match and the
-    calibrated success probability. NDCG is measured against who was really selected.
+    calibrated success probability. NDCG is measured against who was really selected. Beyond
+    `max_pools` internships (each costs an embedding of its applicants' profiles), a seeded
+    random sample of them, said in the result.
     """
     from models.shortlist import DEFAULT_GROUPS, default_size, membership, ndcg, shortlist
     from models.fairness import zscore
@@ -189,9 +192,12 @@ def evaluate_shortlists(c: Components, out_s: np.ndarray, out_i: np.ndarray, out
     share = {g: [] for g in names}
     order_by_item = np.argsort(out_i, kind="stable")
     bounds = np.flatnonzero(np.diff(out_i[order_by_item])) + 1
-    for rows in np.split(order_by_item, bounds):
-        if len(rows) < min_pool:
-            continue
+    pools = [rows for rows in np.split(order_by_item, bounds) if len(rows) >= min_pool]
+    eligible = len(pools)
+    if eligible > max_pools:
+        keep = np.sort(np.random.default_rng(seed).choice(eligible, max_pools, replace=False))
+        pools = [pools[j] for j in keep]
+    for rows in pools:
         i = int(out_i[rows[0]])
         s = out_s[rows]
         match = c.content.score([c.profile_texts[x] for x in s], np.array([i]))[:, 0]
@@ -199,7 +205,7 @@ def evaluate_shortlists(c: Components, out_s: np.ndarray, out_i: np.ndarray, out
                 if c.success is not None else np.full(len(s), np.nan))
         score = np.nanmean(np.vstack([zscore(match), zscore(prob)]), axis=0)
         size = min(default_size(items.slots[i]), len(rows))
-        members = membership([student_attrs[x] for x in s], names)
+        members = membership(student_attrs.iloc[s].to_dict("records"), names)
         plain, _ = shortlist(score, np.zeros((len(s), 0), bool), np.zeros(0), size)
         fair, report = shortlist(score, members, shares, size)
         y = out_y[rows].astype(float)
@@ -213,7 +219,8 @@ def evaluate_shortlists(c: Components, out_s: np.ndarray, out_i: np.ndarray, out
         return {"shortlists": 0}
     plain_ndcg, fair_ndcg = float(np.nanmean(per_item["ndcg_plain"])), float(np.nanmean(per_item["ndcg_fair"]))
     return {
-        "shortlists": len(per_item["ndcg_plain"]), "minimums": groups,
+        "shortlists": len(per_item["ndcg_plain"]), "internships_with_a_pool": eligible,
+        "sample_seed": seed if eligible > max_pools else None, "minimums": groups,
         "mean_share": {g: float(np.mean(v)) for g, v in share.items()},
         "share_of_shortlists_meeting_all": float(np.mean(per_item["all_met"])),
         "share_meeting_all_feasible_minimums": float(np.mean(per_item["all_met_where_feasible"])),

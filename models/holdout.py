@@ -24,7 +24,7 @@ from models.features import FeatureSpace
 from models.ranker import RankerModel
 from models.registry import Registry
 from models.success import SuccessModel
-from models.train import GROUP_ATTRIBUTES
+from models.train import GROUP_ATTRIBUTES, positions
 
 log = logging.getLogger("pmis.holdout")
 
@@ -64,8 +64,8 @@ def components_from_bundles(bundles: dict, ds, open_items: np.ndarray | None = N
     item_index = pd.Index(np.asarray(space.items.ids))
     s_index = pd.Index(student_ids)
     seen = sp.csr_matrix((np.ones(len(ds.interactions), np.float32),
-                          (s_index.get_indexer(ds.interactions["student_id"].astype(str)),
-                           item_index.get_indexer(ds.interactions["internship_id"].astype(str)))),
+                          (positions(s_index, ds.interactions["student_id"]),
+                           positions(item_index, ds.interactions["internship_id"]))),
                          shape=(len(student_ids), len(item_index)))
     texts = [profile_text(s, f, p) for s, f, p in zip(ds.students["skills"], ds.students["field"],
                                                      ds.students["preferred_sectors"])]

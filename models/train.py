@@ -136,18 +136,27 @@ class Indexed:
     out_ts: np.ndarray | None  # timestamp of the application each outcome belongs to
 
 
+def positions(index: pd.Index, column: pd.Series) -> np.ndarray:
+    """Position in `index` of every value of `column` (-1 where absent); a categorical column is
+    looked up once per category, not once per row."""
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        at = np.append(index.get_indexer(column.cat.categories.astype(str)), -1)
+        return at[column.cat.codes.to_numpy()]  # code -1 (missing) -> the appended -1
+    return index.get_indexer(column.astype(str))
+
+
 def index_dataset(ds: Dataset) -> Indexed:
     students = pd.Index(ds.students["student_id"].astype(str))
     items = pd.Index(ds.internships["internship_id"].astype(str))
     inter = ds.interactions
     ts = inter["timestamp"].astype("int64").to_numpy() // 1_000_000  # microseconds -> seconds
     idx = Indexed(students.to_numpy(dtype=str), items.to_numpy(dtype=str),
-                  students.get_indexer(inter["student_id"].astype(str)), items.get_indexer(inter["internship_id"].astype(str)),
+                  positions(students, inter["student_id"]), positions(items, inter["internship_id"]),
                   inter["event"].astype(str).to_numpy(), ts, None, None, None, None)
     if ds.has_outcomes:
         out = ds.outcomes
-        idx.out_s = students.get_indexer(out["student_id"].astype(str))
-        idx.out_i = items.get_indexer(out["internship_id"].astype(str))
+        idx.out_s = positions(students, out["student_id"])
+        idx.out_i = positions(items, out["internship_id"])
         idx.out_y = out["selected"].to_numpy(dtype=np.int64)
         applies = pd.DataFrame({"s": idx.s, "i": idx.i, "ts": ts})[idx.event == "apply"]
         applied_at = applies.groupby(["s", "i"])["ts"].min()
@@ -459,9 +468,9 @@ class Trainer:
             if ds.has_outcomes:
                 later = self.split.out_phase >= TEST
                 attrs = ds.students[[a for a in ("gender", "social_category", "disability", "rural")
-                                     if a in ds.students]].to_dict("records")
+                                     if a in ds.students]]
                 self.report["fairness"]["shortlists"] = evaluate_shortlists(
-                    comp_b, self.idx.out_s[later], self.idx.out_i[later], self.idx.out_y[later], attrs)
+                    comp_b, self.idx.out_s[later], self.idx.out_i[later], self.idx.out_y[later], attrs, seed=cfg.seed)
             # The ranker's final fit also learns from the test window (stage-B scores): the
             # windows exist to choose and to report; the shipped model uses all the data.
             x2, y2, g2, _ = stack_training_rows(final_rows)

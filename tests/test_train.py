@@ -17,7 +17,7 @@ from models.content import ContentModel
 from models.data.generate import generate
 from models.registry import Registry
 from models.success import SuccessModel
-from models.train import TrainConfig, train
+from models.train import TrainConfig, positions, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -269,3 +269,12 @@ def test_trains_and_evaluates_with_a_random_split(tmp_path):
     assert reference["name"] == "reference" and reference["interval"][0] <= reference["ndcg@10"] <= reference["interval"][1]
     diff = reference["chosen_minus_this"]
     assert diff["difference"] == pytest.approx(chosen["ndcg@10"] - reference["ndcg@10"], abs=1e-9)
+
+
+def test_positions_of_categorical_ids_equal_the_lookup_of_their_strings():
+    """load_dataset holds the event tables' ids as categories; indexing goes through the categories."""
+    index = pd.Index(["S1", "S2", "S3"])
+    column = pd.Series(["S3", "S9", None, "S1", "S3"])
+    expected = [2, -1, -1, 0, 2]
+    assert positions(index, column).tolist() == expected
+    assert positions(index, column.astype("category")).tolist() == expected
