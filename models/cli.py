@@ -66,12 +66,24 @@ def cmd_validate(args) -> int:
     return 2
 
 
+COLLAB_TRIALS_HELP = ("collaborative hyperparameter trials (the grid first, then TPE), 1..200; "
+                      "default: scaled to the data, at least the grid, at most 30")
+
+
+def _trials(text: str) -> int:
+    n = int(text)
+    if not 1 <= n <= 200:
+        raise argparse.ArgumentTypeError(f"must be in 1..200, got {n}")
+    return n
+
+
 def _train_config(args):
     from models.train import TrainConfig
 
     return TrainConfig(data_dir=Path(args.data), bundles_dir=Path(args.bundles), runs_dir=Path(args.runs),
                        seed=args.seed, cv_folds=args.cv_folds, search_budget=args.search_budget,
-                       max_eval_students=args.max_eval_students, activate=not args.no_activate,
+                       collab_trials=args.collab_trials, max_eval_students=args.max_eval_students,
+                       activate=not args.no_activate,
                        progress=not args.quiet, split=args.split)
 
 
@@ -187,7 +199,7 @@ def cmd_retrain(args) -> int:
             return 0
     raw = {"components": args.components or [], "data_source": str(data),
            "success": {"algorithms": args.algorithms or [], "search_budget": args.search_budget},
-           "cv_folds": args.cv_folds, "auto_activation": {"enabled": not args.no_auto_activate, "margin": args.margin},
+           "collaborative": {"trials": args.collab_trials}, "cv_folds": args.cv_folds, "auto_activation": {"enabled": not args.no_auto_activate, "margin": args.margin},
            "seed": args.seed, "max_eval_students": args.max_eval_students}
     config, violations = normalise_config(raw, data, [data])
     if violations:
@@ -260,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--seed", type=int, default=0)
         sp.add_argument("--cv-folds", type=int, default=3)
         sp.add_argument("--search-budget", type=int, default=4)
+        sp.add_argument("--collab-trials", type=_trials, default=None, help=COLLAB_TRIALS_HELP)
         sp.add_argument("--max-eval-students", type=int, default=20_000)
         sp.add_argument("--split", choices=["time", "random"], default="time",
                         help="validation scheme: time cutoffs (default), or a random share of each student's "
@@ -311,6 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     rt.add_argument("--seed", type=int, default=0)
     rt.add_argument("--cv-folds", type=int, default=3)
     rt.add_argument("--search-budget", type=int, default=4)
+    rt.add_argument("--collab-trials", type=_trials, default=None, help=COLLAB_TRIALS_HELP)
     rt.add_argument("--max-eval-students", type=int, default=20_000)
     rt.set_defaults(func=cmd_retrain)
 

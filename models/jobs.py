@@ -197,6 +197,10 @@ def normalise_config(raw: dict, default_data: Path, data_roots: list[Path]) -> t
     if not 1 <= budget <= 50:
         v.append(("success.search_budget", f"must be in 1..50, got {budget}"))
 
+    collab_trials = int((raw.get("collaborative") or {}).get("trials") or 0) or None  # None: scaled to the data
+    if collab_trials is not None and not 1 <= collab_trials <= 200:
+        v.append(("collaborative.trials", f"must be in 1..200, got {collab_trials}"))
+
     folds = int(raw.get("cv_folds") or 0) or DEFAULTS["cv_folds"]
     if not 3 <= folds <= 10:
         v.append(("cv_folds", f"must be in 3..10, got {folds}"))
@@ -238,7 +242,7 @@ def normalise_config(raw: dict, default_data: Path, data_roots: list[Path]) -> t
         v.append(("description", "must be at most 200 characters"))
 
     config = {"components": components, "data_source": str(data_path), "success_algorithms": algorithms,
-              "search_budget": budget, "cv_folds": folds, "valid_fraction": vf, "test_fraction": tf,
+              "search_budget": budget, "collab_trials": collab_trials, "cv_folds": folds, "valid_fraction": vf, "test_fraction": tf,
               "train_until": None if train_until is None else int(train_until),
               "valid_until": None if valid_until is None else int(valid_until), "split_random": random_split,
               "auto_activate": bool(auto.get("enabled")), "margin": margin, "seed": seed,
@@ -257,6 +261,7 @@ def train_config(config: dict, bundles_dir: Path, runs_dir: Path):
         split["split"] = "random"
     return TrainConfig(data_dir=Path(config["data_source"]), bundles_dir=Path(bundles_dir), runs_dir=Path(runs_dir),
                        seed=config["seed"], cv_folds=config["cv_folds"], search_budget=config["search_budget"],
+                       collab_trials=config.get("collab_trials"),
                        max_eval_students=config["max_eval_students"], activate=False, progress=False,
                        components=tuple(config["components"]),
                        success_algorithms=tuple(config["success_algorithms"]) or None, **split)

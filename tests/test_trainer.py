@@ -246,6 +246,7 @@ def config(**kw) -> T.TrainingConfig:
     ({"auto_activation": {"enabled": True, "margin": 1.5}}, {"auto_activation.margin"}),
     ({"auto_activation": {"enabled": True, "margin": float("nan")}}, {"auto_activation.margin"}),
     ({"max_eval_students": 5, "description": "x" * 201}, {"max_eval_students", "description"}),
+    ({"collaborative": {"trials": 201}}, {"collaborative.trials"}),
     ({"data_source": "/"}, {"data_source"}),                      # outside the data roots
     ({"data_source": "{root}/nope"}, {"data_source"}),            # does not exist
     ({"data_source": "{root}/bundles"}, {"data_source"}),         # no students table
@@ -276,6 +277,10 @@ def test_config_defaults_and_normalisation(tiny_system):
     assert violations == [] and shuffled["split_random"] is True
     assert train_config(shuffled, tiny_system.root / "b", tiny_system.root / "r").split == "random"
     assert train_config(config_, tiny_system.root / "b", tiny_system.root / "r").split == "time"
+    # the collaborative search: scaled to the data unless a number of trials is given
+    assert train_config(config_, tiny_system.root / "b", tiny_system.root / "r").collab_trials is None
+    fixed, violations = normalise_config({"collaborative": {"trials": 12}}, tiny_system.data, [tiny_system.root])
+    assert violations == [] and train_config(fixed, tiny_system.root / "b", tiny_system.root / "r").collab_trials == 12
 
 
 def test_start_training_rejects_bad_configs_with_field_violations(trainer):
@@ -1024,3 +1029,14 @@ def test_job_with_cutoffs_outside_the_data_fails_with_the_reason(tiny_system, tm
     assert "leaves the valid and test window empty" in row["message"] and row["finished_at"]
     assert [p.kind for p in progress] == ["stage_started", "stage_finished"]  # load and validate, then stop
     assert not row["committed"] and row["versions"] == {}
+
+
+def test_config_round_trips_through_its_message(tiny_system):
+    """A job's configuration as StartTraining takes it and as GetJob shows it: the same job."""
+    from services.trainer.server import config_dict, config_message
+
+    raw = {"collaborative": {"trials": 7}, "split": {"random": True}, "cv_folds": 4, "seed": 3}
+    config_, violations = normalise_config(raw, tiny_system.data, [tiny_system.root])
+    assert violations == []
+    again, violations = normalise_config(config_dict(config_message(config_)), tiny_system.data, [tiny_system.root])
+    assert violations == [] and again == config_ and again["collab_trials"] == 7

@@ -329,6 +329,7 @@ def config_message(c: dict) -> trainer_pb2.TrainingConfig:
     return trainer_pb2.TrainingConfig(
         components=c["components"], data_source=c["data_source"],
         success=trainer_pb2.SuccessSearch(algorithms=c["success_algorithms"], search_budget=c["search_budget"]),
+        collaborative=trainer_pb2.CollaborativeSearch(trials=c.get("collab_trials") or 0),
         cv_folds=c["cv_folds"], split=split,
         auto_activation=trainer_pb2.AutoActivation(enabled=c["auto_activate"], margin=c["margin"]),
         seed=c["seed"], max_eval_students=c["max_eval_students"], description=c["description"])
@@ -341,7 +342,7 @@ def config_dict(m: trainer_pb2.TrainingConfig) -> dict:
              "random": m.split.random}
     return {"components": list(m.components), "data_source": m.data_source,
             "success": {"algorithms": list(m.success.algorithms), "search_budget": m.success.search_budget},
-            "cv_folds": m.cv_folds, "split": split,
+            "collaborative": {"trials": m.collaborative.trials}, "cv_folds": m.cv_folds, "split": split,
             "auto_activation": {"enabled": m.auto_activation.enabled, "margin": m.auto_activation.margin},
             "seed": m.seed, "max_eval_students": m.max_eval_students, "description": m.description}
 
