@@ -105,6 +105,10 @@ class ContentModel:
     def __init__(self, vectorizer: TfidfVectorizer, item_matrix: sp.csr_matrix, item_ids: np.ndarray):
         self.vectorizer = vectorizer
         self.item_matrix = item_matrix  # (n_items, vocabulary), rows L2-normalised
+        # Sorted column indices let a few items be scored from their own rows (`similarity`); a
+        # fresh TF-IDF fit leaves them unsorted, and a model fitted in training would otherwise
+        # score a shortlist's one internship against the whole catalogue, as no server does.
+        self.item_matrix.sort_indices()
         self.item_ids = item_ids
         self._embedding = None  # (analyser, vocabulary, idf), read from the fitted vectoriser on first use
         self._postings = None   # item_matrix transposed (terms x items): an inverted index

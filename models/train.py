@@ -323,11 +323,14 @@ class Trainer:
         return CollaborativeModel.fit(kind, {**params, "seed": self.cfg.seed}, self._collab_matrix(before),
                                       self.idx.student_ids, self.idx.item_ids)
 
-    def _success_rows(self, before: int | None, space: FeatureSpace):
+    def _success_rows(self, before: int | None, space: FeatureSpace, limit: int | None = None):
+        """Pair features and outcomes of the applications before `before`; beyond `limit` a random
+        sample of them, drawn before featurising (the same rows `_subsample` would keep)."""
         idx = self.idx
-        mask = self.split.outcomes_before(before)
-        x = pair_features(self.students, idx.out_s[mask], space.items, idx.out_i[mask])
-        return x, idx.out_y[mask]
+        rows = np.flatnonzero(self.split.outcomes_before(before))
+        if limit is not None and len(rows) > limit:
+            rows = rows[self.rng.choice(len(rows), limit, replace=False)]
+        return pair_features(self.students, idx.out_s[rows], space.items, idx.out_i[rows]), idx.out_y[rows]
 
     def _split(self) -> Split:
         cfg = self.cfg
@@ -383,7 +386,7 @@ class Trainer:
 
         with self._stage("collaborative: selection on the validation window"):
             valid_rows, valid_graded = self._window(VALID)
-            collab_kind, collab_params, collab_table = self._select_collab(VALID, valid_rows, valid_graded)
+            collab_kind, collab_params, collab_table, collab_a = self._select_collab(VALID, valid_rows, valid_graded)
             self.report["collaborative_selection"] = collab_table
             chosen = next(r for r in collab_table if r.get("chosen"))
             self._emit("metrics", "collaborative: selection on the validation window",
@@ -404,77 +407,13 @@ class Trainer:
             self._skip_stage("success predictor: search, calibration, evaluation", "no outcomes table in the dataset")
 
         with self._stage("ranker: trained on the validation window"):
-            comp_a = self._components(VALID, self._fit_collab(collab_kind, collab_params, VALID), success_a)
-            x, y, g, blocks = ranker_training_data(comp_a, valid_rows, valid_graded, cfg.candidates)
-            blend_weights = self._tune_blend(blocks, valid_graded)
-            # Small trees, few of them: on the default data's windows the test NDCG is flat from 30 to
-            # 150 trees of 15 leaves and falls beyond (over-fitting), and serving cost grows with the
-            # number of leaves (the README has the measurements).
-            ranker_params = {"n_estimators": 60, "learning_rate": 0.05, "num_leaves": 15, "min_child_samples": 20,
-                             "subsample": 0.8, "subsample_freq": 1, "colsample_bytree": 0.8}
-            ranker = RankerModel.fit(x, y, g, ranker_params, blend_weights, seed=cfg.seed)
-            self.report["ranker"] = {"training_groups": int(len(g)), "training_rows": int(len(y)),
-                                     "blend_weights": blend_weights, "params": ranker_params}
+            ranker, blend_weights, ranker_params, (x, y, g) = self._ranker_stage(
+                collab_a or self._fit_collab(collab_kind, collab_params, VALID), success_a, valid_rows, valid_graded)
+            del collab_a, success_a  # the stage's models: the rest of the run refits its own
 
         with self._stage("test window: components refitted up to c2, every model evaluated"):
-            success_b = None
-            if ds.has_outcomes:
-                xs, ys = self._success_rows(TEST, self._space(None))
-                xs, ys = self._subsample(xs, ys, 4 * cfg.max_success_rows)
-                success_b = SuccessModel.fit(xs, ys, success_algo, success_params, folds=cfg.cv_folds, seed=cfg.seed)
-                success_b.serves_base_rate = self.success_serves_base_rate
-            collab_b = self._fit_collab(collab_kind, collab_params, TEST)
-            comp_b = self._components(TEST, collab_b, success_b)
-            test_rows, test_graded = self._window(TEST)
-            if cfg.reference_collaborative:
-                self.report["collaborative_references"] = self._collab_references(collab_b, test_rows, test_graded)
-            relevant = (test_graded > 0).astype(np.float32).tocsr()
-            # One pass over the window's candidate blocks feeds the metrics, the fairness lists and
-            # the ranker's final training rows: a block is the costly part (whole-catalogue scores).
-            window_metrics = WindowMetrics(comp_b, relevant, k=cfg.k, n_candidates=cfg.candidates,
-                                           blend_weights=blend_weights, ranker=ranker)
-            fairness_cfg = FairnessConfig()
-            list_maker = ListMaker(comp_b, relevant, item_msme=self._item_msme(ds),
-                                   student_attrs={"district": self.students.district}, cfg=fairness_cfg)
-            lists, final_rows = [], []
-            bar = self._bar(len(test_rows), "evaluating")
-            for block in candidate_blocks(comp_b, test_rows, cfg.candidates):
-                scores = window_metrics.add(block)
-                lists += list_maker.lists(block, scores["ranker"])
-                final_rows.append(training_rows(block, test_graded, keep_block=False))
-                bar.update(len(block.rows))
-            bar.close()
-            ndcg = {}
-            test = window_metrics.result(self.groups, ndcg)
-            for name, per_student in ndcg.items():  # every model's NDCG@k with its 95 % bootstrap interval
-                test[name][f"ndcg@{cfg.k}_interval"] = selection.mean_interval(per_student, seed=cfg.seed)
-            self.report["ranking"] = test
-            self.report["ranker_against_best_alternative"] = self._ranker_comparison(ndcg)
-            self.report["evaluation_window"] = window = {
-                "data_version": ds.data_version, "split": self.split.kind,
-                **({"train_until": self.split.cutoffs[0], "valid_until": self.split.cutoffs[1]}
-                   if self.split.cutoffs else {"split_seed": cfg.seed}), "k": cfg.k,
-                "candidates": cfg.candidates, "test_students": int(len(test_rows)),
-                "sample_seed": cfg.seed if len(test_rows) >= cfg.max_eval_students else None}
-            window["fingerprint"] = window_fingerprint(window)
-            self._emit("metrics", "test window: components refitted up to c2, every model evaluated",
-                       f"evaluated {len(test_rows)} students on the test window",
-                       {f"{name}.{m}": v for name, block in test.items() if isinstance(block, dict)
-                        for m, v in block.items() if m in (f"ndcg@{cfg.k}", f"recall@{cfg.k}", f"map@{cfg.k}")})
-            self.report["fairness"] = evaluate_fairness(
-                comp_b, test_rows, relevant, k=cfg.k, n_candidates=cfg.candidates, blend_weights=blend_weights,
-                ranker=ranker, item_msme=self._item_msme(ds), student_attrs={"district": self.students.district},
-                groups=self.groups, cfg=fairness_cfg, lists=lists)
-            if ds.has_outcomes:
-                later = self.split.out_phase >= TEST
-                attrs = ds.students[[a for a in ("gender", "social_category", "disability", "rural")
-                                     if a in ds.students]]
-                self.report["fairness"]["shortlists"] = evaluate_shortlists(
-                    comp_b, self.idx.out_s[later], self.idx.out_i[later], self.idx.out_y[later], attrs, seed=cfg.seed)
-            # The ranker's final fit also learns from the test window (stage-B scores): the
-            # windows exist to choose and to report; the shipped model uses all the data.
-            x2, y2, g2, _ = stack_training_rows(final_rows)
-            self.report["ranker"]["feature_importance"] = ranker.feature_importance()
+            x2, y2, g2 = self._test_window_stage(ds, collab_kind, collab_params, success_algo, success_params,
+                                                 ranker, blend_weights)
 
         with self._stage("final refit on all data and bundles"):
             refs = self._write_bundles(ds, collab_kind, collab_params, success_algo, success_params,
@@ -521,10 +460,13 @@ class Trainer:
     def _select_collab(self, phase: int, rows: np.ndarray, graded: sp.csr_matrix):
         """Search the collaborative model's hyperparameters on what precedes `phase`, scoring each
         trial's NDCG@k on `phase` (TPE, seeded; the configured grid is tried first), then choose
-        among every trial with the noise in view."""
+        among every trial with the noise in view. Returns (kind, params, table, model): the model
+        is the chosen trial's own fit when it is the best by mean (the one kept while searching:
+        one model at a time, an EASE model can be gigabytes), else None (refit it)."""
         cfg = self.cfg
         relevant = (graded > 0).astype(np.float32).tocsr()
         table, per_student = [], []
+        best_fit: list = []  # [trial index, model, mean NDCG] of the best mean so far
         matrix = self._collab_matrix(phase)
         n_items = len(self.idx.item_ids)
         grid = [("als", p) for p in cfg.als_grid] + ([("ease", p) for p in cfg.ease_grid] if n_items <= MAX_EASE_ITEMS
@@ -540,6 +482,9 @@ class Trainer:
             model = CollaborativeModel.fit(kind, {**params, "seed": cfg.seed}, matrix, self.idx.student_ids,
                                            self.idx.item_ids)
             m, ndcg = self._collab_metrics(model, phase, rows, relevant)
+            mean = float(np.mean(ndcg, dtype=np.float64))
+            if not best_fit or mean > best_fit[2]:
+                best_fit[:] = [len(per_student), model, mean]
             per_student.append(ndcg)
             table.append({"kind": kind, "params": params, **m,
                           "serving_parameters": serving_parameters(kind, params, n_items)})
@@ -559,7 +504,7 @@ class Trainer:
         chosen = table[choice.index]
         chosen["chosen"] = True
         self.report["collaborative_choice"] = choice.reason
-        return chosen["kind"], chosen["params"], table
+        return chosen["kind"], chosen["params"], table, best_fit[1] if best_fit[0] == choice.index else None
 
     def _collab_metrics(self, model: CollaborativeModel, phase: int, rows: np.ndarray, relevant: sp.csr_matrix):
         """A collaborative model's top-k over the open catalogue for `rows` (fitted on what precedes
@@ -682,8 +627,7 @@ class Trainer:
                                                 item_deadline=space.items.deadline)
             written("collaborative")
         if ds.has_outcomes and "success" in cfg.components:
-            x, y = self._success_rows(None, space)
-            x, y = self._subsample(x, y, 4 * cfg.max_success_rows)
+            x, y = self._success_rows(None, space, 4 * cfg.max_success_rows)
             success = SuccessModel.fit(x, y, success_algo, success_params, folds=cfg.cv_folds, seed=cfg.seed)
             success.serves_base_rate = self.success_serves_base_rate
             s_metrics = {k: v for k, v in self.report["success"].items()
@@ -708,6 +652,87 @@ class Trainer:
                                guard=cfg.register_guard)
         self._emit("message", stage, "registered " + ", ".join(f"{c} v{r.version}" for c, r in refs.items()))
         return refs
+
+    def _ranker_stage(self, collab: CollaborativeModel, success: SuccessModel | None, rows: np.ndarray,
+                      graded: sp.csr_matrix):
+        """The ranker and the blend's weights, trained on the validation window's candidates:
+        (ranker, blend weights, ranker params, (x, y, group sizes)); the rows join the final fit."""
+        cfg = self.cfg
+        comp = self._components(VALID, collab, success)
+        x, y, g, blocks = ranker_training_data(comp, rows, graded, cfg.candidates)
+        blend_weights = self._tune_blend(blocks, graded)
+        # Small trees, few of them: on the default data's windows the test NDCG is flat from 30 to
+        # 150 trees of 15 leaves and falls beyond (over-fitting), and serving cost grows with the
+        # number of leaves (the README has the measurements).
+        ranker_params = {"n_estimators": 60, "learning_rate": 0.05, "num_leaves": 15, "min_child_samples": 20,
+                         "subsample": 0.8, "subsample_freq": 1, "colsample_bytree": 0.8}
+        ranker = RankerModel.fit(x, y, g, ranker_params, blend_weights, seed=cfg.seed)
+        self.report["ranker"] = {"training_groups": int(len(g)), "training_rows": int(len(y)),
+                                 "blend_weights": blend_weights, "params": ranker_params}
+        return ranker, blend_weights, ranker_params, (x, y, g)
+
+    def _test_window_stage(self, ds: Dataset, collab_kind: str, collab_params: dict, success_algo, success_params,
+                           ranker: RankerModel, blend_weights: dict):
+        """Components refitted up to the second cutoff, every model evaluated on the test window
+        (metrics, fairness, shortlists); returns the window's ranker rows (x, y, group sizes):
+        the windows exist to choose and to report, the shipped ranker learns from them too."""
+        cfg = self.cfg
+        success_b = None
+        if ds.has_outcomes:
+            xs, ys = self._success_rows(TEST, self._space(None), 4 * cfg.max_success_rows)
+            success_b = SuccessModel.fit(xs, ys, success_algo, success_params, folds=cfg.cv_folds, seed=cfg.seed)
+            success_b.serves_base_rate = self.success_serves_base_rate
+        collab_b = self._fit_collab(collab_kind, collab_params, TEST)
+        comp_b = self._components(TEST, collab_b, success_b)
+        test_rows, test_graded = self._window(TEST)
+        if cfg.reference_collaborative:
+            self.report["collaborative_references"] = self._collab_references(collab_b, test_rows, test_graded)
+        relevant = (test_graded > 0).astype(np.float32).tocsr()
+        # One pass over the window's candidate blocks feeds the metrics, the fairness lists and
+        # the ranker's final training rows: a block is the costly part (whole-catalogue scores).
+        window_metrics = WindowMetrics(comp_b, relevant, k=cfg.k, n_candidates=cfg.candidates,
+                                       blend_weights=blend_weights, ranker=ranker)
+        fairness_cfg = FairnessConfig()
+        list_maker = ListMaker(comp_b, relevant, item_msme=self._item_msme(ds),
+                               student_attrs={"district": self.students.district}, cfg=fairness_cfg)
+        lists, final_rows = [], []
+        bar = self._bar(len(test_rows), "evaluating")
+        for block in candidate_blocks(comp_b, test_rows, cfg.candidates):
+            scores = window_metrics.add(block)
+            lists += list_maker.lists(block, scores["ranker"])
+            final_rows.append(training_rows(block, test_graded, keep_block=False))
+            bar.update(len(block.rows))
+        bar.close()
+        ndcg = {}
+        test = window_metrics.result(self.groups, ndcg)
+        for name, per_student in ndcg.items():  # every model's NDCG@k with its 95 % bootstrap interval
+            test[name][f"ndcg@{cfg.k}_interval"] = selection.mean_interval(per_student, seed=cfg.seed)
+        self.report["ranking"] = test
+        self.report["ranker_against_best_alternative"] = self._ranker_comparison(ndcg)
+        self.report["evaluation_window"] = window = {
+            "data_version": ds.data_version, "split": self.split.kind,
+            **({"train_until": self.split.cutoffs[0], "valid_until": self.split.cutoffs[1]}
+               if self.split.cutoffs else {"split_seed": cfg.seed}), "k": cfg.k,
+            "candidates": cfg.candidates, "test_students": int(len(test_rows)),
+            "sample_seed": cfg.seed if len(test_rows) >= cfg.max_eval_students else None}
+        window["fingerprint"] = window_fingerprint(window)
+        self._emit("metrics", "test window: components refitted up to c2, every model evaluated",
+                   f"evaluated {len(test_rows)} students on the test window",
+                   {f"{name}.{m}": v for name, block in test.items() if isinstance(block, dict)
+                    for m, v in block.items() if m in (f"ndcg@{cfg.k}", f"recall@{cfg.k}", f"map@{cfg.k}")})
+        self.report["fairness"] = evaluate_fairness(
+            comp_b, test_rows, relevant, k=cfg.k, n_candidates=cfg.candidates, blend_weights=blend_weights,
+            ranker=ranker, item_msme=self._item_msme(ds), student_attrs={"district": self.students.district},
+            groups=self.groups, cfg=fairness_cfg, lists=lists)
+        if ds.has_outcomes:
+            later = self.split.out_phase >= TEST
+            attrs = ds.students[[a for a in ("gender", "social_category", "disability", "rural")
+                                 if a in ds.students]]
+            self.report["fairness"]["shortlists"] = evaluate_shortlists(
+                comp_b, self.idx.out_s[later], self.idx.out_i[later], self.idx.out_y[later], attrs, seed=cfg.seed)
+        self.report["ranker"]["feature_importance"] = ranker.feature_importance()
+        x2, y2, g2, _ = stack_training_rows(final_rows)
+        return x2, y2, g2
 
     def _manifest_metrics(self, component: str) -> dict:
         if component == "success":
