@@ -710,3 +710,34 @@ def test_fairness_config_groups_are_validated():
         FairnessConfig(groups=[{"name": "other", "msme": True}], min_shares={}, exposure_targets={})
     with pytest.raises(ValueError, match="unknown groups"):
         FairnessConfig(groups=[{"name": "agri", "sectors": ["a"]}])  # default shares name msme and local
+
+
+def test_shortlist_evaluation_samples_pools_beyond_its_cap_and_says_so():
+    """At a million students every internship's applicant pool would be scored; beyond `max_pools`
+    a seeded sample is, and the result says how many pools there were."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from models.fairness_eval import evaluate_shortlists
+
+    class Content:  # the match score: a fixed number per (profile text, internship)
+        def score(self, texts, items):
+            return np.array([[(sum(map(ord, t)) + 7 * int(items[0])) % 13] for t in texts], dtype=np.float32)
+
+    n_students, n_items = 300, 40
+    rng = np.random.default_rng(1)
+    out_s = rng.integers(0, n_students, 600)
+    out_i = np.repeat(np.arange(n_items), 15)
+    out_y = rng.integers(0, 2, 600)
+    c = SimpleNamespace(content=Content(), success=None, profile_texts=[f"student {s}" for s in range(n_students)],
+                        space=SimpleNamespace(items=SimpleNamespace(slots=np.full(n_items, 2.0))))
+    attrs = pd.DataFrame({"gender": rng.choice(["female", "male"], n_students),
+                          "social_category": rng.choice(["SC", "ST", "OBC", "GEN"], n_students),
+                          "disability": rng.choice([True, False], n_students), "rural": False})
+    whole = evaluate_shortlists(c, out_s, out_i, out_y, attrs)
+    assert (whole["shortlists"], whole["internships_with_a_pool"], whole["sample_seed"]) == (40, 40, None)
+    sampled = evaluate_shortlists(c, out_s, out_i, out_y, attrs, max_pools=10, seed=3)
+    assert (sampled["shortlists"], sampled["internships_with_a_pool"], sampled["sample_seed"]) == (10, 40, 3)
+    assert sampled == evaluate_shortlists(c, out_s, out_i, out_y, attrs, max_pools=10, seed=3)  # reproducible
+    assert sampled != evaluate_shortlists(c, out_s, out_i, out_y, attrs, max_pools=10, seed=4)
