@@ -71,9 +71,11 @@ COLLAB_TRIALS_HELP = ("collaborative hyperparameter trials (the grid first, then
 
 
 def _trials(text: str) -> int:
+    from models.jobs import collab_trials_problem
+
     n = int(text)
-    if not 1 <= n <= 200:
-        raise argparse.ArgumentTypeError(f"must be in 1..200, got {n}")
+    if problem := collab_trials_problem(n):
+        raise argparse.ArgumentTypeError(problem)
     return n
 
 

@@ -154,6 +154,14 @@ def _check_choices(v: list[tuple[str, str]], field: str, values: list, allowed, 
             v.append((f"{field}[{i}]", f"{x!r} is listed twice"))
 
 
+MAX_COLLAB_TRIALS = 200
+
+
+def collab_trials_problem(trials: int) -> str | None:
+    """Why a collaborative search budget is refused (the CLI's flag and StartTraining alike)."""
+    return None if 1 <= trials <= MAX_COLLAB_TRIALS else f"must be in 1..{MAX_COLLAB_TRIALS}, got {trials}"
+
+
 def normalise_config(raw: dict, default_data: Path, data_roots: list[Path]) -> tuple[dict, list[tuple[str, str]]]:
     """Validate a training configuration; returns (normalised config, field violations).
 
@@ -198,8 +206,8 @@ def normalise_config(raw: dict, default_data: Path, data_roots: list[Path]) -> t
         v.append(("success.search_budget", f"must be in 1..50, got {budget}"))
 
     collab_trials = int((raw.get("collaborative") or {}).get("trials") or 0) or None  # None: scaled to the data
-    if collab_trials is not None and not 1 <= collab_trials <= 200:
-        v.append(("collaborative.trials", f"must be in 1..200, got {collab_trials}"))
+    if collab_trials is not None and (problem := collab_trials_problem(collab_trials)):
+        v.append(("collaborative.trials", problem))
 
     folds = int(raw.get("cv_folds") or 0) or DEFAULTS["cv_folds"]
     if not 3 <= folds <= 10:

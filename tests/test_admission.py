@@ -24,6 +24,7 @@ from prometheus_client import REGISTRY
 
 from services.common import admission
 from services.common.server import ComponentServer, ServerConfig, parse_config
+from tests.support.waiting import wait_until
 
 SERVICE = "pmis.test.Slow"
 WORK, STREAM = f"/{SERVICE}/Work", f"/{SERVICE}/Stream"
@@ -302,24 +303,27 @@ def test_sync_streams_pass_through_uncounted_even_when_saturated():
         assert rig.limiter.wait_idle(WAIT)
 
 
+class Unloaded:  # ComponentServer.__init__ only registers the servicer; nothing is loaded here
+    slot = None
+
+
+def slow_component_server(kind: str, **settings) -> tuple[ComponentServer, SlowService]:
+    """A real ComponentServer (admission, guard, health; not started) serving SlowService."""
+    cfg = ServerConfig(component=component_name(kind), host="127.0.0.1", port=0, metrics_port=0, bundles=None,
+                       alias="champion", version=None, path=None, grace=0.1, drain=0.0,
+                       max_connection_age_ms=60_000, **settings)
+    service = SlowService(None)
+    cs = ComponentServer(cfg, SERVICE, Unloaded(), lambda _, server: server.add_generic_rpc_handlers(
+        (service.handlers(),)))
+    return cs, service
+
+
 def test_component_server_wires_the_limiter_in_front_of_metrics():
-    class Servicer:  # ComponentServer.__init__ only registers it; nothing is loaded here
-        slot = None
-
-    cfg = ServerConfig(component=component_name("component"), host="127.0.0.1", port=0, metrics_port=0,
-                       bundles=None, alias="champion", version=None, path=None, grace=0.1, drain=0.0, workers=2,
-                       max_connection_age_ms=60_000, max_in_flight=1, min_deadline_ms=0)
-    service = None
-
-    def add(servicer, server):
-        nonlocal service
-        service = SlowService(None)
-        server.add_generic_rpc_handlers((service.handlers(),))
-
-    cs = ComponentServer(cfg, SERVICE, Servicer(), add)
+    cs, service = slow_component_server("component", workers=2, max_in_flight=1, min_deadline_ms=0)
+    cfg = cs.cfg
     assert cs.limiter.max_in_flight == 1
     default = ServerConfig(cfg.component + "-d", "127.0.0.1", 0, 0, None, "", None, None, 0.1, 0.0, 8, 60_000)
-    assert ComponentServer(default, SERVICE, Servicer(), lambda *_: None).limiter.max_in_flight == 16  # 2 x workers
+    assert ComponentServer(default, SERVICE, Unloaded(), lambda *_: None).limiter.max_in_flight == 16  # 2 x workers
     cs.server.start()
     try:
         with grpc.insecure_channel(f"127.0.0.1:{cs.port}") as channel:
@@ -347,20 +351,7 @@ def test_open_health_watches_hold_no_worker_of_a_component_server():
     watch that held a worker thread for its life (as a guard that rewrapped it as a generator
     did) would, with as many watchers as workers, leave none for the calls: here one worker,
     three watchers, and calls still answered; status changes still reach every watcher."""
-    class Servicer:
-        slot = None
-
-    cfg = ServerConfig(component=component_name("watched"), host="127.0.0.1", port=0, metrics_port=0,
-                       bundles=None, alias="champion", version=None, path=None, grace=0.1, drain=0.0, workers=1,
-                       max_connection_age_ms=60_000)
-    service = None
-
-    def add(servicer, server):
-        nonlocal service
-        service = SlowService(None)
-        server.add_generic_rpc_handlers((service.handlers(),))
-
-    cs = ComponentServer(cfg, SERVICE, Servicer(), add)
+    cs, _ = slow_component_server("watched", workers=1)
     cs.server.start()
     try:
         with grpc.insecure_channel(f"127.0.0.1:{cs.port}") as channel:
@@ -374,12 +365,9 @@ def test_open_health_watches_hold_no_worker_of_a_component_server():
             for w in watches:
                 w.cancel()
         def watches_counted():  # a watch its client cancelled ends without a status of the server's
-            return sum(metric("pmis_grpc_requests_total", component=cfg.component, method="Watch", code=code)
-                       for code in ("OK", "CANCELLED"))
-        wait_for = time.monotonic() + WAIT
-        while watches_counted() < 3:
-            assert time.monotonic() < wait_for, "the three watches were not counted when they ended"
-            time.sleep(0.01)
+            return sum(metric("pmis_grpc_requests_total", component=cs.cfg.component, method="Watch", code=code)
+                       for code in ("OK", "CANCELLED")) == 3
+        wait_until(watches_counted, WAIT, "the three watches counted when they ended")
     finally:
         cs.server.stop(None).wait(WAIT)
 
