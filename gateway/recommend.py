@@ -101,10 +101,10 @@ async def retrieve(gw, r: InFlight, request) -> None:
     now = gw.now()
     calls = {}
     if r.mode in ("hybrid", "content"):
-        calls["content"] = f.call("content", f.content.Retrieve, common_pb2.RetrieveRequest(
+        calls["content"] = f.call("content", "Retrieve", common_pb2.RetrieveRequest(
             profile=s.profile, n=n, open_at=now, exclude_internship_ids=s.seen), r.deadline)
     if r.mode in ("hybrid", "collaborative"):
-        calls["collaborative"] = f.call("collaborative", f.collaborative.Retrieve, common_pb2.RetrieveRequest(
+        calls["collaborative"] = f.call("collaborative", "Retrieve", common_pb2.RetrieveRequest(
             student_id=s.student_id, n=n, open_at=now, exclude_internship_ids=s.seen, interactions=s.interactions),
             r.deadline)
     answers = await gather(calls)
@@ -142,7 +142,7 @@ async def score(gw, r: InFlight) -> None:
     calls = {}
     missing = r.ids() if explain_ else r.missing(CONTENT)
     if "content" in r.versions and missing:
-        calls["content"] = f.call("content", f.content.Score, common_pb2.ScoreRequest(
+        calls["content"] = f.call("content", "Score", common_pb2.ScoreRequest(
             profile=s.profile, internship_ids=missing, student_vector=r.vectors.get("content"), details=explain_),
             r.deadline)
     missing = r.missing(POPULARITY)
@@ -150,10 +150,10 @@ async def score(gw, r: InFlight) -> None:
         vector = r.vectors.get("collaborative")
         # The folded-in student from Retrieve; the history itself only when there is none to reuse.
         history = () if vector is not None and vector.values else s.interactions
-        calls["collaborative"] = f.call("collaborative", f.collaborative.Score, common_pb2.ScoreRequest(
+        calls["collaborative"] = f.call("collaborative", "Score", common_pb2.ScoreRequest(
             student_id=s.student_id, internship_ids=missing, interactions=history, student_vector=vector),
             r.deadline)
-    calls["success"] = f.call("success", f.success.Predict, success_pb2.PredictRequest(
+    calls["success"] = f.call("success", "Predict", success_pb2.PredictRequest(
         profile=s.profile, internship_ids=r.ids(), top_factors=3 if explain_ else 0, packed_factors=True), r.deadline)
     answers = await gather(calls)
     for name, resp in answers.items():
@@ -177,7 +177,7 @@ async def rank_candidates(gw, r: InFlight) -> None:
     if r.mode == "hybrid":
         request = rank_request(r, slice(None))
         request.contributions_if_cheap = r.explain  # then finishing needs no second Rank
-        resp, _ = await f.call("ranker", f.ranker.Rank, request, r.deadline)
+        resp, _ = await f.call("ranker", "Rank", request, r.deadline)
         if r.answered("ranker", resp):
             r.ranker_answer = resp
             ranker_scores = np.asarray(resp.scores, dtype=np.float32)[None, :]
@@ -202,7 +202,7 @@ async def finish(gw, r: InFlight, rows: np.ndarray) -> dict:
     if ranked_by_service and len(r.ranker_answer.contribution_features) > 0:
         contributions = contribution_rows(r.ranker_answer, rows, every_candidate=True)
     elif ranked_by_service:
-        resp, _ = await f.call("ranker", f.ranker.Rank, rank_request(r, rows, contributions=True), r.deadline)
+        resp, _ = await f.call("ranker", "Rank", rank_request(r, rows, contributions=True), r.deadline)
         if resp is not None:
             contributions = contribution_rows(resp, rows)
     elif r.ranking == "blend":  # the ranker was down: the gateway's own blend

@@ -17,6 +17,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import grpc
@@ -26,6 +27,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from gateway import explain, fairness, filters
+from gateway.batching import Batcher
 from gateway import recommend as stages
 from gateway.catalog import SqliteCatalog
 from models.pipeline import COLLABORATIVE, CONTENT, POPULARITY, SCORE_COLUMNS, SUCCESS, collaborative_known
@@ -34,6 +36,7 @@ from pmis.v1 import (collaborative_pb2_grpc, common_pb2, content_pb2_grpc, gatew
                      ranker_pb2_grpc, success_pb2, success_pb2_grpc)
 from services.common import admission, guard, listening, telemetry, tls
 from services.common.auth import check_admin
+from services.common.batch import MAX_BATCH
 from services.common.errors import RpcError, not_found, unavailable
 from services.common.profiles import EVENT_NAMES, EVENT_TYPES, profile_message
 from services.common.server import add_listen_args, env
@@ -47,6 +50,14 @@ SERVICE_NAMES = {"content": "pmis.v1.ContentService", "collaborative": "pmis.v1.
                  "success": "pmis.v1.SuccessService", "ranker": "pmis.v1.RankerService"}
 DEFAULT_BLEND = {"content_score": 1.0, "collab_score": 1.0, "popularity": 0.5, "success_p": 0.5}
 MAX_SHORTLIST_POOL = 300
+# The hot methods, called through batches (gateway/batching.py): method -> its batch RPC and request.
+BATCHED_METHODS = {"content": ("Retrieve", "Score"), "collaborative": ("Retrieve", "Score"),
+                   "success": ("Predict",), "ranker": ("Rank",)}
+BATCHES = {"Retrieve": ("RetrieveBatch", common_pb2.RetrieveBatchRequest),
+           "Score": ("ScoreBatch", common_pb2.ScoreBatchRequest),
+           "Predict": ("PredictBatch", success_pb2.PredictBatchRequest),
+           "Rank": ("RankBatch", ranker_pb2.RankBatchRequest)}
+STATUS_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
 
 
 @dataclass
@@ -74,6 +85,11 @@ class GatewayConfig:
     ports_file: Path | None = None          # listening.write_ports: where the bound ports are reported
     tls: ServerTLS = field(default_factory=ServerTLS)         # plaintext unless configured
     client_tls: ClientTLS = field(default_factory=ClientTLS)  # how the components are dialled
+    # Batching of the hot component calls (gateway/batching.py): batch RPCs in flight per component
+    # method before calls wait for the next batch (0 = no batching: one RPC per call), and the
+    # most requests per batch.
+    batch_outstanding: int = 1
+    max_batch: int = 32
 
 
 def _channel_options(component: str) -> list:
@@ -83,7 +99,8 @@ def _channel_options(component: str) -> list:
     # after SIGTERM (NOT_SERVING) gets no calls, even before DNS or the address list drops it.
     service_config = {"loadBalancingConfig": [{"round_robin": {}}],
                       "healthCheckConfig": {"serviceName": SERVICE_NAMES[component]}, "methodConfig": [{
-        "name": [{"service": SERVICE_NAMES[component], "method": m} for m in ("Retrieve", "Score", "Predict", "Rank")],
+        "name": [{"service": SERVICE_NAMES[component], "method": m}
+                 for m in ("Retrieve", "Score", "Predict", "Rank", *(batch for batch, _ in BATCHES.values()))],
         "retryPolicy": {"maxAttempts": 2, "initialBackoff": "0.01s", "maxBackoff": "0.05s",
                         "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}}]}
     # Reconnect to a replica that came back on the same address (a restarted container keeps its
@@ -93,15 +110,20 @@ def _channel_options(component: str) -> list:
 
 
 class Fanout:
-    """Channels and stubs, created once; `call` applies deadlines and turns failures into None."""
+    """Channels and stubs, created once; `call` applies deadlines, batches the hot methods
+    (gateway/batching.py) and turns failures into None."""
 
     def __init__(self, cfg: GatewayConfig):
         self.cfg = cfg
         self.channels = {c: self._channel(cfg, c) for c in COMPONENTS}
-        self.content = content_pb2_grpc.ContentServiceStub(self.channels["content"])
-        self.collaborative = collaborative_pb2_grpc.CollaborativeServiceStub(self.channels["collaborative"])
-        self.success = success_pb2_grpc.SuccessServiceStub(self.channels["success"])
-        self.ranker = ranker_pb2_grpc.RankerServiceStub(self.channels["ranker"])
+        self.stubs = {"content": content_pb2_grpc.ContentServiceStub(self.channels["content"]),
+                      "collaborative": collaborative_pb2_grpc.CollaborativeServiceStub(self.channels["collaborative"]),
+                      "success": success_pb2_grpc.SuccessServiceStub(self.channels["success"]),
+                      "ranker": ranker_pb2_grpc.RankerServiceStub(self.channels["ranker"])}
+        self.batchers = {} if cfg.batch_outstanding <= 0 else {
+            (c, m): Batcher(partial(self._send_batch, c, m), max_outstanding=cfg.batch_outstanding,
+                            max_batch=cfg.max_batch)
+            for c, methods in BATCHED_METHODS.items() for m in methods}
 
     @staticmethod
     def _channel(cfg: GatewayConfig, component: str) -> grpc.aio.Channel:
@@ -111,19 +133,49 @@ class Fanout:
                                            options=options + cfg.client_tls.options())
         return grpc.aio.insecure_channel(cfg.targets[component], options=options)
 
-    async def call(self, component: str, method, request, deadline: float):
-        """(response, None) or (None, reason). Never raises for a component's failure."""
+    async def call(self, component: str, method: str, request, deadline: float):
+        """(response, None) or (None, reason) for `component.method(request)`, in a batch when the
+        method is batched. Never raises for a component's failure."""
+        batcher = self.batchers.get((component, method))
+        if batcher is not None:
+            return await batcher.call(request, deadline)
+        return await self.unary(component, method, request, deadline)
+
+    async def unary(self, component: str, method: str, request, deadline: float):
+        """One RPC, with the deadline left capped by the component's budget."""
         remaining = deadline - time.monotonic()
         timeout = min(self.cfg.budgets_ms[component] / 1000.0, remaining - 0.005)
         if timeout <= 0:
             return None, "DEADLINE_EXCEEDED"
         try:
-            return await method(request, timeout=timeout), None
+            return await getattr(self.stubs[component], method)(request, timeout=timeout), None
         except grpc.aio.AioRpcError as e:
-            log.warning("component call failed", extra={"fields": {"component": component, "code": e.code().name}})
+            log.warning("component call failed", extra={"fields": {"component": component, "method": method,
+                                                                   "code": e.code().name}})
             return None, e.code().name
 
+    async def _send_batch(self, component: str, method: str, requests: list, deadline: float) -> list:
+        """One batch RPC for `requests`: one (answer, None) or (None, reason) each, in order."""
+        batch_method, batch_message = BATCHES[method]
+        resp, reason = await self.unary(component, batch_method, batch_message(requests=requests), deadline)
+        if reason == "UNIMPLEMENTED":  # a component from before batch RPCs: single calls from now on
+            log.warning("component has no batch RPCs; calling it one request at a time",
+                        extra={"fields": {"component": component, "method": method}})
+            self.batchers.pop((component, method), None)
+            return list(await asyncio.gather(*(self.unary(component, method, r, deadline) for r in requests)))
+        if resp is None:
+            return [(None, reason)] * len(requests)
+        if len(resp.answers) != len(requests):
+            return [(None, "INTERNAL")] * len(requests)
+        failed = {f.index: STATUS_NAMES.get(f.code, "UNKNOWN") for f in resp.failures}
+        for code in failed.values():
+            log.warning("component call failed", extra={"fields": {"component": component, "method": method,
+                                                                   "code": code}})
+        return [(None, failed[i]) if i in failed else (answer, None) for i, answer in enumerate(resp.answers)]
+
     async def close(self) -> None:
+        for batcher in self.batchers.values():
+            await batcher.close()
         for ch in self.channels.values():
             await ch.close()
 
@@ -275,7 +327,7 @@ class Gateway(gateway_pb2_grpc.RecommendationGatewayServicer):
         v = Violations()
         v.check_ids("internship_ids", request.internship_ids, 1, 1000)
         student = self.resolve(request, v)
-        resp, err = await self.fanout.call("success", self.fanout.success.Predict, success_pb2.PredictRequest(
+        resp, err = await self.fanout.call("success", "Predict", success_pb2.PredictRequest(
             profile=student.profile, internship_ids=request.internship_ids, top_factors=3), self.deadline(context))
         if resp is None:
             raise unavailable(f"success predictor unavailable ({err})")
@@ -294,11 +346,11 @@ class Gateway(gateway_pb2_grpc.RecommendationGatewayServicer):
         f = self.fanout
         ids = [request.internship_id]
         (c, _), (cf, _), (s, _) = await asyncio.gather(
-            f.call("content", f.content.Score, common_pb2.ScoreRequest(profile=student.profile, internship_ids=ids,
+            f.call("content", "Score", common_pb2.ScoreRequest(profile=student.profile, internship_ids=ids,
                                                                        details=True), deadline),
-            f.call("collaborative", f.collaborative.Score, common_pb2.ScoreRequest(
+            f.call("collaborative", "Score", common_pb2.ScoreRequest(
                 student_id=student.student_id, internship_ids=ids, interactions=student.interactions), deadline),
-            f.call("success", f.success.Predict, success_pb2.PredictRequest(
+            f.call("success", "Predict", success_pb2.PredictRequest(
                 profile=student.profile, internship_ids=ids, top_factors=3, packed_factors=True), deadline))
         degraded = [name for name, r in (("content", c), ("collaborative", cf), ("success", s)) if r is None]
         if len(degraded) == 3:
@@ -321,7 +373,7 @@ class Gateway(gateway_pb2_grpc.RecommendationGatewayServicer):
         # The ranker's score and its feature contributions for this one item: the same numbers it
         # gets inside any list (the ranker scores each candidate on its own features).
         contributions = None
-        r, _ = await f.call("ranker", f.ranker.Rank, ranker_pb2.RankRequest(
+        r, _ = await f.call("ranker", "Rank", ranker_pb2.RankRequest(
             profile=student.profile, internship_ids=ids, component_scores=component.tolist(), contributions=True),
             deadline)
         if r is None:
@@ -382,8 +434,8 @@ class Gateway(gateway_pb2_grpc.RecommendationGatewayServicer):
         deadline, f = self.deadline(context), self.fanout
         pairs = common_pb2.PairsRequest(internship_id=request.internship_id,
                                         profiles=[profile_message(self.catalog.student(sid)) for sid in pool])
-        (content, _), (success, _) = await asyncio.gather(f.call("content", f.content.ScorePairs, pairs, deadline),
-                                                          f.call("success", f.success.PredictPairs, pairs, deadline))
+        (content, _), (success, _) = await asyncio.gather(f.call("content", "ScorePairs", pairs, deadline),
+                                                          f.call("success", "PredictPairs", pairs, deadline))
         match, prob = (np.asarray(r.scores, dtype=np.float64) if r is not None else np.full(len(pool), np.nan)
                        for r in (content, success))
         degraded = [name for name, r, col in (("content", content, match), ("success", success, prob))
@@ -445,15 +497,22 @@ def parse_config(argv=None) -> GatewayConfig:
     p.add_argument("--min-deadline-ms", type=int, default=int(env("MIN_DEADLINE_MS", d.min_deadline_ms)),
                    help="refuse (DEADLINE_EXCEEDED), before any work, a request with less time than this left "
                         "(env PMIS_MIN_DEADLINE_MS)")
+    p.add_argument("--batch-outstanding", type=int, default=int(env("BATCH_OUTSTANDING", d.batch_outstanding)),
+                   help="batch RPCs in flight per component method; calls made meanwhile wait and go in the next "
+                        "batch; 0 = no batching (env PMIS_BATCH_OUTSTANDING)")
+    p.add_argument("--max-batch", type=int, default=int(env("MAX_BATCH", d.max_batch)),
+                   help=f"most calls per batch RPC, 1..{MAX_BATCH} (env PMIS_MAX_BATCH)")
     tls.add_client_args(p)
     a = p.parse_args(argv)
+    if a.batch_outstanding < 0 or not 1 <= a.max_batch <= MAX_BATCH:
+        p.error(f"--batch-outstanding must be >= 0 and --max-batch in 1..{MAX_BATCH}")
     return GatewayConfig(a.host, a.port, a.metrics_port, a.catalog,
                          {c: getattr(a, f"{c}_target") for c in COMPONENTS},
                          {c: getattr(a, f"{c}_budget_ms") for c in COMPONENTS}, a.default_deadline_ms, a.candidates,
                          json.loads(a.blend_weights), a.as_of, a.grace, fairness.FairnessConfig.from_json(a.fairness),
                          json.loads(a.shortlist_groups), a.catalog_refresh_seconds, a.max_connection_age_ms,
                          a.fairness_strength, a.max_in_flight, a.min_deadline_ms, a.ports_file,
-                         tls.server_tls(a, p), tls.client_tls(a, p))
+                         tls.server_tls(a, p), tls.client_tls(a, p), a.batch_outstanding, a.max_batch)
 
 
 async def serve(cfg: GatewayConfig, ready: asyncio.Event | None = None) -> None:

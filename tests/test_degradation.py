@@ -100,15 +100,17 @@ class Proxy:
 
         def behavior(request, context):
             with faults.lock:
-                faults.attempts.append(method.name)
+                faults.attempts.append(method.name.removesuffix("Batch"))  # a batch is an attempt of its method
                 faults.remaining.append(context.time_remaining())
             if faults.fail_this_attempt():
                 context.abort(grpc.StatusCode.UNAVAILABLE, "injected: replica unavailable")
             if faults.delay and closed.wait(faults.delay):
                 context.abort(grpc.StatusCode.UNAVAILABLE, "proxy closed")
             response = forward(request, timeout=max(context.time_remaining(), 0.01))
-            if faults.data_version is not None and response.HasField("model"):
-                response.model.data_version = faults.data_version
+            if faults.data_version is not None:
+                for answer in getattr(response, "answers", [response]):  # a batch RPC's, or the answer
+                    if answer.HasField("model"):
+                        answer.model.data_version = faults.data_version
             return response
 
         return grpc.unary_unary_rpc_method_handler(behavior, request_deserializer=request_type.FromString,

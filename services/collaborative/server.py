@@ -18,6 +18,7 @@ import scipy.sparse as sp
 from models.collaborative import CollaborativeModel
 from models.pipeline import open_items, top_n
 from pmis.v1 import collaborative_pb2, collaborative_pb2_grpc, common_pb2
+from services.common.batch import answer_each
 from services.common.items import ItemIndex
 from services.common.profiles import EVENT_NAMES
 from services.common.server import ModelAdmin, ModelSlot, run_component
@@ -116,6 +117,12 @@ def _validate(request, ids_field: str | None, rt: CollaborativeRuntime | None = 
 class CollaborativeServicer(ModelAdmin, collaborative_pb2_grpc.CollaborativeServiceServicer):
     def __init__(self, slot: ModelSlot):
         self.slot = slot
+
+    def RetrieveBatch(self, request, context):
+        return answer_each(self.Retrieve, request, context, common_pb2.ScoredItemsBatch())
+
+    def ScoreBatch(self, request, context):
+        return answer_each(self.Score, request, context, common_pb2.ScoredItemsBatch())
 
     def Retrieve(self, request, context):
         _validate(request, None)

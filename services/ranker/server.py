@@ -10,6 +10,7 @@ import numpy as np
 from models.features import FeatureSpace, pair_features
 from models.ranker import COMPONENT_SCORES, RankerModel
 from pmis.v1 import common_pb2, ranker_pb2, ranker_pb2_grpc
+from services.common.batch import answer_each
 from services.common.items import ItemIndex
 from services.common.profiles import profile_columns
 from services.common.server import ModelAdmin, ModelSlot, env, run_component
@@ -66,6 +67,9 @@ def candidate_arrays(request, v: Violations) -> tuple[list[str], np.ndarray]:
 class RankerServicer(ModelAdmin, ranker_pb2_grpc.RankerServiceServicer):
     def __init__(self, slot: ModelSlot):
         self.slot = slot
+
+    def RankBatch(self, request, context):
+        return answer_each(self.Rank, request, context, ranker_pb2.RankBatchResponse())
 
     def Rank(self, request, context):
         v = Violations()

@@ -10,6 +10,7 @@ import numpy as np
 from models.features import FeatureSpace, pair_features
 from models.success import FEATURES, SuccessModel
 from pmis.v1 import common_pb2, success_pb2, success_pb2_grpc
+from services.common.batch import answer_each
 from services.common.items import ItemIndex
 from services.common.profiles import profile_columns, profiles_columns
 from services.common.server import ModelAdmin, ModelSlot, run_component
@@ -37,6 +38,9 @@ class SuccessRuntime:
 class SuccessServicer(ModelAdmin, success_pb2_grpc.SuccessServiceServicer):
     def __init__(self, slot: ModelSlot):
         self.slot = slot
+
+    def PredictBatch(self, request, context):
+        return answer_each(self.Predict, request, context, success_pb2.PredictBatchResponse())
 
     def Predict(self, request, context):
         v = Violations()
