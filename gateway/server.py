@@ -22,19 +22,17 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
 
 from gateway import explain, fairness, filters
 from gateway.batching import Batcher
+from gateway.front import Front
 from gateway import recommend as stages
 from gateway.catalog import SqliteCatalog
 from models.pipeline import COLLABORATIVE, CONTENT, POPULARITY, SCORE_COLUMNS, SUCCESS, collaborative_known
 from models import shortlist as shortlists
 from pmis.v1 import (collaborative_pb2_grpc, common_pb2, content_pb2_grpc, gateway_pb2, gateway_pb2_grpc, ranker_pb2,
                      ranker_pb2_grpc, success_pb2, success_pb2_grpc)
-from services.common import admission, guard, listening, telemetry, tls
+from services.common import admission, listening, telemetry, tls
 from services.common.auth import check_admin
 from services.common.batch import MAX_BATCH
 from services.common.errors import RpcError, not_found, unavailable
@@ -44,7 +42,6 @@ from services.common.tls import ClientTLS, ServerTLS
 from services.common.validation import Violations
 
 log = logging.getLogger("pmis.gateway")
-SERVICE = gateway_pb2.DESCRIPTOR.services_by_name["RecommendationGateway"].full_name
 COMPONENTS = ("content", "collaborative", "success", "ranker")
 SERVICE_NAMES = {"content": "pmis.v1.ContentService", "collaborative": "pmis.v1.CollaborativeService",
                  "success": "pmis.v1.SuccessService", "ranker": "pmis.v1.RankerService"}
@@ -518,30 +515,16 @@ def parse_config(argv=None) -> GatewayConfig:
 async def serve(cfg: GatewayConfig, ready: asyncio.Event | None = None) -> None:
     catalog = await asyncio.to_thread(SqliteCatalog, cfg.catalog)
     gateway = Gateway(cfg, catalog)
-    # A client's long-lived channel would otherwise stay on one gateway pod forever: a maximum
-    # connection age makes it reconnect, and land on any pod, at least this often.
-    limiter = admission.Limiter("gateway", cfg.max_in_flight, cfg.min_deadline_ms)
-    server = grpc.aio.server(interceptors=[guard.AioServerGuard("gateway", cfg.tls.allowed_callers),
-                                           admission.AioAdmissionInterceptor(limiter)],
-                             options=[
-        ("grpc.so_reuseport", 0), ("grpc.max_connection_age_ms", cfg.max_connection_age_ms),
-        ("grpc.max_connection_age_grace_ms", int(cfg.grace * 1000) + 1000), *guard.server_options()])
-    gateway_pb2_grpc.add_RecommendationGatewayServicer_to_server(gateway, server)
-    health = HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    reflection.enable_server_reflection((SERVICE, "grpc.health.v1.Health", reflection.SERVICE_NAME), server)
-    port = tls.add_port(server, f"{cfg.host}:{cfg.port}", cfg.tls, "gateway")
-    await server.start()
+    loop = asyncio.get_running_loop()
+    front = Front(gateway, loop, cfg)
+    front.start()
+    port = front.port
     metrics_port = telemetry.start_metrics_server(cfg.metrics_port, cfg.host) if cfg.metrics_port else 0
-    # The gateway itself is ready once its catalog is loaded: missing components degrade answers.
-    for name in ("", SERVICE):
-        await health.set(name, health_pb2.HealthCheckResponse.SERVING)
     listening.write_ports(cfg.ports_file, port, metrics_port)
     log.info("gateway serving", extra={"fields": {"port": port, "metrics_port": metrics_port,
                                                   "internships": len(catalog.internships.ids)}})
     refresher = asyncio.create_task(gateway.refresh_periodically()) if cfg.catalog_refresh_seconds > 0 else None
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     if ready is not None:
@@ -549,8 +532,7 @@ async def serve(cfg: GatewayConfig, ready: asyncio.Event | None = None) -> None:
     await stop.wait()
     if refresher is not None:
         refresher.cancel()
-    await health.enter_graceful_shutdown()
-    await server.stop(cfg.grace)
+    await front.stop(cfg.grace)
     await gateway.fanout.close()
 
 

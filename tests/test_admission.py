@@ -1,14 +1,13 @@
 """Admission control (services/common/admission.py): the limiter, then real loopback servers.
 
-The servers are a sync `grpc.server` (as the component servers) and a `grpc.aio.server` (as the
-gateway) with one generic service: `Work` (unary; the request b"block" waits on an event the test
+The servers are a sync `grpc.server` (as the component servers and the gateway's front) with one
+generic service: `Work` (unary; the request b"block" waits on an event the test
 sets, anything else returns at once) and `Stream` (unary-stream). Synchronisation is by events and
 conditions only; the one clock in here measures how fast a refusal comes back.
 """
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import threading
 import time
@@ -18,7 +17,6 @@ from dataclasses import dataclass
 
 import grpc
 import pytest
-from grpc_health.v1 import _async as health_async
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import REGISTRY
 
@@ -370,121 +368,3 @@ def test_open_health_watches_hold_no_worker_of_a_component_server():
         wait_until(watches_counted, WAIT, "the three watches counted when they ended")
     finally:
         cs.server.stop(None).wait(WAIT)
-
-
-# --------------------------------------------------------------------------- aio server
-
-
-class AioSlowService:
-    def __init__(self, limiter: admission.Limiter):
-        self.limiter = limiter
-        self.release = asyncio.Event()
-        self.entered = 0
-        self._changed = asyncio.Condition()
-
-    async def work(self, request, context):
-        async with self._changed:
-            self.entered += 1
-            self._changed.notify_all()
-        if request == b"block":
-            await self.release.wait()
-        return b"done:" + request
-
-    async def stream(self, request, context):
-        for _ in range(3):
-            yield str(self.limiter.in_flight).encode()
-
-    async def wait_entered(self, n: int) -> None:
-        async with self._changed:
-            await asyncio.wait_for(self._changed.wait_for(lambda: self.entered >= n), WAIT)
-
-
-async def start_aio(max_in_flight: int, *, min_deadline_ms: int = 0, outermost: bool = False):
-    limiter = admission.Limiter(component_name("aio"), max_in_flight, min_deadline_ms)
-    service = AioSlowService(limiter)
-    server = grpc.aio.server(interceptors=[admission.AioAdmissionInterceptor(limiter, record_requests=outermost)])
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {
-        "Work": grpc.unary_unary_rpc_method_handler(service.work),
-        "Stream": grpc.unary_stream_rpc_method_handler(service.stream)}),))
-    health_servicer = health_async.HealthServicer()
-    await health_servicer.set("", SERVING)
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    return limiter, service, server, grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-
-
-def test_aio_saturated_server_refuses_at_once_and_keeps_answering_health():
-    async def scenario():
-        limiter, service, server, channel = await start_aio(2)
-        try:
-            work = channel.unary_unary(WORK)
-            held = [asyncio.ensure_future(work(b"block", timeout=WAIT)) for _ in range(2)]
-            await service.wait_entered(2)
-
-            started = time.perf_counter()
-            with pytest.raises(grpc.aio.AioRpcError) as refused:
-                await work(b"third", timeout=WAIT)
-            elapsed = time.perf_counter() - started
-
-            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            assert refused.value.details() == \
-                f"{limiter.component} overloaded: 2 requests in flight (limit 2); retry with backoff"
-            assert elapsed < REFUSAL_BOUND, f"refusal took {elapsed * 1000:.1f} ms"
-            assert not any(t.done() for t in held), "the refusal waited for a slot"
-            assert service.entered == 2
-            check = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=WAIT)
-            assert check.status == SERVING
-            assert limiter.in_flight == 2 and metric("pmis_grpc_in_flight", component=limiter.component) == 2
-            assert metric("pmis_grpc_shed_total", component=limiter.component, method="Work", reason="overload") == 1
-            # streams pass through, uncounted, while the unary calls are saturated
-            assert [m async for m in channel.unary_stream(STREAM)(b"", timeout=WAIT)] == [b"2"] * 3
-
-            service.release.set()
-            assert await asyncio.gather(*held) == [b"done:block"] * 2
-            # the slot is released when the handler returns, before the answer is sent
-            assert limiter.in_flight == 0 and metric("pmis_grpc_in_flight", component=limiter.component) == 0
-            assert await work(b"again", timeout=WAIT) == b"done:again"
-        finally:
-            service.release.set()
-            await channel.close()
-            await server.stop(None)
-
-    asyncio.run(scenario())
-
-
-def test_aio_too_little_deadline_is_refused_before_the_handler_runs():
-    async def scenario():
-        limiter, service, server, channel = await start_aio(4, min_deadline_ms=50)
-        try:
-            with pytest.raises(grpc.aio.AioRpcError) as refused:
-                await channel.unary_unary(WORK)(b"short", timeout=0.005)
-            assert refused.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-            assert service.entered == 0
-        finally:
-            await channel.close()
-            await server.stop(None)
-        assert limiter.in_flight == 0
-
-    asyncio.run(scenario())
-
-
-def test_aio_deadline_refusal_says_why_and_is_counted():
-    async def scenario():
-        limiter, service, server, channel = await start_aio(4, min_deadline_ms=2000, outermost=True)
-        try:
-            work = channel.unary_unary(WORK)
-            with pytest.raises(grpc.aio.AioRpcError) as refused:
-                await work(b"short", timeout=1.0)
-            assert refused.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-            assert "cannot cover the work (minimum 2000 ms)" in refused.value.details()
-            assert service.entered == 0 and limiter.in_flight == 0
-            labels = dict(component=limiter.component, method="Work")
-            assert metric("pmis_grpc_shed_total", reason="deadline", **labels) == 1
-            assert metric("pmis_grpc_requests_total", code="DEADLINE_EXCEEDED", **labels) == 1  # record_requests
-            assert await work(b"no-deadline") == b"done:no-deadline"
-        finally:
-            await channel.close()
-            await server.stop(None)
-
-    asyncio.run(scenario())

@@ -1,17 +1,14 @@
-"""The servers' guard interceptors (services/common/guard.py), sync and asyncio: undecodable
+"""The servers' guard interceptor (services/common/guard.py): undecodable
 requests are INVALID_ARGUMENT without exception text and logged once without a traceback; our
 RpcErrors keep their status; a bug is INTERNAL without its text; every method kind is counted."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import threading
 from concurrent import futures
 
 import grpc
 import pytest
-from grpc_health.v1 import _async as health_async
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import REGISTRY
 
@@ -33,11 +30,6 @@ class Servicer(content_pb2_grpc.ContentServiceServicer):
         return common_pb2.ScoredItems(internship_ids=["I1"], scores=[1.0])
 
 
-class AioServicer(content_pb2_grpc.ContentServiceServicer):
-    async def Retrieve(self, request, context):
-        return Servicer.Retrieve(self, request, context)
-
-
 def count(component: str, method: str, code: str) -> float:
     return REGISTRY.get_sample_value("pmis_grpc_requests_total",
                                      {"component": component, "method": method, "code": code}) or 0.0
@@ -52,52 +44,27 @@ def retrieve(channel: grpc.Channel, n: int):
     return stub.Retrieve(common_pb2.RetrieveRequest(profile=common_pb2.StudentProfile(skills=["x"]), n=n), timeout=10)
 
 
-@pytest.fixture(params=["sync", "aio"])
-def server(request):
-    """(channel, component label) of a ContentService behind the guard, sync or asyncio."""
-    component = f"guard-test-{request.param}"
-    if request.param == "sync":
-        srv = grpc.server(futures.ThreadPoolExecutor(2), interceptors=[guard.ServerGuard(component)],
-                          options=guard.server_options())
-        content_pb2_grpc.add_ContentServiceServicer_to_server(Servicer(), srv)
-        checks = health.HealthServicer(experimental_non_blocking=True)
-        checks.set("", health_pb2.HealthCheckResponse.SERVING)
-        health_pb2_grpc.add_HealthServicer_to_server(checks, srv)
-        port = srv.add_insecure_port("127.0.0.1:0")
-        srv.start()
-        try:
-            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-                yield channel, component
-        finally:
-            srv.stop(None)
-        return
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-
-    async def start():
-        srv = grpc.aio.server(interceptors=[guard.AioServerGuard(component)], options=guard.server_options())
-        content_pb2_grpc.add_ContentServiceServicer_to_server(AioServicer(), srv)
-        checks = health_async.HealthServicer()  # its Watch is a coroutine that writes, not a generator
-        await checks.set("", health_pb2.HealthCheckResponse.SERVING)
-        health_pb2_grpc.add_HealthServicer_to_server(checks, srv)
-        port = srv.add_insecure_port("127.0.0.1:0")
-        await srv.start()
-        return srv, port
-    srv, port = asyncio.run_coroutine_threadsafe(start(), loop).result(10)
+@pytest.fixture()
+def server():
+    """(channel, component label) of a ContentService behind the guard."""
+    component = "guard-test"
+    srv = grpc.server(futures.ThreadPoolExecutor(2), interceptors=[guard.ServerGuard(component)],
+                      options=guard.server_options())
+    content_pb2_grpc.add_ContentServiceServicer_to_server(Servicer(), srv)
+    checks = health.HealthServicer(experimental_non_blocking=True)
+    checks.set("", health_pb2.HealthCheckResponse.SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(checks, srv)
+    port = srv.add_insecure_port("127.0.0.1:0")
+    srv.start()
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             yield channel, component
     finally:
-        asyncio.run_coroutine_threadsafe(srv.stop(None), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
+        srv.stop(None)
 
 
 def test_health_watch_streams_through_the_guard(server):
-    """Client-side health checking (a channel's healthCheckConfig) watches; the asyncio guard once
-    answered the async servicer's Watch with INTERNAL."""
+    """Client-side health checking (a channel's healthCheckConfig) watches through the guard."""
     channel, _ = server
     watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(), timeout=10)
     assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
@@ -117,7 +84,7 @@ def test_undecodable_request_is_invalid_argument_logged_once_without_traceback(s
     records = [r for r in caplog.records if r.name in ("pmis.guard", "grpc._server", "grpc._cython.cygrpc")]
     assert len(records) == 1 and records[0].levelno == logging.WARNING, [r.getMessage() for r in records]
     assert records[0].exc_info is None
-    # every refusal counted (asyncio sends an abort's status before the handler's finally runs)
+    # every refusal counted
     wait_until(lambda: count(component, "Retrieve", "INVALID_ARGUMENT") == before + 20, 5, "20 refusals counted")
 
 

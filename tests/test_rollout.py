@@ -69,8 +69,9 @@ class Server:
         wait_serving(self.target, SERVICE_NAMES[self.name], timeout, self.proc)
         return self
 
-    def served(self, methods=("Retrieve", "Score")) -> int:
-        """Successful calls of `methods` this process answered, from its own /metrics."""
+    def served(self, methods=("Retrieve", "Score", "RetrieveBatch", "ScoreBatch")) -> int:
+        """Successful calls of `methods` this process answered, from its own /metrics (the
+        gateway's calls come in batch RPCs)."""
         text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).read().decode()
         total = 0.0
         for line in text.splitlines():

@@ -10,22 +10,19 @@ untouched and uncounted (health Watch, reflection, the trainer's WatchJob, the g
 StreamRecommend): they are long-lived, and counting them would let a few watchers starve the
 unary capacity.
 
-One `Limiter` (count, limit, messages, metrics) serves both interceptors:
-
-- `AdmissionInterceptor`, for the sync `grpc.server` of the component servers. grpcio runs
-  `intercept_service` in the server's single polling thread and the handler later in a worker
-  of the server's pool (grpc/_server.py `_handle_call` -> `thread_pool.submit`). A slot is taken
-  in the polling thread, so the decision is serialised and made before the call can queue.
-  A refused call must still be *answered* by a handler, and a handler normally runs in the
-  server's pool -- behind the very backlog being shed. grpcio lets a behaviour name its own pool
-  (`behavior.experimental_thread_pool`, grpc/_server.py `_select_thread_pool_for_behavior`), so
-  refusals and health checks run on a small control pool of the interceptor's and never wait
-  for a free worker. The slot of an admitted call is released when grpcio's task for it ends
-  (a done-callback on the pool future, exactly how grpcio's own `maximum_concurrent_rpcs` counts,
-  `_on_call_completed`), so a call whose client gave up while it sat in the queue -- grpcio then
-  never calls the handler -- cannot leak its slot.
-- `AioAdmissionInterceptor`, for the asyncio gateway: there is no worker pool to wait for, the
-  slot is taken and released inside the handler coroutine (try/finally also covers cancellation).
+A `Limiter` (count, limit, messages, metrics) and its `AdmissionInterceptor`, for the sync
+`grpc.server` of every server: the component servers and the gateway's front (gateway/front.py).
+grpcio runs `intercept_service` in the server's single polling thread and the handler later in a
+worker of the server's pool (grpc/_server.py `_handle_call` -> `thread_pool.submit`). A slot is
+taken in the polling thread, so the decision is serialised and made before the call can queue.
+A refused call must still be *answered* by a handler, and a handler normally runs in the
+server's pool -- behind the very backlog being shed. grpcio lets a behaviour name its own pool
+(`behavior.experimental_thread_pool`, grpc/_server.py `_select_thread_pool_for_behavior`), so
+refusals and health checks run on a small control pool of the interceptor's and never wait for a
+free worker. The slot of an admitted call is released when grpcio's task for it ends (a
+done-callback on the pool future, exactly how grpcio's own `maximum_concurrent_rpcs` counts,
+`_on_call_completed`), so a call whose client gave up while it sat in the queue -- grpcio then
+never calls the handler -- cannot leak its slot.
 
 Why not grpcio's built-in `grpc.server(maximum_concurrent_rpcs=...)`: it refuses in the polling
 thread too (fast), but it counts and refuses EVERY method, health Check included -- a saturated
@@ -36,7 +33,6 @@ no minimum deadline, and no way to exempt a method.
 
 from __future__ import annotations
 
-import inspect
 import threading
 from concurrent import futures
 from dataclasses import dataclass
@@ -60,10 +56,12 @@ COMPONENT_IN_FLIGHT_PER_WORKER = 2
 # A component call with less time than this left cannot be answered before its caller has moved
 # on: refusing it costs nothing that was going to be used.
 COMPONENT_MIN_DEADLINE_MS = 10
-# Gateway (asyncio): by Little's law, requests in flight = throughput x time in the system. The
-# limit is the measured saturation throughput times the latency the answers should keep (see the
-# README's load-shedding section); beyond it a request would only queue behind the others.
-GATEWAY_MAX_IN_FLIGHT = 4
+# Gateway: by Little's law, requests in flight = throughput x time in the system. The limit is
+# the measured saturation throughput times the latency the answers should keep (see the README's
+# load-shedding section); beyond it a request would only queue behind the others. It is also the
+# largest batch the gateway can form (gateway/batching.py): too low a limit refuses load that
+# batching would have served within the latency goal.
+GATEWAY_MAX_IN_FLIGHT = 32
 # A Recommend needs its whole fan-out; with less time than this left it would come back with
 # every component degraded.
 GATEWAY_MIN_DEADLINE_MS = 20
@@ -254,47 +252,3 @@ class AdmissionInterceptor(grpc.ServerInterceptor):
 
     def close(self) -> None:
         self.control_pool.shutdown(wait=False)
-
-
-class AioAdmissionInterceptor(grpc.aio.ServerInterceptor):
-    """Load shedding for a `grpc.aio.server` (the gateway).
-
-    Place it AFTER the guard (`interceptors=[guard.AioServerGuard("gateway"),
-    AioAdmissionInterceptor(limiter)]`) so refusals are timed and counted with their status code
-    there; or set `record_requests=True` if it must come first. Only coroutine unary handlers
-    are limited (the gateway has no other kind); sync handlers and streams pass through.
-    """
-
-    def __init__(self, limiter: Limiter, *, record_requests: bool = False):
-        self.limiter, self.record_requests = limiter, record_requests
-
-    async def intercept_service(self, continuation, handler_call_details):
-        handler = await continuation(handler_call_details)
-        method = handler_call_details.method
-        if (handler is None or handler.unary_unary is None or is_exempt(method)
-                or not inspect.iscoroutinefunction(handler.unary_unary)):
-            return handler
-        inner, limiter = handler.unary_unary, self.limiter
-
-        async def admitted(request, context):
-            # Refusals take no slot: asyncio sends an abort's status before any `finally` runs, so
-            # a slot taken here would still look busy to the next caller.
-            message = limiter.deadline_refusal(context.time_remaining())
-            if message is not None:
-                await self._refuse(context, method, DEADLINE, grpc.StatusCode.DEADLINE_EXCEEDED, message)
-            if not limiter.try_acquire():
-                await self._refuse(context, method, OVERLOAD, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                   limiter.overload_message())
-            try:
-                return await inner(request, context)
-            finally:
-                limiter.release()
-
-        return grpc.unary_unary_rpc_method_handler(admitted, request_deserializer=handler.request_deserializer,
-                                                   response_serializer=handler.response_serializer)
-
-    async def _refuse(self, context, method: str, reason: str, code: grpc.StatusCode, message: str):
-        self.limiter.shed(method, reason)
-        if self.record_requests:
-            telemetry.observe(self.limiter.component, _short(method), code.name, 0.0)
-        await context.abort(code, message)  # raises

@@ -17,12 +17,12 @@ timed by method and status code.
   them is PERMISSION_DENIED before the method runs; health and reflection stay open.
 
 `ServerGuard` is for the sync `grpc.server` of the components and the trainer; list it after
-admission control (which must be first, see admission.py). `AioServerGuard` is the gateway's.
+admission control (which must be first, see admission.py). The gateway's front is a sync server too
+(gateway/front.py), so there is one guard.
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
 import threading
 import time
@@ -249,86 +249,3 @@ class ServerGuard(grpc.ServerInterceptor):
         behavior.experimental_non_blocking = True
         behavior.experimental_thread_pool = getattr(inner, "experimental_thread_pool", None)
         return behavior
-
-
-class AioServerGuard(grpc.aio.ServerInterceptor):
-    """asyncio servers (the gateway): the same contract as ServerGuard."""
-
-    def __init__(self, component: str, allowed_callers: frozenset = frozenset()):
-        self.component, self.allowed_callers = component, frozenset(allowed_callers)
-
-    async def intercept_service(self, continuation, handler_call_details):
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        kind, method = _kind(handler), handler_call_details.method
-        name, inner = method.rsplit("/", 1)[-1], getattr(handler, kind)
-        bad = f"request is not a valid {_request_type(handler.request_deserializer)} message"
-        component = self.component
-
-        async def refuse_unusable(request, context):
-            if isinstance(request, TooLarge):
-                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, _too_large(request))
-            warn_undecodable(component, method, "undecodable request")
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, bad)
-
-        async def check_caller(context):
-            if (refusal := _refusal_of_caller(self.allowed_callers, method, context)) is not None:
-                await context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal)
-
-        async def requests(iterator, context):
-            async for request in iterator:
-                if _unusable(request):
-                    await refuse_unusable(request, context)
-                yield request
-
-        async def failed(error: Exception, context):
-            if isinstance(error, RpcError):
-                status = error.to_status()
-                await context.abort(status.code, status.details, status.trailing_metadata)
-            log.exception("unhandled error", extra={"fields": {"component": component, "method": name}})
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error")
-
-        def observe(context, start: float) -> None:
-            telemetry.observe(component, name, _code_name(context), time.perf_counter() - start)
-
-        if kind in ("unary_unary", "stream_unary"):
-            async def behavior(request_or_iterator, context):
-                start = time.perf_counter()
-                try:
-                    await check_caller(context)
-                    if kind == "unary_unary" and _unusable(request_or_iterator):
-                        await refuse_unusable(request_or_iterator, context)
-                    source = (requests(request_or_iterator, context) if kind == "stream_unary"
-                              else request_or_iterator)
-                    try:
-                        return await inner(source, context)
-                    except grpc.aio.AbortError:
-                        raise
-                    except Exception as e:  # noqa: BLE001 - mapped to a status, never its text
-                        await failed(e, context)
-                finally:
-                    observe(context, start)
-            return _rewrap(handler, kind, behavior)
-
-        async def streaming(request_or_iterator, context):
-            start = time.perf_counter()
-            try:
-                await check_caller(context)
-                if kind == "unary_stream" and _unusable(request_or_iterator):
-                    await refuse_unusable(request_or_iterator, context)
-                source = (requests(request_or_iterator, context) if kind == "stream_stream"
-                          else request_or_iterator)
-                try:
-                    if inspect.iscoroutinefunction(inner):  # writes its answers (context.write)
-                        await inner(source, context)
-                    else:
-                        async for item in inner(source, context):
-                            yield item
-                except grpc.aio.AbortError:
-                    raise
-                except Exception as e:  # noqa: BLE001 - mapped to a status, never its text
-                    await failed(e, context)
-            finally:
-                observe(context, start)
-        return _rewrap(handler, kind, streaming)

@@ -1,7 +1,8 @@
 """The four component servers and the asyncio gateway in-process, on loopback.
 
-Each component is a real `ComponentServer` on a port it binds itself; the gateway serves on a
-grpc.aio server inside an event loop on a background thread. Tests talk to them over plain
+Each component is a real `ComponentServer` on a port it binds itself; the gateway is its real
+front (gateway/front.py: sync server, admission control) over an event loop on a background
+thread. Tests talk to them over plain
 synchronous channels, as a client would.
 """
 
@@ -17,14 +18,12 @@ import grpc
 import pytest
 
 from gateway.catalog import SqliteCatalog
+from gateway.front import Front
 from gateway.server import COMPONENTS, Gateway, GatewayConfig
 from pmis.v1 import (collaborative_pb2_grpc, content_pb2_grpc, gateway_pb2, gateway_pb2_grpc, ranker_pb2_grpc,
                      success_pb2_grpc)
 from services.collaborative import server as collaborative_server
 from services.common.errors import field_violations
-from services.common import tls
-from services.common.guard import AioServerGuard
-from services.common.guard import server_options as guard_options
 from services.common.tls import ClientTLS, ServerTLS
 from services.common.server import ComponentServer, ServerConfig
 from services.content import server as content_server
@@ -74,7 +73,7 @@ class Components:
 
 
 class GatewayRunner:
-    """Gateway on a grpc.aio server inside an event loop on a background thread."""
+    """The gateway's front and its event loop on a background thread, as `serve` runs them."""
 
     def __init__(self, targets: dict, catalog: Path, dial_tls: ClientTLS = ClientTLS(), **config):
         """`config`: GatewayConfig fields; `dial_tls`: how the tests' own channel dials this gateway."""
@@ -86,7 +85,10 @@ class GatewayRunner:
         self.cfg = GatewayConfig(host="127.0.0.1", port=0, metrics_port=0, catalog=catalog, targets=dict(targets),
                                  **{**defaults, **config})
         try:
-            self.gateway, self.server, self.port = self.run(self._start())
+            self.gateway = self.run(self._start())
+            self.front = Front(self.gateway, self.loop, self.cfg)
+            self.front.start()
+            self.port = self.front.port
         except BaseException:
             self._stop_loop()
             raise
@@ -98,16 +100,10 @@ class GatewayRunner:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     async def _start(self):
-        gw = Gateway(self.cfg, SqliteCatalog(self.cfg.catalog))  # its aio channels bind to this loop
-        server = grpc.aio.server(interceptors=[AioServerGuard("gateway", self.cfg.tls.allowed_callers)],
-                                 options=[("grpc.so_reuseport", 0), *guard_options()])
-        gateway_pb2_grpc.add_RecommendationGatewayServicer_to_server(gw, server)
-        port = tls.add_port(server, "127.0.0.1:0", self.cfg.tls, "gateway")
-        await server.start()
-        return gw, server, port
+        return Gateway(self.cfg, SqliteCatalog(self.cfg.catalog))  # its aio channels bind to this loop
 
     async def _stop(self):
-        await self.server.stop(0.2)
+        await self.front.stop(0.2)
         await self.gateway.fanout.close()
 
     def close(self) -> None:
