@@ -1,0 +1,83 @@
+"""The gateway's front (gateway/front.py): admission control in front of the asyncio gateway.
+
+The components here are one black hole -- a server that accepts every call and answers none until
+the test lets go -- so admitted Recommends stay in flight as long as the test wants.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent import futures
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from gateway.server import COMPONENTS
+from pmis.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
+from tests.support.loopback import GatewayRunner
+from tests.support.waiting import wait_until
+
+REFUSAL_BOUND = 0.2  # seconds: a refusal takes milliseconds; this allows for a loaded machine
+
+
+class BlackHole:
+    """Every call to a component method waits until `release` (or its deadline), then fails."""
+
+    def __init__(self):
+        self.release = threading.Event()
+        self.server = grpc.server(futures.ThreadPoolExecutor(16))
+        self.server.add_generic_rpc_handlers([self])
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+
+    def service(self, handler_call_details):
+        if handler_call_details.method.startswith("/grpc.health.v1.Health/"):
+            return None  # UNIMPLEMENTED: the gateway's client-side health check then counts it healthy
+
+        def hold(request, context):
+            self.release.wait(min(context.time_remaining() or 10, 10))
+            context.abort(grpc.StatusCode.UNAVAILABLE, "black hole")
+        return grpc.unary_unary_rpc_method_handler(hold)
+
+    def close(self):
+        self.release.set()
+        self.server.stop(None)
+
+
+@pytest.fixture()
+def held_gateway(small_system):
+    hole = BlackHole()
+    runner = GatewayRunner({c: f"127.0.0.1:{hole.port}" for c in COMPONENTS}, small_system.catalog,
+                           max_in_flight=2, budgets_ms={c: 5_000 for c in COMPONENTS})
+    try:
+        yield runner, hole
+    finally:
+        hole.close()
+        runner.close()
+
+
+def test_a_saturated_gateway_refuses_at_once_says_why_and_keeps_answering_health(held_gateway):
+    runner, hole = held_gateway
+    request = gateway_pb2.RecommendRequest(profile=common_pb2.StudentProfile(skills=["python"]))
+    stub = gateway_pb2_grpc.RecommendationGatewayStub(runner.channel)
+    held = [stub.Recommend.future(request, timeout=10) for _ in range(2)]
+    wait_until(lambda: runner.front.limiter.in_flight == 2, 10, "two Recommends admitted")
+
+    started = time.perf_counter()
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.Recommend(request, timeout=10)
+    took = time.perf_counter() - started
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert refused.value.details() == "gateway overloaded: 2 requests in flight (limit 2); retry with backoff"
+    assert took < REFUSAL_BOUND, f"refusal took {took * 1000:.1f} ms"
+
+    health = health_pb2_grpc.HealthStub(runner.channel).Check(health_pb2.HealthCheckRequest(), timeout=REFUSAL_BOUND)
+    assert health.status == health_pb2.HealthCheckResponse.SERVING
+    assert not any(f.done() for f in held)          # the admitted ones are still at work
+
+    hole.release.set()                              # no retriever answers: UNAVAILABLE, and the slots free up
+    for f in held:
+        assert f.exception(10).code() == grpc.StatusCode.UNAVAILABLE
+    wait_until(lambda: runner.front.limiter.in_flight == 0, 10, "slots released")
