@@ -135,6 +135,8 @@ def test_parse_config_defaults_env_and_flags(monkeypatch):
     assert (cfg.max_in_flight, cfg.min_deadline_ms) == (40, 25)
     cfg = parse_config("content", 50051, 9101, ["--max-in-flight", "0", "--min-deadline-ms", "0"])
     assert (cfg.max_in_flight, cfg.min_deadline_ms) == (0, 0)
+    monkeypatch.setenv("PMIS_MAX_IN_FLIGHT", "")  # empty, as a manifest may leave it: unset, the default
+    assert parse_config("content", 50051, 9101, ["--workers", "8"]).max_in_flight == 16
     for bad in (["--max-in-flight", "-1"], ["--min-deadline-ms", "-1"]):
         with pytest.raises(SystemExit):
             parse_config("content", 50051, 9101, bad)

@@ -40,7 +40,9 @@ log = logging.getLogger("pmis.server")
 
 
 def env(name: str, default=None):
-    return os.environ.get(f"PMIS_{name}", default)
+    """PMIS_<name>, or `default` when unset or empty (an empty variable in a manifest means unset)."""
+    value = os.environ.get(f"PMIS_{name}")
+    return default if value is None or value == "" else value
 
 
 @dataclass
