@@ -40,7 +40,6 @@ class Batcher:
             raise ValueError("max_outstanding and max_batch must be >= 1")
         self.send, self.max_outstanding, self.max_batch = send, max_outstanding, max_batch
         self.outstanding = 0
-        self.sizes: list[int] = []   # every batch sent (its size): tests and the bench read it
         self._waiting: list[_Waiting] = []
         self._flush_scheduled = False
         self._tasks: set[asyncio.Task] = set()
@@ -76,7 +75,6 @@ class Batcher:
                 else:
                     live.append(w)
             if live:
-                self.sizes.append(len(live))
                 results = await self.send([w.request for w in live], min(w.deadline for w in live))
                 for w, result in zip(live, results):
                     _answer(w, result)

@@ -10,6 +10,9 @@ LATENCY = Histogram("pmis_grpc_request_seconds", "gRPC request latency", ["compo
 BUNDLE_VERSION = Gauge("pmis_bundle_version", "Version of the bundle being served", ["component"])
 BUNDLE_INFO = Gauge("pmis_bundle_info", "Bundle being served (value 1)", ["component", "version", "data_version",
                                                                           "content_hash"])
+# Requests per batch RPC the gateway sends (gateway/batching.py): 1 under light load.
+BATCH_SIZE = Histogram("pmis_gateway_batch_size", "Requests per batch RPC to a component", ["component", "method"],
+                       buckets=(1, 2, 4, 8, 16, 32, 64))
 DEGRADED = Counter("pmis_gateway_degraded_total", "Gateway answers that skipped a component", ["component"])
 # Admission control (services/common/admission.py): a refused call did no work. reason: overload
 # (max in flight reached, RESOURCE_EXHAUSTED) | deadline (too little time left, DEADLINE_EXCEEDED).
