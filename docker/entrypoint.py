@@ -39,7 +39,7 @@ class UsageError(Exception):
 
 
 def pmis(*args: str) -> list[str]:
-    return [sys.executable, "-m", "models.cli", *args]
+    return [sys.executable, "-m", "services.cli", *args]
 
 
 def data_dir(rest: list[str], environ) -> Path:

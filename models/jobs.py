@@ -13,8 +13,8 @@ bundles root). That is what makes the lifecycle honest:
 - progress is written by the worker as rows of ``job_events``; watchers read them, from any
   process, live or after the fact.
 
-``run_job`` runs one job in the current process (the CLI uses it directly); ``worker_main`` is
-the entry point of the worker processes the trainer service spawns.
+``run_job`` runs one job in the current process (the CLI uses it directly); ``run_in_worker`` runs
+one in the worker processes the trainer service spawns (services/trainer/worker.py).
 """
 
 from __future__ import annotations
@@ -688,18 +688,16 @@ def _cleanup(store: JobStore, job_id: str, bundles_dir: Path, runs_dir: Path) ->
 # --------------------------------------------------------------------------- worker processes
 
 
-def worker_main(db_path: str, job_id: str, bundles_dir: str, runs_dir: str, parent_pid: int) -> None:
-    """Entry point of a job's worker process (multiprocessing, spawn context).
+def run_in_worker(db_path: str, job_id: str, bundles_dir: str, runs_dir: str, parent_pid: int) -> None:
+    """A job in its own worker process (multiprocessing, spawn context; the process's entry point,
+    with the servers' logging, is services/trainer/worker.py).
 
     Own process group (the trainer signals the group, so nothing the job started survives a
     cancel); SIGTERM stops the job between two Python steps; a watchdog thread stops it too
     when the job is ended from outside (cancelled through another trainer, failed by a restart)
     or when the trainer that started it is gone — and exits hard if a stop does not land.
     """
-    from services.common.logs import setup_logging
-
     os.setpgrp()
-    setup_logging("trainer-worker")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the trainer decides; a terminal's Ctrl-C goes to it
     # The heavy imports first: until the handler below is installed, SIGTERM simply ends the
     # process, which is right while it has done nothing yet.

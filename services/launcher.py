@@ -11,6 +11,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -219,10 +220,9 @@ class Supervisor:
                  f"127.0.0.1:{self.cluster.ports.of(name)}", flush=True)
 
 
-def ensure_ready(home: Path, data: Path, bundles: Path, runs: Path) -> None:
-    """Generate the default dataset and train bundles when they are missing."""
-    from models.cli import main as pmis
-
+def ensure_ready(home: Path, data: Path, bundles: Path, runs: Path, pmis: Callable[[list], int]) -> None:
+    """Generate the default dataset and train bundles when they are missing, with `pmis` (the
+    CLI's main: `pmis generate`, `pmis train`)."""
     if not (data / "catalog.db").exists():
         print(f"no dataset in {data}: generating the default one", flush=True)
         _step(pmis(["generate", "--data", str(data), "--quiet"]), "generating the dataset")
@@ -270,10 +270,11 @@ def _champion_problem(registry) -> str | None:
     return None
 
 
-def up(home: Path, data: Path, bundles: Path, runs: Path, ports: Ports, demo: bool = True, exit_after: bool = False) -> int:
+def up(home: Path, data: Path, bundles: Path, runs: Path, ports: Ports, pmis: Callable[[list], int], demo: bool = True,
+       exit_after: bool = False) -> int:
     from services.client import demo_requests
 
-    ensure_ready(home, data, bundles, runs)
+    ensure_ready(home, data, bundles, runs, pmis)
     cluster = Cluster(home, bundles, data / "catalog.db", ports, runs=runs)
     token_file = home / "admin-token"
     if "PMIS_ADMIN_TOKEN" not in os.environ:  # a fresh token for this session, readable only by its owner

@@ -66,7 +66,7 @@ def small_system(tmp_path_factory) -> SmallSystem:
 @pytest.fixture(scope="session")
 def default_report(tmp_path_factory) -> dict:
     """`pmis run` on an empty home: the default dataset generated, trained with the defaults."""
-    from models.cli import main as pmis
+    from services.cli import main as pmis
 
     home = tmp_path_factory.mktemp("default_system")
     assert pmis(["run", "--data", str(home / "data"), "--bundles", str(home / "bundles"),

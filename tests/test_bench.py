@@ -286,7 +286,7 @@ def test_run_bench_end_to_end_with_echo_and_report(tmp_path):
 
 
 def test_cli_parses_bench_flags():
-    from models.cli import build_parser
+    from services.cli import build_parser
 
     a = build_parser().parse_args(["bench", "--concurrency", "1", "8", "--rate", "10", "20", "--no-explain",
                                    "--metrics-base", "9150", "--metrics-ports", "ranker=9999", "--shortlist", "5"])

@@ -40,7 +40,7 @@ def pmis(home: Path, *args: str, timeout: float = 300) -> subprocess.CompletedPr
     for name in ("PMIS_BUNDLES", "PMIS_RETRAIN_MIN_INTERACTIONS", "PMIS_RETRAIN_MIN_OUTCOMES",
                  "PMIS_RETRAIN_MAX_AGE_HOURS"):
         env.pop(name, None)
-    return subprocess.run([sys.executable, "-m", "models.cli", *map(str, args)], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "services.cli", *map(str, args)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 

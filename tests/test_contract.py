@@ -246,7 +246,7 @@ def test_no_outcomes_table_skips_success_predictor(broken):
 
 
 def _cli_validate(d: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "models.cli", "validate", "--data", str(d)],
+    return subprocess.run([sys.executable, "-m", "services.cli", "validate", "--data", str(d)],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
 
 

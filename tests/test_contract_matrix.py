@@ -121,7 +121,7 @@ def test_pmis_train_without_field_and_description_exits_cleanly(source, tmp_path
     without `description`."""
     data = variant(source, tmp_path / "data", lambda t: (drop_columns("students", "field")(t),
                                                          drop_columns("internships", "description")(t)))
-    done = subprocess.run([sys.executable, "-m", "models.cli", "train", "--data", str(data), "--bundles",
+    done = subprocess.run([sys.executable, "-m", "services.cli", "train", "--data", str(data), "--bundles",
                            str(tmp_path / "bundles"), "--runs", str(tmp_path / "runs"), "--quiet",
                            "--search-budget", "1", "--cv-folds", "2"],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)

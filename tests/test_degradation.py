@@ -19,7 +19,7 @@ import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from gateway.server import COMPONENTS
-from models.cli import main as pmis
+from services.cli import main as pmis
 from pmis.v1 import collaborative_pb2, content_pb2, gateway_pb2, ranker_pb2, success_pb2
 from tests.support.loopback import Components, GatewayRunner
 from tests.support.waiting import wait_until

@@ -160,7 +160,7 @@ def test_bad_input_stops_training_with_file_row_column(tmp_path):
     df = pd.read_csv(data / "students.csv", dtype=str)
     df.loc[4, "cgpa"] = "eleven"
     df.to_csv(data / "students.csv", index=False)
-    out = subprocess.run([sys.executable, "-m", "models.cli", "train", "--data", str(data), "--bundles",
+    out = subprocess.run([sys.executable, "-m", "services.cli", "train", "--data", str(data), "--bundles",
                           str(tmp_path / "b"), "--runs", str(tmp_path / "r"), "--quiet"],
                          capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 2

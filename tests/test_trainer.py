@@ -549,7 +549,7 @@ def test_retraining_triggers_count_new_rows_and_age(system, tmp_path):
 
 
 def test_pmis_retrain_if_needed_logs_its_decision(system, tmp_path, capsys):
-    from models.cli import main
+    from services.cli import main
 
     args = ["retrain", "--if-needed", "--data", str(system.data), "--bundles", str(system.bundles), "--runs",
             str(system.runs), "--min-new-interactions", "50"]
@@ -965,7 +965,7 @@ def test_auto_activate_moves_the_champion_only_on_the_same_window(tmp_path):
 
 def test_pmis_retrain_runs_a_recorded_job_and_auto_activates(trainer, capsys):
     """The CronJob's path end to end: a job in the same table, auto-activation decided on the same window."""
-    from models.cli import main
+    from services.cli import main
 
     system = trainer.system
     registry = Registry(system.bundles / "registry.db")

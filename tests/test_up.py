@@ -37,7 +37,7 @@ def up(home: Path, *flags: str) -> subprocess.Popen:
     env.pop("PMIS_ADMIN_TOKEN", None)
     # generous budgets: a loaded 2-core machine must not turn the demo answers "degraded"
     env.update({f"PMIS_{c.upper()}_BUDGET_MS": "5000" for c in ("content", "collaborative", "success", "ranker")})
-    return subprocess.Popen([sys.executable, "-m", "models.cli", "up", "--port", "0", *flags], cwd=ROOT, env=env,
+    return subprocess.Popen([sys.executable, "-m", "services.cli", "up", "--port", "0", *flags], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

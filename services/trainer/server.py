@@ -35,7 +35,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from models import diagnostics, triggers
 from models.bundle import BundleError, verify_bundle
 from models.jobs import (ACTIVE, COMPONENTS, STATUSES, TERMINAL, JobNotFound, JobStore, decode_token, encode_token,
-                         manifest_of, normalise_config, parse_iso, worker_main)
+                         manifest_of, normalise_config, parse_iso)
 from models.registry import RegistryError, flatten_metrics
 from models.report import plots_for
 from pmis.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
@@ -44,6 +44,7 @@ from services.common.auth import admin_only, check_admin
 from services.common.errors import failed_precondition, invalid_argument, not_found, unavailable
 from services.common.server import ComponentServer, ServerConfig, add_listen_args, env
 from services.common.validation import Violations
+from services.trainer.worker import worker_main
 
 log = logging.getLogger("pmis.trainer")
 

@@ -233,7 +233,7 @@ def cmd_up(args) -> int:
     from services.launcher import Ports, up
 
     return up(_home(), Path(args.data), Path(args.bundles), Path(args.runs),
-              Ports.consecutive(args.port, args.metrics_port),
+              Ports.consecutive(args.port, args.metrics_port), main,
               demo=not args.no_demo, exit_after=args.exit_after_demo)
 
 
