@@ -15,10 +15,14 @@ padded to one width), the component scores and the pair features, computed once.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from models.ranker import RankerModel, blend_scores
+from models.scores import blend_scores
+
+if TYPE_CHECKING:  # the gateway ranks through the ranker service: no LightGBM import on its side
+    from models.ranker import RankerModel
 
 # Columns of the component score array, in the ranker's COMPONENT_SCORES order.
 CONTENT, COLLABORATIVE, POPULARITY, SUCCESS = range(4)

@@ -1,13 +1,11 @@
 """Ranker: LightGBM lambdarank over component scores and non-protected pair features.
 
-Also the static blend: the fallback the gateway uses when the ranker is unavailable, and a
-baseline in the evaluation report. Both rank one student's candidate list at a time; a missing
-component's score is NaN (LightGBM routes NaN natively; the blend treats it as zero weight).
+A ranker bundle serves the learned ranker or, when training found it no better, the static blend
+(models/scores.py). Both rank one student's candidate list at a time; a missing component's
+score is NaN (LightGBM routes NaN natively; the blend treats it as zero weight).
 """
 
 from __future__ import annotations
-
-import warnings
 
 import numpy as np
 import scipy.sparse as sp
@@ -15,10 +13,9 @@ from lightgbm import LGBMRanker
 
 from models.bundle import Bundle, BundleRef, write_bundle
 from models.features import PAIR_FEATURES
+from models.scores import COMPONENT_SCORES, blend_terms
 
 COMPONENT = "ranker"
-# The component score array's columns (models.pipeline), in order.
-COMPONENT_SCORES = ["content_score", "collab_score", "popularity", "success_p"]
 # What the learned ranker orders a list by: the retrievers' scores. The success probability is not
 # a ranker feature: it carried well under 1 % of the gain (its pair features are the ranker's own,
 # and its student terms are constant within a list), and predicting it for every candidate cost a
@@ -36,26 +33,6 @@ def ranker_features(component_scores: np.ndarray, pair: np.ndarray) -> np.ndarra
     used) and (n, |PAIR_FEATURES|)."""
     ranked = np.asarray(component_scores, np.float32)[:, :len(RANKED_SCORES)]
     return np.hstack([ranked, np.asarray(pair, np.float32)[:, _PAIR_COLUMNS]])
-
-
-def blend_terms(component_scores: np.ndarray, weights: dict[str, float]) -> np.ndarray:
-    """Each component's term of the static blend: its weight times its z-score within the list.
-
-    `component_scores` is (m, 4) for one student's list, or (n, m, 4) for n lists padded with NaN;
-    z-scores are taken along the list axis, and a NaN (missing component or padding) adds zero.
-    """
-    s = np.asarray(component_scores, dtype=np.float64)
-    with np.errstate(invalid="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: a component that is down
-        mean = np.nanmean(s, axis=-2, keepdims=True)
-        sd = np.nanstd(s, axis=-2, keepdims=True)
-    z = np.nan_to_num((s - mean) / np.where(sd > 1e-9, sd, 1.0))
-    return z * np.array([weights.get(name, 0.0) for name in COMPONENT_SCORES])
-
-
-def blend_scores(component_scores: np.ndarray, weights: dict[str, float]) -> np.ndarray:
-    """Static blend: weighted sum of z-scored component scores within each candidate list."""
-    return blend_terms(component_scores, weights).sum(axis=-1).astype(np.float32)
 
 
 class PathAttribution:

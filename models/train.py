@@ -44,7 +44,8 @@ from models.evaluate import (Components, WindowMetrics, candidate_blocks, chunk_
 from models.fairness_eval import ListMaker, evaluate_fairness, evaluate_shortlists
 from models.fairness import FairnessConfig
 from models.features import FeatureSpace, pair_features
-from models.ranker import COMPONENT_SCORES, RankerModel, blend_scores
+from models.ranker import RankerModel
+from models.scores import COMPONENT_SCORES, blend_scores
 from models.registry import Registry
 from models.report import write_report
 from models.success import FEATURES as SUCCESS_FEATURES

@@ -15,7 +15,8 @@ from models.bundle import BundleError, load_bundle
 from models.collaborative import EVENT_WEIGHTS, CollaborativeModel, interaction_matrix
 from models.content import ContentModel, SkillExplainer, internship_text, profile_text
 from models.features import PAIR_FEATURES, Vocabulary
-from models.ranker import COMPONENT_SCORES, RankerModel, blend_scores, ranker_features
+from models.ranker import RankerModel, ranker_features
+from models.scores import COMPONENT_SCORES, blend_scores
 from models.ranker import FEATURES as RANKER_FEATURES
 from models.success import FEATURES as SUCCESS_FEATURES
 from models.success import SuccessModel, search

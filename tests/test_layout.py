@@ -95,3 +95,15 @@ def test_the_checks_see_imports_inside_functions():
     # services.launcher imports models.registry only inside ensure_ready: the graph has it
     assert "models.registry" in graph["services.launcher"]
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_the_gateway_loads_no_model_library():
+    """The gateway ranks through the ranker service and blends with models/scores.py: LightGBM,
+    scikit-learn and pandas stay out of its process (start-up time and memory)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", "import sys, gateway.server; "
+                          "print(sorted(m for m in ('lightgbm', 'sklearn', 'pandas') if m in sys.modules))"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120, check=True).stdout
+    assert out.strip() == "[]"

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from models.features import FeatureSpace, pair_features
-from models.ranker import COMPONENT_SCORES, RankerModel
+from models.ranker import RankerModel
+from models.scores import COMPONENT_SCORES
 from pmis.v1 import common_pb2, ranker_pb2, ranker_pb2_grpc
 from services.common.batch import answer_each
 from services.common.items import ItemIndex
