@@ -20,7 +20,7 @@ from gateway.batching import Batcher
 from gateway.server import BATCHED_METHODS
 from pmis.v1 import common_pb2, ranker_pb2, success_pb2
 from services.common.batch import MAX_BATCH
-from tests.test_servicers import COMPONENTS, Harness, _config, profile
+from tests.test_servicers import loaded, profile  # noqa: F401 - loaded: the module's servicers, a fixture
 
 
 class FakeComponent:
@@ -151,18 +151,6 @@ def test_a_send_that_raises_answers_every_waiting_caller():
 # --------------------------------------------------------------------------- the batch RPCs
 
 
-@pytest.fixture(scope="module")
-def servers(small_system):
-    out = {}
-    for component, (module, _, _) in COMPONENTS.items():
-        servicer = module.make_servicer(_config(component, small_system.bundles))
-        servicer.slot.load()
-        out[component] = Harness(component, servicer)
-    yield out
-    for harness in out.values():
-        harness.close()
-
-
 def _profiles():
     return [profile(skills=["python", "sql"], district="Pune", state="Maharashtra", cgpa=8.0),
             profile(skills=["excel", "accounting"], field="Commerce", district="Jaipur", state="Rajasthan"),
@@ -177,8 +165,8 @@ def _ids(small_system, n=30):
 
 
 @pytest.mark.parametrize("component", ["content", "collaborative"])
-def test_retrieve_and_score_batches_answer_as_single_calls(servers, small_system, component):
-    h, ids = servers[component], _ids(small_system)
+def test_retrieve_and_score_batches_answer_as_single_calls(loaded, small_system, component):
+    h, ids = loaded[component], _ids(small_system)
     retrieves = [common_pb2.RetrieveRequest(profile=p, n=20) for p in _profiles()]
     batch = h.ok("RetrieveBatch", common_pb2.RetrieveBatchRequest(requests=retrieves))
     assert not batch.failures
@@ -190,22 +178,22 @@ def test_retrieve_and_score_batches_answer_as_single_calls(servers, small_system
     assert all(len(a.scores) == len(ids) for a in batch.answers)
 
 
-def test_predict_and_rank_batches_answer_as_single_calls(servers, small_system):
+def test_predict_and_rank_batches_answer_as_single_calls(loaded, small_system):
     ids = _ids(small_system)
     predicts = [success_pb2.PredictRequest(profile=p, internship_ids=ids, top_factors=3, packed_factors=True)
                 for p in _profiles()]
-    h = servers["success"]
+    h = loaded["success"]
     assert list(h.ok("PredictBatch", success_pb2.PredictBatchRequest(requests=predicts)).answers) == \
         [h.ok("Predict", r) for r in predicts]
     ranks = [ranker_pb2.RankRequest(profile=p, internship_ids=ids, component_scores=[0.1 * (j % 7)] * (4 * len(ids)))
              for j, p in enumerate(_profiles())]
-    h = servers["ranker"]
+    h = loaded["ranker"]
     assert list(h.ok("RankBatch", ranker_pb2.RankBatchRequest(requests=ranks)).answers) == \
         [h.ok("Rank", r) for r in ranks]
 
 
-def test_a_bad_request_fails_alone_with_its_own_status(servers, small_system):
-    h, ids = servers["success"], _ids(small_system)
+def test_a_bad_request_fails_alone_with_its_own_status(loaded, small_system):
+    h, ids = loaded["success"], _ids(small_system)
     good = success_pb2.PredictRequest(profile=_profiles()[0], internship_ids=ids)
     bad = success_pb2.PredictRequest(profile=_profiles()[1], internship_ids=[])  # 1..1000 ids required
     batch = h.ok("PredictBatch", success_pb2.PredictBatchRequest(requests=[good, bad, good]))
@@ -216,8 +204,8 @@ def test_a_bad_request_fails_alone_with_its_own_status(servers, small_system):
 
 
 @pytest.mark.parametrize("size", [0, MAX_BATCH + 1])
-def test_a_batch_of_no_or_too_many_requests_is_invalid(servers, size):
-    h = servers["content"]
+def test_a_batch_of_no_or_too_many_requests_is_invalid(loaded, size):
+    h = loaded["content"]
     request = common_pb2.RetrieveBatchRequest(requests=[common_pb2.RetrieveRequest(profile=profile())] * size)
     _, _, code, details = h.call("RetrieveBatch", request)
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "requests" in details

@@ -18,7 +18,7 @@ import scipy.sparse as sp
 from models.collaborative import CollaborativeModel
 from models.pipeline import open_items, top_n
 from pmis.v1 import collaborative_pb2, collaborative_pb2_grpc, common_pb2
-from services.common.batch import answer_each
+from services.common.batch import RetrieveScoreBatches
 from services.common.items import ItemIndex
 from services.common.profiles import EVENT_NAMES
 from services.common.server import ModelAdmin, ModelSlot, run_component
@@ -114,15 +114,9 @@ def _validate(request, ids_field: str | None, rt: CollaborativeRuntime | None = 
     v.raise_if_any()
 
 
-class CollaborativeServicer(ModelAdmin, collaborative_pb2_grpc.CollaborativeServiceServicer):
+class CollaborativeServicer(ModelAdmin, RetrieveScoreBatches, collaborative_pb2_grpc.CollaborativeServiceServicer):
     def __init__(self, slot: ModelSlot):
         self.slot = slot
-
-    def RetrieveBatch(self, request, context):
-        return answer_each(self.Retrieve, request, context, common_pb2.ScoredItemsBatch())
-
-    def ScoreBatch(self, request, context):
-        return answer_each(self.Score, request, context, common_pb2.ScoredItemsBatch())
 
     def Retrieve(self, request, context):
         _validate(request, None)

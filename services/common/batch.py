@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from pmis.v1 import common_pb2
 from services.common.errors import RpcError, invalid_argument
 
 MAX_BATCH = 64  # requests per batch RPC (the proto's documented bound)
@@ -31,3 +32,14 @@ def answer_each(handler: Callable, batch, context, response):
         else:
             response.answers.append(answer)
     return response
+
+
+class RetrieveScoreBatches:
+    """RetrieveBatch and ScoreBatch of a servicer with Retrieve and Score (content, collaborative).
+    List it before the generated base class, which answers every RPC UNIMPLEMENTED."""
+
+    def RetrieveBatch(self, request, context):
+        return answer_each(self.Retrieve, request, context, common_pb2.ScoredItemsBatch())
+
+    def ScoreBatch(self, request, context):
+        return answer_each(self.Score, request, context, common_pb2.ScoredItemsBatch())

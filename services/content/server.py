@@ -13,7 +13,7 @@ from models.content import ContentModel, SkillExplainer, profile_text
 from models.features import FeatureSpace
 from models.pipeline import open_items, top_n
 from pmis.v1 import common_pb2, content_pb2, content_pb2_grpc
-from services.common.batch import answer_each
+from services.common.batch import RetrieveScoreBatches
 from services.common.items import ItemIndex
 from services.common.server import ModelAdmin, ModelSlot, run_component
 from services.common.validation import Violations
@@ -69,15 +69,9 @@ def _text(profile) -> str:
     return profile_text([s.strip().lower() for s in profile.skills], profile.field, list(profile.preferred_sectors))
 
 
-class ContentServicer(ModelAdmin, content_pb2_grpc.ContentServiceServicer):
+class ContentServicer(ModelAdmin, RetrieveScoreBatches, content_pb2_grpc.ContentServiceServicer):
     def __init__(self, slot: ModelSlot):
         self.slot = slot
-
-    def RetrieveBatch(self, request, context):
-        return answer_each(self.Retrieve, request, context, common_pb2.ScoredItemsBatch())
-
-    def ScoreBatch(self, request, context):
-        return answer_each(self.Score, request, context, common_pb2.ScoredItemsBatch())
 
     def Retrieve(self, request, context):
         v = Violations()
