@@ -25,7 +25,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.launcher import SERVERS, SERVICE_NAMES, Cluster, Ports
+from services.components import SERVERS, SERVICE_NAMES
+from services.launcher import Cluster, Ports
 
 
 @dataclass

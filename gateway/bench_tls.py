@@ -18,7 +18,8 @@ from pathlib import Path
 from gateway.bench import BenchConfig, run_bench
 from models.bundle import ensure_signing_key
 from services.common.tls import ClientTLS
-from services.launcher import COMPONENT_MODULES, Cluster, Ports
+from services.components import COMPONENT_MODULES
+from services.launcher import Cluster, Ports
 
 SERVERS = [*COMPONENT_MODULES, "gateway"]
 

@@ -29,7 +29,8 @@ sys.path.insert(0, str(ROOT))
 
 import grpc  # noqa: E402
 
-from services.launcher import SERVERS, Cluster, Ports  # noqa: E402
+from services.components import SERVERS  # noqa: E402
+from services.launcher import Cluster, Ports  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 

@@ -36,11 +36,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from models.bundle import MANIFEST
+from models.components import COMPONENTS
 from models.registry import Registry, RegistryError
 
 log = logging.getLogger("pmis.jobs")
 
-COMPONENTS = ("content", "collaborative", "success", "ranker")
 STATUSES = ("QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
 ACTIVE = ("QUEUED", "RUNNING")
 TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")

@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from models import metrics as M
 from models.collaborative import MAX_EASE_ITEMS, CollaborativeModel, interaction_matrix, search_space, serving_parameters
+from models.components import COMPONENTS
 from models.content import ContentModel, profile_text
 from models.data.contract import Dataset, load_dataset
 from models.diagnostics import curves, permutation_importance, window_fingerprint
@@ -55,7 +56,6 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)  # the report holds every t
 log = logging.getLogger("pmis.train")
 GRADES = {"view": 0, "save": 1, "apply": 2}
 GROUP_ATTRIBUTES = ["gender", "social_category", "rural", "college_tier", "disability"]
-COMPONENTS = ("content", "collaborative", "success", "ranker")
 # Share of a run's time each stage takes (measured on the small and default datasets); progress
 # percentages are the cumulative weights of finished (or skipped) stages.
 STAGE_WEIGHTS = {

@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from models.bundle import MANIFEST
+from models.components import COMPONENTS
 from models.registry import Registry, RegistryError
 
-COMPONENTS = ("content", "collaborative", "success", "ranker")
 DEFAULT_MIN_NEW_INTERACTIONS = 1000
 DEFAULT_MIN_NEW_OUTCOMES = 200
 DEFAULT_MAX_AGE_HOURS = 24.0 * 7

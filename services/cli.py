@@ -13,6 +13,8 @@ import socket
 import sys
 from pathlib import Path
 
+from models.components import COMPONENTS
+
 
 def _home() -> Path:
     return Path(os.environ.get("PMIS_HOME", "var"))
@@ -317,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
                     default=int(os.environ.get("PMIS_RETRAIN_MIN_INTERACTIONS", 1000)))
     rt.add_argument("--min-new-outcomes", type=int, default=int(os.environ.get("PMIS_RETRAIN_MIN_OUTCOMES", 200)))
     rt.add_argument("--max-age-hours", type=float, default=float(os.environ.get("PMIS_RETRAIN_MAX_AGE_HOURS", 168)))
-    rt.add_argument("--components", nargs="+", choices=["content", "collaborative", "success", "ranker"])
+    rt.add_argument("--components", nargs="+", choices=COMPONENTS)
     rt.add_argument("--algorithms", nargs="+", help="success-predictor candidates (default: all)")
     rt.add_argument("--no-auto-activate", action="store_true",
                     help="register only; by default a new version becomes champion when it beats the champion "

@@ -17,15 +17,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.listening import read_ports
+from services.components import COMPONENT_MODULES, SERVERS, SERVICE_NAMES
 
-COMPONENT_MODULES = {"content": "services.content.server", "collaborative": "services.collaborative.server",
-                     "success": "services.success.server", "ranker": "services.ranker.server"}
-SERVICE_NAMES = {"content": "pmis.v1.ContentService", "collaborative": "pmis.v1.CollaborativeService",
-                 "success": "pmis.v1.SuccessService", "ranker": "pmis.v1.RankerService",
-                 "gateway": "pmis.v1.RecommendationGateway", "trainer": "pmis.v1.TrainerService"}
-
-
-SERVERS = [*COMPONENT_MODULES, "gateway", "trainer"]
 
 
 @dataclass

@@ -17,7 +17,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from gateway.batching import Batcher
-from gateway.server import BATCHED_METHODS
+from gateway.fanout import BATCHED_METHODS
 from pmis.v1 import common_pb2, ranker_pb2, success_pb2
 from services.common.batch import MAX_BATCH
 from tests.test_servicers import loaded, profile  # noqa: F401 - loaded: the module's servicers, a fixture

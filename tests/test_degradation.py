@@ -18,7 +18,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from gateway.server import COMPONENTS
+from models.components import COMPONENTS
 from services.cli import main as pmis
 from pmis.v1 import collaborative_pb2, content_pb2, gateway_pb2, ranker_pb2, success_pb2
 from tests.support.loopback import Components, GatewayRunner

@@ -12,7 +12,8 @@ import pytest
 from grpc_health.v1 import health_pb2
 
 from pmis.v1 import common_pb2, content_pb2_grpc, gateway_pb2, gateway_pb2_grpc
-from services.launcher import SERVICE_NAMES, Cluster, Ports
+from services.components import SERVICE_NAMES
+from services.launcher import Cluster, Ports
 from tests.support.grpcurl import GRPCURL, grpcurl
 from tests.support.systems import copy_bundles
 from tests.support.waiting import health_status, wait_serving, wait_until

@@ -21,7 +21,8 @@ from google.protobuf import timestamp_pb2
 
 from gateway import explain, filters
 from gateway.catalog import InternshipTable
-from gateway.server import COMPONENTS, Gateway
+from gateway.server import Gateway
+from models.components import COMPONENTS
 from pmis.v1 import common_pb2, gateway_pb2
 from services.client import parse_profile
 from services.common.server import ComponentServer

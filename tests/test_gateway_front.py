@@ -14,7 +14,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from gateway.server import COMPONENTS
+from models.components import COMPONENTS
 from pmis.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 from tests.support.loopback import GatewayRunner
 from tests.support.waiting import wait_until

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from services.launcher import COMPONENT_MODULES, SERVICE_NAMES, Ports
+from services.components import COMPONENT_MODULES, SERVICE_NAMES
+from services.launcher import Ports
 
 ROOT = Path(__file__).resolve().parents[1]
 

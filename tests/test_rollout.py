@@ -37,7 +37,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from pmis.v1 import common_pb2, content_pb2_grpc, gateway_pb2, gateway_pb2_grpc
 from services.common.listening import read_ports
-from services.launcher import COMPONENT_MODULES, SERVICE_NAMES
+from services.components import COMPONENT_MODULES, SERVICE_NAMES
 from tests.support.waiting import wait_serving, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]

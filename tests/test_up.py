@@ -17,7 +17,7 @@ import grpc
 import pytest
 
 from services.common.listening import read_ports
-from services.launcher import SERVERS, SERVICE_NAMES
+from services.components import SERVERS, SERVICE_NAMES
 from tests.support.systems import copy_bundles
 from tests.support.waiting import health_status, wait_serving, wait_until
 

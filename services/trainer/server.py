@@ -34,7 +34,8 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from models import diagnostics, triggers
 from models.bundle import BundleError, verify_bundle
-from models.jobs import (ACTIVE, COMPONENTS, STATUSES, TERMINAL, JobNotFound, JobStore, decode_token, encode_token,
+from models.components import COMPONENTS
+from models.jobs import (ACTIVE, STATUSES, TERMINAL, JobNotFound, JobStore, decode_token, encode_token,
                          manifest_of, normalise_config, parse_iso)
 from models.registry import RegistryError, flatten_metrics
 from models.report import plots_for

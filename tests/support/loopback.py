@@ -19,7 +19,8 @@ import pytest
 
 from gateway.catalog import SqliteCatalog
 from gateway.front import Front
-from gateway.server import COMPONENTS, Gateway, GatewayConfig
+from gateway.server import Gateway, GatewayConfig
+from models.components import COMPONENTS
 from pmis.v1 import (collaborative_pb2_grpc, content_pb2_grpc, gateway_pb2, gateway_pb2_grpc, ranker_pb2_grpc,
                      success_pb2_grpc)
 from services.collaborative import server as collaborative_server
