@@ -21,15 +21,14 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from gateway import explain, fairness, filters
+from gateway import explaining, fairness, filters, shortlisting
 from gateway.fanout import Fanout
 from gateway.front import Front
 from gateway import recommend as stages
 from gateway.catalog import SqliteCatalog
-from models.pipeline import COLLABORATIVE, CONTENT, POPULARITY, SCORE_COLUMNS, SUCCESS, collaborative_known
 from models import shortlist as shortlists
 from models.components import COMPONENTS
-from pmis.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, ranker_pb2, success_pb2
+from pmis.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, success_pb2
 from services.common import admission, listening, telemetry, tls
 from services.common.auth import check_admin
 from services.common.batch import MAX_BATCH
@@ -41,7 +40,6 @@ from services.common.validation import Violations
 
 log = logging.getLogger("pmis.gateway")
 DEFAULT_BLEND = {"content_score": 1.0, "collab_score": 1.0, "popularity": 0.5, "success_p": 0.5}
-MAX_SHORTLIST_POOL = 300
 
 
 @dataclass
@@ -235,60 +233,10 @@ class Gateway(gateway_pb2_grpc.RecommendationGatewayServicer):
         v = Violations()
         v.check_id("internship_id", request.internship_id)
         student = self.resolve(request, v)
-        table = self.catalog.internships
-        p = table.position.get(request.internship_id)
+        p = self.catalog.internships.position.get(request.internship_id)
         if p is None:
             raise not_found(f"internship {request.internship_id} is not in the catalog")
-        deadline = self.deadline(context)
-        f = self.fanout
-        ids = [request.internship_id]
-        (c, _), (cf, _), (s, _) = await asyncio.gather(
-            f.call("content", "Score", common_pb2.ScoreRequest(profile=student.profile, internship_ids=ids,
-                                                                       details=True), deadline),
-            f.call("collaborative", "Score", common_pb2.ScoreRequest(
-                student_id=student.student_id, internship_ids=ids, interactions=student.interactions), deadline),
-            f.call("success", "Predict", success_pb2.PredictRequest(
-                profile=student.profile, internship_ids=ids, top_factors=3, packed_factors=True), deadline))
-        degraded = [name for name, r in (("content", c), ("collaborative", cf), ("success", s)) if r is None]
-        if len(degraded) == 3:
-            raise unavailable("no component answered")
-        component = np.full(4, np.nan, dtype=np.float32)
-        matched, missing, weights, prob, factors, base_rate, basis = [], [], [], None, [], 0.0, ""
-        if c is not None and c.scores:
-            component[CONTENT] = c.scores[0]
-            matched, missing, weights = explain.skill_rows(c, ids).get(ids[0], ([], [], []))
-        if cf is not None and cf.scores:
-            basis = cf.basis
-            if collaborative_known(basis):
-                component[COLLABORATIVE] = cf.scores[0]
-            component[POPULARITY] = cf.popularity[0]
-        if s is not None and s.probabilities:
-            prob, factors, base_rate = s.probabilities[0], explain.factor_rows(s, ids).get(ids[0]), s.base_rate
-            component[SUCCESS] = prob
-        scores = gateway_pb2.ComponentScores(**{n: float(x) for n, x in zip(SCORE_COLUMNS, component.tolist())
-                                                if x == x})
-        # The ranker's score and its feature contributions for this one item: the same numbers it
-        # gets inside any list (the ranker scores each candidate on its own features).
-        contributions = None
-        r, _ = await f.call("ranker", "Rank", ranker_pb2.RankRequest(
-            profile=student.profile, internship_ids=ids, component_scores=component.tolist(), contributions=True),
-            deadline)
-        if r is None:
-            degraded.append("ranker")
-        else:
-            scores.ranker = r.scores[0]
-            contributions = stages.contribution_rows(r, np.zeros(1, dtype=np.int64))[0]
-        item = gateway_pb2.Recommendation(
-            internship_id=request.internship_id, title=str(table.title[p]), company_id=str(table.company_id[p]),
-            sector=str(table.sector[p]), district=str(table.district[p]), remote=bool(table.remote[p]),
-            stipend=float(np.nan_to_num(table.stipend[p])), scores=scores,
-            explanation=explain.explanation(student.profile, table, p, matched=matched, missing=missing,
-                                            probability=prob, base_rate=base_rate, factors=factors,
-                                            collab_basis=basis, promoted=False, matched_weights=weights,
-                                            contributions=contributions))
-        models, _ = self.models_and_mixing({n: x.model for n, x in (("content", c), ("collaborative", cf),
-                                                                    ("success", s), ("ranker", r)) if x is not None})
-        return gateway_pb2.ExplainResponse(item=item, models=models, degraded=degraded)
+        return await explaining.explain_pair(self, student, request.internship_id, p, self.deadline(context))
 
     async def RecordInteraction(self, request, context):
         v = Violations()
@@ -319,43 +267,7 @@ class Gateway(gateway_pb2_grpc.RecommendationGatewayServicer):
         if p is None:
             raise not_found(f"internship {request.internship_id} is not in the catalog")
         size = request.size or shortlists.default_size(table.slots[p])
-        pool, source = self.catalog.applicants(request.internship_id), "applicants"
-        if not pool:  # nobody applied: the best-matching students of the internship's state
-            wanted = set(self.catalog.internship_skills(request.internship_id))
-            nearby = self.catalog.students_in_state(str(table.state[p]), 20_000)
-            nearby.sort(key=lambda row: -len(wanted & set(row[1])))
-            pool, source = [sid for sid, _ in nearby[:3 * size]], "best_matching"
-        pool = pool[:MAX_SHORTLIST_POOL]
-        if not pool:
-            return gateway_pb2.ShortlistResponse(internship_id=request.internship_id, source=source)
-        deadline, f = self.deadline(context), self.fanout
-        pairs = common_pb2.PairsRequest(internship_id=request.internship_id,
-                                        profiles=[profile_message(self.catalog.student(sid)) for sid in pool])
-        (content, _), (success, _) = await asyncio.gather(f.call("content", "ScorePairs", pairs, deadline),
-                                                          f.call("success", "PredictPairs", pairs, deadline))
-        match, prob = (np.asarray(r.scores, dtype=np.float64) if r is not None else np.full(len(pool), np.nan)
-                       for r in (content, success))
-        degraded = [name for name, r, col in (("content", content, match), ("success", success, prob))
-                    if r is None or np.isnan(col).all()]
-        if len(degraded) == 2:
-            raise unavailable("neither the content nor the success service answered")
-        score = np.nanmean(np.vstack([fairness.zscore(match), fairness.zscore(prob)]), axis=0)
-        groups = list(self.cfg.shortlist_groups)
-        members = shortlists.membership([self.catalog.protected(sid) for sid in pool], groups)
-        order, report = shortlists.shortlist(score, members, np.array([self.cfg.shortlist_groups[g] for g in groups]), size)
-        response = gateway_pb2.ShortlistResponse(internship_id=request.internship_id, source=source,
-                                                 pool_size=len(pool), degraded=degraded,
-                                                 all_met=all(r["met"] for r in report))
-        for rank, i in enumerate(order.tolist(), start=1):
-            c = response.candidates.add(rank=rank, student_id=pool[i], score=float(score[i]))
-            if not np.isnan(match[i]):
-                c.match = float(match[i])
-            if not np.isnan(prob[i]):
-                c.success_probability = float(prob[i])
-        for g, r in zip(groups, report):
-            response.groups.add(group=g, min_share=self.cfg.shortlist_groups[g], **r)
-        response.models.extend(r.model for r in (content, success) if r is not None)
-        return response
+        return await shortlisting.shortlist(self, request.internship_id, p, size, self.deadline(context))
 
 
 def parse_config(argv=None) -> GatewayConfig:
