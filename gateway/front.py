@@ -23,7 +23,6 @@ from grpc_reflection.v1alpha import reflection
 
 from pmis.v1 import gateway_pb2, gateway_pb2_grpc
 from services.common import admission, guard, tls
-from services.common.errors import RpcError
 
 SERVICE = gateway_pb2.DESCRIPTOR.services_by_name["RecommendationGateway"].full_name
 # Worker threads when admission is unlimited; otherwise one per admitted call, plus streams.
@@ -59,10 +58,7 @@ class LoopBridge(gateway_pb2_grpc.RecommendationGatewayServicer):
 
     def StreamRecommend(self, request_iterator, context):
         for request in request_iterator:
-            try:
-                yield self._run(self.gateway.recommend(request, self.gateway.deadline(context), context), context)
-            except RpcError as e:  # one bad request in a batch does not end the batch
-                yield gateway_pb2.RecommendResponse(student_id=request.student_id, error=f"{e.code.name}: {e.message}")
+            yield self._run(self.gateway.recommend_in_stream(request, context), context)
 
 
 class Front:

@@ -210,12 +210,13 @@ class Gateway(gateway_pb2_grpc.RecommendationGatewayServicer):
             telemetry.DEGRADED.labels(d).inc()
         return response
 
-    async def StreamRecommend(self, request_iterator, context):
-        async for request in request_iterator:
-            try:
-                yield await self.recommend(request, self.deadline(context), context)
-            except RpcError as e:  # one bad request in a batch does not end the batch
-                yield gateway_pb2.RecommendResponse(student_id=request.student_id, error=f"{e.code.name}: {e.message}")
+    async def recommend_in_stream(self, request, context) -> gateway_pb2.RecommendResponse:
+        """One request of a StreamRecommend: a bad one gets its error in its answer and does not
+        end the stream."""
+        try:
+            return await self.recommend(request, self.deadline(context), context)
+        except RpcError as e:
+            return gateway_pb2.RecommendResponse(student_id=request.student_id, error=f"{e.code.name}: {e.message}")
 
     # ------------------------------------------------------------------ other RPCs
     async def PredictSuccess(self, request, context):
