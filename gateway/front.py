@@ -21,10 +21,11 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from pmis.v1 import gateway_pb2, gateway_pb2_grpc
+from pmis.v1 import gateway_pb2_grpc
 from services.common import admission, guard, tls
+from services.components import SERVICE_NAMES
 
-SERVICE = gateway_pb2.DESCRIPTOR.services_by_name["RecommendationGateway"].full_name
+SERVICE = SERVICE_NAMES["gateway"]
 # Worker threads when admission is unlimited; otherwise one per admitted call, plus streams.
 UNLIMITED_WORKERS = 64
 STREAM_WORKERS = 8

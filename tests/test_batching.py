@@ -20,7 +20,7 @@ from gateway.batching import Batcher
 from gateway.fanout import BATCHED_METHODS
 from pmis.v1 import common_pb2, ranker_pb2, success_pb2
 from services.common.batch import MAX_BATCH
-from tests.test_servicers import loaded, profile  # noqa: F401 - loaded: the module's servicers, a fixture
+from tests.test_servicers import catalog_rows, loaded, profile  # noqa: F401 - fixtures: the servicers, the catalog's ids
 
 
 class FakeComponent:
@@ -157,16 +157,9 @@ def _profiles():
             profile(skills=["communication"], college_tier=3)]
 
 
-def _ids(small_system, n=30):
-    import sqlite3
-    from contextlib import closing
-    with closing(sqlite3.connect(small_system.catalog)) as c:
-        return [r[0] for r in c.execute("SELECT internship_id FROM internships ORDER BY internship_id LIMIT ?", (n,))]
-
-
 @pytest.mark.parametrize("component", ["content", "collaborative"])
-def test_retrieve_and_score_batches_answer_as_single_calls(loaded, small_system, component):
-    h, ids = loaded[component], _ids(small_system)
+def test_retrieve_and_score_batches_answer_as_single_calls(loaded, catalog_rows, component):
+    h, ids = loaded[component], catalog_rows["internships"][:30]
     retrieves = [common_pb2.RetrieveRequest(profile=p, n=20) for p in _profiles()]
     batch = h.ok("RetrieveBatch", common_pb2.RetrieveBatchRequest(requests=retrieves))
     assert not batch.failures
@@ -178,8 +171,8 @@ def test_retrieve_and_score_batches_answer_as_single_calls(loaded, small_system,
     assert all(len(a.scores) == len(ids) for a in batch.answers)
 
 
-def test_predict_and_rank_batches_answer_as_single_calls(loaded, small_system):
-    ids = _ids(small_system)
+def test_predict_and_rank_batches_answer_as_single_calls(loaded, catalog_rows):
+    ids = catalog_rows["internships"][:30]
     predicts = [success_pb2.PredictRequest(profile=p, internship_ids=ids, top_factors=3, packed_factors=True)
                 for p in _profiles()]
     h = loaded["success"]
@@ -192,8 +185,8 @@ def test_predict_and_rank_batches_answer_as_single_calls(loaded, small_system):
         [h.ok("Rank", r) for r in ranks]
 
 
-def test_a_bad_request_fails_alone_with_its_own_status(loaded, small_system):
-    h, ids = loaded["success"], _ids(small_system)
+def test_a_bad_request_fails_alone_with_its_own_status(loaded, catalog_rows):
+    h, ids = loaded["success"], catalog_rows["internships"][:30]
     good = success_pb2.PredictRequest(profile=_profiles()[0], internship_ids=ids)
     bad = success_pb2.PredictRequest(profile=_profiles()[1], internship_ids=[])  # 1..1000 ids required
     batch = h.ok("PredictBatch", success_pb2.PredictBatchRequest(requests=[good, bad, good]))

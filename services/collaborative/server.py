@@ -17,14 +17,15 @@ import scipy.sparse as sp
 
 from models.collaborative import CollaborativeModel
 from models.pipeline import open_items, top_n
-from pmis.v1 import collaborative_pb2, collaborative_pb2_grpc, common_pb2
+from pmis.v1 import collaborative_pb2_grpc, common_pb2
 from services.common.batch import RetrieveScoreBatches
 from services.common.items import ItemIndex
 from services.common.profiles import EVENT_NAMES
 from services.common.server import ModelAdmin, ModelSlot, run_component
 from services.common.validation import Violations
+from services.components import SERVICE_NAMES
 
-SERVICE = collaborative_pb2.DESCRIPTOR.services_by_name["CollaborativeService"].full_name
+SERVICE = SERVICE_NAMES["collaborative"]
 MAX_RETRIEVE, MAX_SCORE, MAX_INTERACTIONS = 1000, 1000, 5000
 
 

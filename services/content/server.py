@@ -12,13 +12,14 @@ import scipy.sparse as sp
 from models.content import ContentModel, SkillExplainer, profile_text
 from models.features import FeatureSpace
 from models.pipeline import open_items, top_n
-from pmis.v1 import common_pb2, content_pb2, content_pb2_grpc
+from pmis.v1 import common_pb2, content_pb2_grpc
 from services.common.batch import RetrieveScoreBatches
 from services.common.items import ItemIndex
 from services.common.server import ModelAdmin, ModelSlot, run_component
 from services.common.validation import Violations
+from services.components import SERVICE_NAMES
 
-SERVICE = content_pb2.DESCRIPTOR.services_by_name["ContentService"].full_name
+SERVICE = SERVICE_NAMES["content"]
 MAX_RETRIEVE, MAX_SCORE, MAX_PAIRS = 1000, 1000, 1000
 
 

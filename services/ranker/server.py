@@ -16,8 +16,9 @@ from services.common.items import ItemIndex
 from services.common.profiles import profile_columns
 from services.common.server import ModelAdmin, ModelSlot, env, run_component
 from services.common.validation import Violations
+from services.components import SERVICE_NAMES
 
-SERVICE = ranker_pb2.DESCRIPTOR.services_by_name["RankerService"].full_name
+SERVICE = SERVICE_NAMES["ranker"]
 MAX_CANDIDATES = 2000
 # Candidate message field per ranker component score, in COMPONENT_SCORES order.
 CANDIDATE_FIELDS = dict(zip(COMPONENT_SCORES, ["content_score", "collab_score", "popularity", "success_probability"]))

@@ -15,9 +15,10 @@ from services.common.items import ItemIndex
 from services.common.profiles import profile_columns, profiles_columns
 from services.common.server import ModelAdmin, ModelSlot, run_component
 from services.common.validation import Violations
+from services.components import SERVICE_NAMES
 
 FEATURE_NAMES = np.asarray(FEATURES)
-SERVICE = success_pb2.DESCRIPTOR.services_by_name["SuccessService"].full_name
+SERVICE = SERVICE_NAMES["success"]
 MAX_ITEMS, MAX_PAIRS = 1000, 1000
 
 

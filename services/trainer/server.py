@@ -45,11 +45,12 @@ from services.common.auth import admin_only, check_admin
 from services.common.errors import failed_precondition, invalid_argument, not_found, unavailable
 from services.common.server import ComponentServer, ServerConfig, add_listen_args, env
 from services.common.validation import Violations
+from services.components import SERVICE_NAMES
 from services.trainer.worker import worker_main
 
 log = logging.getLogger("pmis.trainer")
 
-SERVICE = trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"].full_name
+SERVICE = SERVICE_NAMES["trainer"]
 STATUS_PB = {s: trainer_pb2.JobStatus.Value(f"JOB_STATUS_{s}") for s in STATUSES}
 STATUS_NAME = {v: k for k, v in STATUS_PB.items()}
 PICKUP = ("component servers serving the 'champion' alias poll the registry every PMIS_WATCH_SECONDS "
