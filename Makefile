@@ -52,7 +52,7 @@ test-scale: install
 
 ## Time and peak memory of generation + training at 1M x 100k, printed as a table.
 bench-scale: install
-	$(PY) -m models.bench_scale
+	$(PY) -m models.training.bench_scale
 
 clean:
 	rm -rf var .pytest_cache

@@ -17,7 +17,7 @@ from pmis.v1 import common_pb2, gateway_pb2, success_pb2
 MIN_EVIDENCE = 5          # applicants needed before collaborative evidence is shown (no one is exposed)
 HIGHER, LOWER = 1.25, 0.8  # success band: ratio to the base rate
 
-# Which reason each ranker feature (models.ranker.FEATURES) and blend term speaks for.
+# Which reason each ranker feature (models.components.ranker.FEATURES) and blend term speaks for.
 REASON_OF_FEATURE = {
     "content_score": "skills", "skill_overlap": "skills", "skills_matched": "skills", "skills_missing": "skills",
     "distance_class": "location", "log_distance_km": "location", "preferred_district": "location",

@@ -1,14 +1,14 @@
 """The gateway's side of fair re-ranking: candidate groups from the catalog table and the profile.
 
 The re-ranker itself (DetConstSort floors + capacity-aware exposure ledger) lives in
-models/fairness.py, shared with the offline evaluation.
+models/fairness/reranker.py, shared with the offline evaluation.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from models.fairness import FairnessConfig, FairReranker, item_groups, zscore
+from models.fairness.reranker import FairnessConfig, FairReranker, item_groups, zscore
 
 __all__ = ["FairnessConfig", "FairReranker", "candidate_groups", "reranker_for", "zscore"]
 

@@ -24,7 +24,7 @@ import numpy as np
 from gateway import explain, fairness, filters
 from models.pipeline import (COLLABORATIVE, CONTENT, POPULARITY, SCORE_COLUMNS, SUCCESS, Candidates,
                              collaborative_known, rank)
-from models.scores import COMPONENT_SCORES, blend_terms
+from models.components.scores import COMPONENT_SCORES, blend_terms
 from pmis.v1 import common_pb2, gateway_pb2, ranker_pb2, success_pb2
 from services.common.errors import unavailable
 

@@ -26,7 +26,7 @@ from gateway.fanout import Fanout
 from gateway.front import Front
 from gateway import recommend as stages
 from gateway.catalog import SqliteCatalog
-from models import shortlist as shortlists
+from models.fairness import shortlist as shortlists
 from models.components import COMPONENTS
 from pmis.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, success_pb2
 from services.common import admission, listening, telemetry, tls

@@ -2,7 +2,7 @@
 
     pool (the internship's applicants, else the best-matching students of its state)
       -> score the pool (content ScorePairs and success PredictPairs, one call each, in parallel)
-      -> shortlist (models/shortlist.py: z-scored match and success, group minimums) -> answer
+      -> shortlist (models/fairness/shortlist.py: z-scored match and success, group minimums) -> answer
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import asyncio
 import numpy as np
 
 from gateway import fairness
-from models import shortlist as shortlists
+from models.fairness import shortlist as shortlists
 from pmis.v1 import common_pb2, gateway_pb2
 from services.common.errors import unavailable
 from services.common.profiles import profile_message

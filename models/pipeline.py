@@ -6,7 +6,7 @@ evaluated is what is served.
       -> union (catalogue positions, ascending) -> filter (a keep mask over the catalogue)
       -> score (the (n, m, 4) component score array, NaN where unknown)
       -> rank (the learned ranker, else the static blend, else one component)
-      -> fair re-rank (models.fairness) -> explain the final k (gateway)
+      -> fair re-rank (models.fairness.reranker) -> explain the final k (gateway)
 
 `Candidates` is the in-flight container: catalogue positions, which of them are real (lists are
 padded to one width), the component scores and the pair features, computed once.
@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from models.scores import blend_scores
+from models.components.scores import blend_scores
 
 if TYPE_CHECKING:  # the gateway ranks through the ranker service: no LightGBM import on its side
-    from models.ranker import RankerModel
+    from models.components.ranker import RankerModel
 
 # Columns of the component score array, in the ranker's COMPONENT_SCORES order.
 CONTENT, COLLABORATIVE, POPULARITY, SUCCESS = range(4)

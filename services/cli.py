@@ -29,7 +29,7 @@ def _paths(args) -> None:
     if getattr(args, "runs", None) is None:
         args.runs = home / "runs"
     if hasattr(args, "bundles"):  # every command that writes or loads bundles signs and verifies them
-        from models.bundle import ensure_signing_key
+        from models.bundle.format import ensure_signing_key
 
         ensure_signing_key(home / "signing-key")
 
@@ -73,7 +73,7 @@ COLLAB_TRIALS_HELP = ("collaborative hyperparameter trials (the grid first, then
 
 
 def _trials(text: str) -> int:
-    from models.jobs import collab_trials_problem
+    from models.lifecycle.jobs import collab_trials_problem
 
     n = int(text)
     if problem := collab_trials_problem(n):
@@ -82,7 +82,7 @@ def _trials(text: str) -> int:
 
 
 def _train_config(args):
-    from models.train import TrainConfig
+    from models.training.train import TrainConfig
 
     return TrainConfig(data_dir=Path(args.data), bundles_dir=Path(args.bundles), runs_dir=Path(args.runs),
                        seed=args.seed, cv_folds=args.cv_folds, search_budget=args.search_budget,
@@ -93,8 +93,8 @@ def _train_config(args):
 
 def cmd_train(args) -> int:
     from models.data.contract import DataError
-    from models.report import console_summary
-    from models.train import train
+    from models.training.report import console_summary
+    from models.training.train import train
 
     try:
         report = train(_train_config(args))
@@ -107,8 +107,8 @@ def cmd_train(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from models.data.contract import DataError
-    from models.holdout import evaluate_holdout
-    from models.report import format_table, ranking_table
+    from models.training.holdout import evaluate_holdout
+    from models.training.report import format_table, ranking_table
 
     try:
         result = evaluate_holdout(Path(args.data), Path(args.bundles), Path(args.holdout), k=args.k)
@@ -136,8 +136,8 @@ def cmd_run(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from models.bundle import BundleError, verify_bundle
-    from models.registry import Registry, RegistryError
+    from models.bundle.format import BundleError, verify_bundle
+    from models.bundle.registry import Registry, RegistryError
 
     needs = {"show": ("component", "version"), "compare": ("component",), "activate": ("component", "version"),
              "rollback": ("component",), "history": ("component",)}.get(args.action, ())
@@ -187,9 +187,9 @@ def cmd_models(args) -> int:
 
 def cmd_retrain(args) -> int:
     """Retrain through the job table (the trainer service lists the job); with --if-needed only
-    when a retraining trigger fires (models/triggers.py). Every check is logged with its reasons."""
-    from models.jobs import JobStore, normalise_config, run_job
-    from models.triggers import check_and_record
+    when a retraining trigger fires (models/lifecycle/triggers.py). Every check is logged with its reasons."""
+    from models.lifecycle.jobs import JobStore, normalise_config, run_job
+    from models.lifecycle.triggers import check_and_record
 
     data, bundles = Path(args.data), Path(args.bundles)
     store = JobStore(bundles / "registry.db")

@@ -219,7 +219,7 @@ def ensure_ready(home: Path, data: Path, bundles: Path, runs: Path, pmis: Callab
     if not (data / "catalog.db").exists():
         print(f"no dataset in {data}: generating the default one", flush=True)
         _step(pmis(["generate", "--data", str(data), "--quiet"]), "generating the dataset")
-    from models.registry import Registry
+    from models.bundle.registry import Registry
 
     registry = bundles / "registry.db"
     have = set()
@@ -249,8 +249,8 @@ def _step(status: int, what: str) -> None:
 def _champion_problem(registry) -> str | None:
     """Why the champions could not be served (unsigned or tampered, or a ranker trained on an
     older feature schema), or None."""
-    from models.bundle import BundleError, load_bundle, verify_bundle
-    from models.ranker import FEATURES
+    from models.bundle.format import BundleError, load_bundle, verify_bundle
+    from models.components.ranker import FEATURES
 
     try:
         for component in COMPONENT_MODULES:

@@ -29,7 +29,7 @@ os.environ.setdefault("PMIS_BUNDLE_SIGNING_KEY", "pmis-test-suite-signing-key")
 @pytest.fixture()
 def unsigned_bundles(monkeypatch):
     """No signing key, unsigned bundles accepted: for tests about the rest of the bundle format."""
-    from models.bundle import ALLOW_UNSIGNED_ENV, SIGNING_KEY_ENV, SIGNING_KEY_FILE_ENV
+    from models.bundle.format import ALLOW_UNSIGNED_ENV, SIGNING_KEY_ENV, SIGNING_KEY_FILE_ENV
 
     monkeypatch.delenv(SIGNING_KEY_ENV, raising=False)
     monkeypatch.delenv(SIGNING_KEY_FILE_ENV, raising=False)
@@ -52,7 +52,7 @@ class SmallSystem:
 @pytest.fixture(scope="session")
 def small_system(tmp_path_factory) -> SmallSystem:
     from models.data.generate import generate as generate_data
-    from models.train import train
+    from models.training.train import train
     from tests.support.configs import small_train_config
 
     root = tmp_path_factory.mktemp("small_system")

@@ -15,8 +15,8 @@ import pytest
 import scipy.sparse as sp
 from sklearn.linear_model import LogisticRegression
 
-import models.bundle as bundle_mod
-from models.bundle import (
+import models.bundle.format as bundle_mod
+from models.bundle.format import (
     ALLOW_UNSIGNED_ENV,
     SIGNING_KEY_ENV,
     SIGNING_KEY_FILE_ENV,
@@ -398,7 +398,7 @@ def test_pickled_library_mismatch_in_process_is_refused(tmp_path: Path, monkeypa
 def test_other_library_difference_only_warns(tmp_path: Path, caplog) -> None:
     ref = write_bundle(tmp_path, "content", arrays={"idf": np.ones(3)})
     _rewrite_manifest(ref.path, lambda m: m["libraries"].update({"pandas": "0.0.1"}))
-    with caplog.at_level(logging.WARNING, logger="models.bundle"):
+    with caplog.at_level(logging.WARNING, logger="models.bundle.format"):
         b = load_bundle(ref.path)
     assert b.arrays["idf"].sum() == 3
     assert "pandas 0.0.1" in caplog.text

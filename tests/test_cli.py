@@ -23,8 +23,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models.jobs import JobStore
-from models.registry import Registry
+from models.lifecycle.jobs import JobStore
+from models.bundle.registry import Registry
 from tests.support.loopback import running_system
 from tests.support.systems import copy_bundles
 

@@ -11,15 +11,15 @@ from implicit.als import AlternatingLeastSquares
 from sklearn.metrics import ndcg_score, roc_auc_score
 from threadpoolctl import threadpool_limits
 
-from models.bundle import BundleError, load_bundle
-from models.collaborative import EVENT_WEIGHTS, CollaborativeModel, interaction_matrix
-from models.content import ContentModel, SkillExplainer, internship_text, profile_text
-from models.features import PAIR_FEATURES, Vocabulary
-from models.ranker import RankerModel, ranker_features
-from models.scores import COMPONENT_SCORES, blend_scores
-from models.ranker import FEATURES as RANKER_FEATURES
-from models.success import FEATURES as SUCCESS_FEATURES
-from models.success import SuccessModel, search
+from models.bundle.format import BundleError, load_bundle
+from models.components.collaborative import EVENT_WEIGHTS, CollaborativeModel, interaction_matrix
+from models.components.content import ContentModel, SkillExplainer, internship_text, profile_text
+from models.components.features import PAIR_FEATURES, Vocabulary
+from models.components.ranker import RankerModel, ranker_features
+from models.components.scores import COMPONENT_SCORES, blend_scores
+from models.components.ranker import FEATURES as RANKER_FEATURES
+from models.components.success import FEATURES as SUCCESS_FEATURES
+from models.components.success import SuccessModel, search
 
 
 @pytest.fixture(autouse=True)
@@ -475,7 +475,7 @@ def test_blend_batched_equals_per_list():
 
 
 def test_logistic_success_is_served_as_arithmetic_equal_to_the_library(success_model):
-    from models.success import design_matrix
+    from models.components.success import design_matrix
 
     assert success_model.linear is not None  # a logistic regression: served as a dot product
     x, _, _ = _success_data(3000, seed=5)
@@ -525,7 +525,7 @@ def test_success_factor_table_equals_one_swap_at_a_time(success_model):
 
 
 def test_non_linear_success_models_go_through_the_library():
-    from models.success import design_matrix
+    from models.components.success import design_matrix
 
     x, y, _ = _success_data(1500, seed=6)
     model = SuccessModel.fit(x, y, "hist_gradient_boosting", {"clf__max_leaf_nodes": 7}, folds=3, seed=0)

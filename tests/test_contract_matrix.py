@@ -15,7 +15,7 @@ import pytest
 
 from models.data.contract import LIST, SCHEMA, STRING, validate
 from models.data.generate import generate
-from models.train import train
+from models.training.train import train
 from tests.support.configs import small_train_config
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -89,10 +89,10 @@ def test_component_call_via_grpcurl(cluster):
 
 
 def test_reload_while_requests_run_fails_nothing(cluster, small_system):
-    from models.content import ContentModel
+    from models.components.content import ContentModel
     from models.data.contract import load_dataset
-    from models.features import FeatureSpace
-    from models.registry import Registry
+    from models.components.features import FeatureSpace
+    from models.bundle.registry import Registry
 
     # A second content version to swap between (champion is untouched).
     ds = load_dataset(small_system.data)

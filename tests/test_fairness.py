@@ -1,4 +1,4 @@
-"""Tests for models.fair_ranking: DetConstSort, FA*IR, the exposure ledger and rerank()."""
+"""Tests for models.fairness.ranking: DetConstSort, FA*IR, the exposure ledger and rerank()."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.fair_ranking import (
+from models.fairness.ranking import (
     ExposureLedger,
     GroupExposureController,
     adjusted_alpha,
@@ -641,7 +641,7 @@ def _serve(reranker, n_requests: int, *, enabled: bool, seed: int = 3):
 
 
 def test_group_controller_holds_an_exposure_target_two_sided():
-    from models.fairness import FairnessConfig, FairReranker
+    from models.fairness.reranker import FairnessConfig, FairReranker
 
     for target in (0.25, 0.03):  # above and below the group's unaided share (about 0.07)
         cfg = FairnessConfig(min_shares={}, exposure_targets={"msme": target}, exposure_strength=0.0)
@@ -659,7 +659,7 @@ def test_group_controller_ignores_groups_without_target():
 
 
 def test_fair_reranker_off_is_relevance_order_and_still_recorded():
-    from models.fairness import FairnessConfig, FairReranker
+    from models.fairness.reranker import FairnessConfig, FairReranker
 
     rr = FairReranker(np.ones(5), FairnessConfig())
     order, moved = rr.rerank(np.array([0.1, 0.9, 0.5, 0.3, 0.7]), np.arange(5), np.array([0, 1, 2, 2, 1]),
@@ -669,7 +669,7 @@ def test_fair_reranker_off_is_relevance_order_and_still_recorded():
 
 
 def test_fairness_config_is_validated():
-    from models.fairness import FairnessConfig
+    from models.fairness.reranker import FairnessConfig
 
     with pytest.raises(ValueError, match="unknown groups"):
         FairnessConfig(min_shares={"big": 0.1})
@@ -681,7 +681,7 @@ def test_fairness_config_is_validated():
 
 
 def test_item_groups_from_configuration_first_match_wins():
-    from models.fairness import item_groups
+    from models.fairness.reranker import item_groups
 
     groups = [{"name": "msme", "msme": True}, {"name": "local", "local": True},
               {"name": "agri", "sectors": ["Agriculture"]}, {"name": "aspirational", "districts": ["nuh"]}]
@@ -699,7 +699,7 @@ def test_item_groups_from_configuration_first_match_wins():
 
 
 def test_fairness_config_groups_are_validated():
-    from models.fairness import FairnessConfig
+    from models.fairness.reranker import FairnessConfig
 
     cfg = FairnessConfig(groups=[{"name": "agri", "sectors": ["agriculture"]}], min_shares={"agri": 0.2},
                          exposure_targets={})
@@ -719,7 +719,7 @@ def test_shortlist_evaluation_samples_pools_beyond_its_cap_and_says_so():
 
     import pandas as pd
 
-    from models.fairness_eval import evaluate_shortlists
+    from models.fairness.evaluation import evaluate_shortlists
 
     class Content:  # the match score: a fixed number per (profile text, internship)
         def score(self, texts, items):

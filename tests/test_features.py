@@ -6,11 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models import ranker, success
+from models.components import ranker, success
 from models.data.contract import PROTECTED_ATTRIBUTES, load_dataset
 from models.data.domain import ELSEWHERE, NEIGHBOURING, REMOTE, SAME_DISTRICT, SAME_STATE
 from models.data.generate import generate
-from models.features import PAIR_FEATURES, FeatureSpace, Vocabulary, matched_missing, pair_features
+from models.components.features import PAIR_FEATURES, FeatureSpace, Vocabulary, matched_missing, pair_features
 
 F = {name: i for i, name in enumerate(PAIR_FEATURES)}
 

@@ -92,13 +92,13 @@ def test_no_import_cycles():
 
 def test_the_checks_see_imports_inside_functions():
     graph = import_graph()
-    # services.launcher imports models.registry only inside ensure_ready: the graph has it
-    assert "models.registry" in graph["services.launcher"]
+    # services.launcher imports models.bundle.registry only inside ensure_ready: the graph has it
+    assert "models.bundle.registry" in graph["services.launcher"]
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
 def test_the_gateway_loads_no_model_library():
-    """The gateway ranks through the ranker service and blends with models/scores.py: LightGBM,
+    """The gateway ranks through the ranker service and blends with models/components/scores.py: LightGBM,
     scikit-learn and pandas stay out of its process (start-up time and memory)."""
     import subprocess
     import sys

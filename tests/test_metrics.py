@@ -7,7 +7,7 @@ import pytest
 import scipy.sparse as sp
 from sklearn.metrics import ndcg_score
 
-from models.metrics import (
+from models.training.metrics import (
     calibration_slope_intercept,
     classification_report,
     expected_calibration_error,

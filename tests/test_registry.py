@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from models.bundle import BundleRef, write_bundle
-from models.registry import Registry, RegistryError
+from models.bundle.format import BundleRef, write_bundle
+from models.bundle.registry import Registry, RegistryError
 
 
 @pytest.fixture(autouse=True)

@@ -369,7 +369,7 @@ def test_replica_loads_bundle_from_read_only_volume(deployment, tmp_path):
 
 
 def test_read_only_registry_reads_what_servers_need_and_never_writes(small_system, tmp_path):
-    from models.registry import Registry, RegistryError
+    from models.bundle.registry import Registry, RegistryError
 
     path = small_system.bundles / "registry.db"
     ro, rw = Registry(path, read_only=True), Registry(path)

@@ -1,7 +1,7 @@
 """What is evaluated is what is served: the gateway's top-k equals the offline pipeline's top-k.
 
 The gateway answers over gRPC from the four component servers; the evaluation runs the same
-stages (models.pipeline, models.evaluate.candidate_block) in process on the same champion
+stages (models.pipeline, models.training.evaluate.candidate_block) in process on the same champion
 bundles and the same catalogue state. Fairness is off (it keeps a ledger across requests).
 """
 
@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 
 from gateway.filters import allowed
-from models.bundle import load_bundle
+from models.bundle.format import load_bundle
 from models.data.contract import load_dataset
-from models.evaluate import _pipeline_top_k, candidate_block, pipeline_scores
-from models.holdout import components_from_bundles, load_champions
+from models.training.evaluate import _pipeline_top_k, candidate_block, pipeline_scores
+from models.training.holdout import components_from_bundles, load_champions
 from models.pipeline import open_items
-from models.features import FeatureSpace
-from models.ranker import RankerModel
-from models.registry import Registry
+from models.components.features import FeatureSpace
+from models.components.ranker import RankerModel
+from models.bundle.registry import Registry
 from tests.support.loopback import Components as Servers
 from tests.support.loopback import GatewayRunner
 from tests.support.systems import copy_bundles

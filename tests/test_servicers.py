@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from gateway import explain
-from models.registry import Registry
+from models.bundle.registry import Registry
 from pmis.v1 import collaborative_pb2, common_pb2, content_pb2, ranker_pb2, success_pb2
 from services.collaborative import server as collaborative_server
 from services.common.errors import field_violations
@@ -654,8 +654,8 @@ def test_reload(loaded, registry, small_system, component, tmp_path):
 
 
 def test_content_skills_are_ordered_by_their_weight_in_the_internship(small_system):
-    from models.bundle import load_bundle
-    from models.registry import Registry
+    from models.bundle.format import load_bundle
+    from models.bundle.registry import Registry
     from services.content.server import ContentRuntime
 
     rt = ContentRuntime.from_bundle(load_bundle(Registry(small_system.bundles / "registry.db").resolve("content")["path"]))

@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.shortlist import ndcg, shortlist
+from models.fairness.shortlist import ndcg, shortlist
 
 
 def test_no_constraints_is_top_by_score():

@@ -11,13 +11,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models.bundle import BundleError, load_bundle
-from models.collaborative import CollaborativeModel
-from models.content import ContentModel
+from models.bundle.format import BundleError, load_bundle
+from models.components.collaborative import CollaborativeModel
+from models.components.content import ContentModel
 from models.data.generate import generate
-from models.registry import Registry
-from models.success import SuccessModel
-from models.train import TrainConfig, positions, train
+from models.bundle.registry import Registry
+from models.components.success import SuccessModel
+from models.training.train import TrainConfig, positions, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -133,7 +133,7 @@ def test_flipped_byte_is_refused_naming_the_file(trained, tmp_path):
 
 
 def test_holdout_evaluation_uses_the_champions(trained, tmp_path):
-    from models.holdout import evaluate_holdout
+    from models.training.holdout import evaluate_holdout
 
     base, cfg, _ = trained
     inter = pd.read_parquet(cfg.data_dir / "interactions.parquet")
@@ -202,9 +202,9 @@ def test_selection_reports_intervals_and_the_ranker_comparison(trained):
 def test_the_rank_stage_shipped_is_the_one_selection_chose(trained):
     """The ranker bundle serves what the comparison chose, its manifest and the registry say so,
     and its registered metrics are that ranking's."""
-    from models.bundle import load_bundle
-    from models.ranker import RankerModel
-    from models.registry import Registry
+    from models.bundle.format import load_bundle
+    from models.components.ranker import RankerModel
+    from models.bundle.registry import Registry
 
     root, cfg, report = trained
     versus = report["ranker_against_best_alternative"]
@@ -218,7 +218,7 @@ def test_the_rank_stage_shipped_is_the_one_selection_chose(trained):
     assert bundle.manifest["metadata"]["ranking"]["shipped_ranking"] == shipped
     assert bundle.manifest["metadata"]["metrics"]["ndcg@10"] == report["ranking"][shipped]["ndcg@10"]
     # the success predictor likewise: the model only when it beats the base rate beyond noise
-    from models.success import SuccessModel
+    from models.components.success import SuccessModel
 
     against = report["success"]["against_base_rate"]
     success = SuccessModel.from_bundle(load_bundle(Path(registry.resolve("success", "champion")["path"])))
@@ -227,7 +227,7 @@ def test_the_rank_stage_shipped_is_the_one_selection_chose(trained):
 
 
 def test_random_split_holds_out_a_share_of_each_students_internships():
-    from models.train import Indexed, Split
+    from models.training.train import Indexed, Split
 
     rng = np.random.default_rng(0)
     s = np.repeat(np.arange(50), 20)

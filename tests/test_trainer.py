@@ -31,10 +31,10 @@ import grpc
 import pandas as pd
 import pytest
 
-from models import diagnostics
-from models.bundle import write_bundle
-from models.jobs import RESTART_MESSAGE, JobStopped, JobStore, normalise_config
-from models.registry import Registry, RegistryError
+from models.training import diagnostics
+from models.bundle.format import write_bundle
+from models.lifecycle.jobs import RESTART_MESSAGE, JobStopped, JobStore, normalise_config
+from models.bundle.registry import Registry, RegistryError
 from pmis.v1 import common_pb2, content_pb2_grpc, trainer_pb2, trainer_pb2_grpc
 from services.common.errors import field_violations
 from services.common.listening import read_ports
@@ -63,7 +63,7 @@ def tiny_system(tmp_path_factory) -> SimpleNamespace:
     system = SimpleNamespace(root=base, data=base / "data", bundles=base / "bundles", runs=base / "runs")
     if not (base / "ready").exists():
         from models.data.generate import generate
-        from models.train import TrainConfig, train
+        from models.training.train import TrainConfig, train
 
         shutil.rmtree(base, ignore_errors=True)
         generate(system.data, students=600, internships=120, seed=11, progress=False, catalog=False)
@@ -213,9 +213,9 @@ def job_table_held(db: Path):
 
 def content_version(system, run_id: str) -> int:
     """Write (and register) one more content bundle: a version to activate, compare, watch."""
-    from models.content import ContentModel
+    from models.components.content import ContentModel
     from models.data.contract import load_dataset
-    from models.features import FeatureSpace
+    from models.components.features import FeatureSpace
 
     ds = load_dataset(system.data)
     ref = ContentModel.fit(ds.internships).save(system.bundles, {"run_id": run_id, "data_version": ds.data_version},
@@ -271,7 +271,7 @@ def test_config_defaults_and_normalisation(tiny_system):
                                        [tiny_system.root])
     assert violations == [] and (cut["train_until"], cut["valid_until"]) == (10, 20)
     # a random split: the fractions, held out per student; the job's TrainConfig says so
-    from models.jobs import train_config
+    from models.lifecycle.jobs import train_config
 
     shuffled, violations = normalise_config({"split": {"random": True}}, tiny_system.data, [tiny_system.root])
     assert violations == [] and shuffled["split_random"] is True
@@ -524,7 +524,7 @@ def _grow(data: Path, dest: Path, interactions: int, outcomes: int) -> Path:
 
 
 def test_retraining_triggers_count_new_rows_and_age(system, tmp_path):
-    from models.triggers import check
+    from models.lifecycle.triggers import check
 
     registry = Registry(system.bundles / "registry.db")
     same = check(system.data, registry, min_new_interactions=10, min_new_outcomes=10, max_age_hours=24)
@@ -809,7 +809,7 @@ def _running_jobs(stub, store: JobStore, n: int) -> list[str]:
 def _early(store: JobStore, job_id: str) -> dict:
     """The job's row, checked to be RUNNING and short of its last two stages: with the job table
     held, it is seconds of training away from registering anything."""
-    from models.train import STAGE_WEIGHTS
+    from models.training.train import STAGE_WEIGHTS
 
     row = store.get(job_id)
     late = ("test window: components refitted up to c2, every model evaluated", "final refit on all data and bundles")
@@ -934,7 +934,7 @@ def test_runner_leaves_a_job_another_process_started_alone(system, admin_env, mo
 
 
 def test_auto_activate_moves_the_champion_only_on_the_same_window(tmp_path):
-    from models.jobs import auto_activate
+    from models.lifecycle.jobs import auto_activate
 
     root = tmp_path / "bundles"
     registry = Registry(root / "registry.db")
@@ -1013,7 +1013,7 @@ def test_runner_fails_jobs_whose_foreign_process_died(tmp_path, admin_env):
 
 def test_job_with_cutoffs_outside_the_data_fails_with_the_reason(tiny_system, tmp_path):
     """Explicit cutoffs reach the trainer; a split that leaves a window empty stops the job early, saying so."""
-    from models.jobs import run_job
+    from models.lifecycle.jobs import run_job
 
     system = copy_system(tiny_system, tmp_path / "sys")
     store = JobStore(system.bundles / "registry.db")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from models.collaborative import CollaborativeModel
+from models.components.collaborative import CollaborativeModel
 from models.pipeline import open_items, top_n
 from pmis.v1 import collaborative_pb2_grpc, common_pb2
 from services.common.batch import RetrieveScoreBatches

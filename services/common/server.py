@@ -28,8 +28,8 @@ from google.protobuf import timestamp_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from models.bundle import Bundle, BundleError, load_bundle
-from models.registry import Registry, RegistryError
+from models.bundle.format import Bundle, BundleError, load_bundle
+from models.bundle.registry import Registry, RegistryError
 from pmis.v1 import common_pb2
 from services.common import admission, guard, listening, telemetry, tls
 from services.common.auth import admin_only

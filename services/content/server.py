@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from models.content import ContentModel, SkillExplainer, profile_text
-from models.features import FeatureSpace
+from models.components.content import ContentModel, SkillExplainer, profile_text
+from models.components.features import FeatureSpace
 from models.pipeline import open_items, top_n
 from pmis.v1 import common_pb2, content_pb2_grpc
 from services.common.batch import RetrieveScoreBatches

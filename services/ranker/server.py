@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.features import FeatureSpace, pair_features
-from models.ranker import RankerModel
-from models.scores import COMPONENT_SCORES
+from models.components.features import FeatureSpace, pair_features
+from models.components.ranker import RankerModel
+from models.components.scores import COMPONENT_SCORES
 from pmis.v1 import common_pb2, ranker_pb2, ranker_pb2_grpc
 from services.common.batch import answer_each
 from services.common.items import ItemIndex

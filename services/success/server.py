@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.features import FeatureSpace, pair_features
-from models.success import FEATURES, SuccessModel
+from models.components.features import FeatureSpace, pair_features
+from models.components.success import FEATURES, SuccessModel
 from pmis.v1 import common_pb2, success_pb2, success_pb2_grpc
 from services.common.batch import answer_each
 from services.common.items import ItemIndex

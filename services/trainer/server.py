@@ -3,7 +3,7 @@
 Training jobs run in worker processes (multiprocessing, spawn context: a fresh interpreter, no
 inherited gRPC threads or locks), never in the server's threads; at most ``--max-jobs`` at a
 time, the rest wait QUEUED. Everything durable is in ``registry.db`` under the bundles root
-(models/jobs.py): the job table, the progress events WatchJob streams, the trigger log, and the
+(models/lifecycle/jobs.py): the job table, the progress events WatchJob streams, the trigger log, and the
 registry whose ``champion`` alias the component servers follow (they poll it: see
 services/common/server.py, PMIS_WATCH_SECONDS). The server has no bundle of its own: it is
 SERVING once the job table is open and jobs a previous trainer left RUNNING are marked FAILED.
@@ -32,13 +32,14 @@ from google.protobuf import timestamp_pb2
 from grpc_health.v1 import health_pb2
 from prometheus_client import Counter, Gauge, Histogram
 
-from models import diagnostics, triggers
-from models.bundle import BundleError, verify_bundle
+from models.lifecycle import triggers
+from models.training import diagnostics
+from models.bundle.format import BundleError, verify_bundle
 from models.components import COMPONENTS
-from models.jobs import (ACTIVE, STATUSES, TERMINAL, JobNotFound, JobStore, decode_token, encode_token,
+from models.lifecycle.jobs import (ACTIVE, STATUSES, TERMINAL, JobNotFound, JobStore, decode_token, encode_token,
                          manifest_of, normalise_config, parse_iso)
-from models.registry import RegistryError, flatten_metrics
-from models.report import plots_for
+from models.bundle.registry import RegistryError, flatten_metrics
+from models.training.report import plots_for
 from pmis.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
 from services.common import tls
 from services.common.auth import admin_only, check_admin

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from models.train import TrainConfig
+from models.training.train import TrainConfig
 
 
 def small_train_config(data: Path, root: Path, **overrides) -> TrainConfig:

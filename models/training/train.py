@@ -33,24 +33,25 @@ import pandas as pd
 import scipy.sparse as sp
 from tqdm import tqdm
 
-from models import metrics as M
-from models.collaborative import MAX_EASE_ITEMS, CollaborativeModel, interaction_matrix, search_space, serving_parameters
+from models.training import metrics as M
+from models.components.collaborative import MAX_EASE_ITEMS, CollaborativeModel, interaction_matrix, search_space, serving_parameters
 from models.components import COMPONENTS
-from models.content import ContentModel, profile_text
+from models.components.content import ContentModel, profile_text
 from models.data.contract import Dataset, load_dataset
-from models.diagnostics import curves, permutation_importance, window_fingerprint
-from models import pipeline, selection
-from models.evaluate import (Components, WindowMetrics, candidate_blocks, chunk_size, collaborative_scores,
+from models.training.diagnostics import curves, permutation_importance, window_fingerprint
+from models import pipeline
+from models.training import selection
+from models.training.evaluate import (Components, WindowMetrics, candidate_blocks, chunk_size, collaborative_scores,
                              ranker_training_data, stack_training_rows, training_rows)
-from models.fairness_eval import ListMaker, evaluate_fairness, evaluate_shortlists
-from models.fairness import FairnessConfig
-from models.features import FeatureSpace, pair_features
-from models.ranker import RankerModel
-from models.scores import COMPONENT_SCORES, blend_scores
-from models.registry import Registry
-from models.report import write_report
-from models.success import FEATURES as SUCCESS_FEATURES
-from models.success import SuccessModel, search
+from models.fairness.evaluation import ListMaker, evaluate_fairness, evaluate_shortlists
+from models.fairness.reranker import FairnessConfig
+from models.components.features import FeatureSpace, pair_features
+from models.components.ranker import RankerModel
+from models.components.scores import COMPONENT_SCORES, blend_scores
+from models.bundle.registry import Registry
+from models.training.report import write_report
+from models.components.success import FEATURES as SUCCESS_FEATURES
+from models.components.success import SuccessModel, search
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # the report holds every trial
 log = logging.getLogger("pmis.train")
@@ -101,8 +102,8 @@ class TrainConfig:
     activate: bool = True
     progress: bool = True
     components: tuple[str, ...] = COMPONENTS  # which bundles to refit, write and register
-    success_algorithms: tuple[str, ...] | None = None  # None: every candidate of models.success
-    split: str = "time"             # "time" (cutoffs) or "random" (per-student holdout): models.train.Split
+    success_algorithms: tuple[str, ...] | None = None  # None: every candidate of models.components.success
+    split: str = "time"             # "time" (cutoffs) or "random" (per-student holdout): models.training.train.Split
     train_until: int | None = None  # explicit cutoffs (epoch seconds) instead of the fractions
     valid_until: int | None = None
     on_progress: Callable[[Progress], None] | None = None
@@ -118,7 +119,7 @@ class TrainConfig:
     collab_trials: int | None = None
     collab_patience: int = 10      # and stop after this many without a new best
     # (name, kind, params) of collaborative models to score beside the chosen one on the test
-    # window, fitted the same way (models.bench_collab: `implicit` ALS with its default settings)
+    # window, fitted the same way (models.training.bench_collab: `implicit` ALS with its default settings)
     reference_collaborative: list[tuple[str, str, dict]] = field(default_factory=list)
 
 

@@ -15,13 +15,13 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from models.collaborative import CollaborativeModel
-from models.content import ContentModel
-from models.features import FeatureSpace, StudentTable, pair_features
-from models.metrics import gather, group_breakdown, ranking_metrics, top_k
+from models.components.collaborative import CollaborativeModel
+from models.components.content import ContentModel
+from models.components.features import FeatureSpace, StudentTable, pair_features
+from models.training.metrics import gather, group_breakdown, ranking_metrics, top_k
 from models.pipeline import COLLABORATIVE, CONTENT, POPULARITY, SUCCESS, Candidates, best_k, rank, top_n_rows
-from models.ranker import RankerModel, ranker_features
-from models.success import SuccessModel
+from models.components.ranker import RankerModel, ranker_features
+from models.components.success import SuccessModel
 
 DENSE_BLOCK_CELLS = 20_000_000  # students x items per dense score block (~80 MB of float32)
 

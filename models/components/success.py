@@ -22,9 +22,9 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
-from models.bundle import Bundle, BundleRef, write_bundle
+from models.bundle.format import Bundle, BundleRef, write_bundle
 from models.data.contract import PROTECTED_ATTRIBUTES
-from models.features import PAIR_FEATURES
+from models.components.features import PAIR_FEATURES
 
 COMPONENT = "success"
 FEATURES = list(PAIR_FEATURES)

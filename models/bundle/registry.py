@@ -2,7 +2,7 @@
 
 The registry lives beside the bundles (``<bundles_root>/registry.db``). It records which
 versions exist and which version each alias points to; the bundles themselves stay on disk
-and are verified by :mod:`models.bundle` when loaded. Activation and rollback only move an
+and are verified by :mod:`models.bundle.format` when loaded. Activation and rollback only move an
 alias, and every move is appended to ``alias_history`` (UPDATE/DELETE there are refused by
 triggers), so "who served what, when, and why" can always be answered.
 
@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from models.bundle import MANIFEST, BundleRef
+from models.bundle.format import MANIFEST, BundleRef
 
 __all__ = ["Registry", "RegistryError", "SCHEMA_VERSION"]
 

@@ -35,9 +35,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from models.bundle import MANIFEST
+from models.bundle.format import MANIFEST
 from models.components import COMPONENTS
-from models.registry import Registry, RegistryError
+from models.bundle.registry import Registry, RegistryError
 
 log = logging.getLogger("pmis.jobs")
 
@@ -169,7 +169,7 @@ def normalise_config(raw: dict, default_data: Path, data_roots: list[Path]) -> t
     ``auto_activation``); zero/empty values mean "default". Violation paths are relative to
     the config (``components[1]``, ``split.valid_fraction`` ...).
     """
-    from models.success import ALGORITHMS
+    from models.components.success import ALGORITHMS
 
     v: list[tuple[str, str]] = []
     components = list(raw.get("components") or [])
@@ -259,8 +259,8 @@ def normalise_config(raw: dict, default_data: Path, data_roots: list[Path]) -> t
 
 
 def train_config(config: dict, bundles_dir: Path, runs_dir: Path):
-    """The models.train.TrainConfig of a normalised job configuration."""
-    from models.train import TrainConfig
+    """The models.training.train.TrainConfig of a normalised job configuration."""
+    from models.training.train import TrainConfig
 
     split = {"valid_fraction": config["valid_fraction"], "test_fraction": config["test_fraction"]}
     if config.get("train_until") is not None:
@@ -576,8 +576,8 @@ def headline_metrics(report: dict) -> dict[str, float]:
 def auto_activate(registry: Registry, job_id: str, versions: dict[str, int], margin: float,
                   window: dict | None) -> list[dict]:
     """Per component: activate the new version if it beats the champion by ``margin`` on the
-    same evaluation window (models.diagnostics.decide_activation); every decision is returned."""
-    from models.diagnostics import decide_activation
+    same evaluation window (models.training.diagnostics.decide_activation); every decision is returned."""
+    from models.training.diagnostics import decide_activation
 
     decisions = []
     for component, version in versions.items():
@@ -610,7 +610,7 @@ def run_job(db_path: Path, job_id: str, bundles_dir: Path, runs_dir: Path,
     written, and ``run_id`` as soon as it is known.
     """
     from models.data.contract import DataError
-    from models.train import Trainer
+    from models.training.train import Trainer
 
     state = state if state is not None else {}
     store = JobStore(db_path)
@@ -702,7 +702,7 @@ def run_in_worker(db_path: str, job_id: str, bundles_dir: str, runs_dir: str, pa
     # The heavy imports first: until the handler below is installed, SIGTERM simply ends the
     # process, which is right while it has done nothing yet.
     import models.data.contract  # noqa: F401
-    import models.train  # noqa: F401
+    import models.training.train  # noqa: F401
 
     state: dict = {"stopping": False, "finishing": False}
 

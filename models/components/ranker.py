@@ -1,7 +1,7 @@
 """Ranker: LightGBM lambdarank over component scores and non-protected pair features.
 
 A ranker bundle serves the learned ranker or, when training found it no better, the static blend
-(models/scores.py). Both rank one student's candidate list at a time; a missing component's
+(models/components/scores.py). Both rank one student's candidate list at a time; a missing component's
 score is NaN (LightGBM routes NaN natively; the blend treats it as zero weight).
 """
 
@@ -11,9 +11,9 @@ import numpy as np
 import scipy.sparse as sp
 from lightgbm import LGBMRanker
 
-from models.bundle import Bundle, BundleRef, write_bundle
-from models.features import PAIR_FEATURES
-from models.scores import COMPONENT_SCORES, blend_terms
+from models.bundle.format import Bundle, BundleRef, write_bundle
+from models.components.features import PAIR_FEATURES
+from models.components.scores import COMPONENT_SCORES, blend_terms
 
 COMPONENT = "ranker"
 # What the learned ranker orders a list by: the retrievers' scores. The success probability is not

@@ -10,7 +10,7 @@ Train when
 - the champion is older than ``max_age_hours``.
 
 When the data version is unchanged nothing is read: there is nothing new. Every check is
-logged in the ``trigger_checks`` table (models.jobs) with its reasons, whether it led to a job
+logged in the ``trigger_checks`` table (models.lifecycle.jobs) with its reasons, whether it led to a job
 or not.
 """
 
@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from models.bundle import MANIFEST
+from models.bundle.format import MANIFEST
 from models.components import COMPONENTS
-from models.registry import Registry, RegistryError
+from models.bundle.registry import Registry, RegistryError
 
 DEFAULT_MIN_NEW_INTERACTIONS = 1000
 DEFAULT_MIN_NEW_OUTCOMES = 200

@@ -1,7 +1,7 @@
 """Fairness before/after on an evaluation window: the same ranked lists, re-ranked as the gateway does.
 
 Each student's candidates are scored by the ranker (the serving pipeline), then ordered twice:
-by relevance alone ("before") and by `models.fairness.FairReranker` with fairness on ("after"),
+by relevance alone ("before") and by `models.fairness.reranker.FairReranker` with fairness on ("after"),
 each with its own exposure ledger fed student by student, as a gateway replica would be.
 
 Provider side: position-weighted exposure share per item group against its target, Gini of
@@ -18,11 +18,11 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from models.evaluate import CandidateBlock, Components, candidate_blocks, pipeline_scores
-from models.fair_ranking import gini, position_weights
-from models.fairness import FairnessConfig, FairReranker, item_groups
-from models.metrics import group_breakdown
-from models.ranker import RankerModel
+from models.training.evaluate import CandidateBlock, Components, candidate_blocks, pipeline_scores
+from models.fairness.ranking import gini, position_weights
+from models.fairness.reranker import FairnessConfig, FairReranker, item_groups
+from models.training.metrics import group_breakdown
+from models.components.ranker import RankerModel
 
 def _ndcg_recall(hits: np.ndarray, n_relevant: int, k: int) -> tuple[float, float]:
     discounts = 1.0 / np.log2(np.arange(2, k + 2))
@@ -181,9 +181,9 @@ def evaluate_shortlists(c: Components, out_s: np.ndarray, out_i: np.ndarray, out
     `max_pools` internships (each costs an embedding of its applicants' profiles), a seeded
     random sample of them, said in the result.
     """
-    from models.shortlist import DEFAULT_GROUPS, default_size, membership, ndcg, shortlist
-    from models.fairness import zscore
-    from models.features import pair_features
+    from models.fairness.shortlist import DEFAULT_GROUPS, default_size, membership, ndcg, shortlist
+    from models.fairness.reranker import zscore
+    from models.components.features import pair_features
 
     groups = groups or DEFAULT_GROUPS
     names, shares = list(groups), np.array(list(groups.values()))

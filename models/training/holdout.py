@@ -15,16 +15,16 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from models.bundle import load_bundle
-from models.collaborative import CollaborativeModel
-from models.content import ContentModel, profile_text
+from models.bundle.format import load_bundle
+from models.components.collaborative import CollaborativeModel
+from models.components.content import ContentModel, profile_text
 from models.data.contract import DataError, ValidationReport, _check_table, _read_raw, load_dataset
-from models.evaluate import Components, evaluate_window
-from models.features import FeatureSpace
-from models.ranker import RankerModel
-from models.registry import Registry
-from models.success import SuccessModel
-from models.train import GROUP_ATTRIBUTES, positions
+from models.training.evaluate import Components, evaluate_window
+from models.components.features import FeatureSpace
+from models.components.ranker import RankerModel
+from models.bundle.registry import Registry
+from models.components.success import SuccessModel
+from models.training.train import GROUP_ATTRIBUTES, positions
 
 log = logging.getLogger("pmis.holdout")
 

@@ -1,7 +1,7 @@
 """The collaborative model that training chooses, next to `implicit` ALS with its default settings,
 on the same split, in one run.
 
-    python -m models.bench_collab --data DIR [--split random|time] [--seed 0]
+    python -m models.training.bench_collab --data DIR [--split random|time] [--seed 0]
 
 Trains as `pmis train` does (bundles into a temporary folder, nothing activated), with the
 reference model fitted on the same training data and scored on the same test students by the
@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from models.train import TrainConfig, train
+from models.training.train import TrainConfig, train
 
 # implicit.cpu.als.AlternatingLeastSquares() defaults (implicit 0.7)
 IMPLICIT_DEFAULTS = {"factors": 100, "regularization": 0.01, "alpha": 1.0, "iterations": 15}

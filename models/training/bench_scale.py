@@ -1,6 +1,6 @@
 """Benchmark: time and peak memory of generation + training at scale (default 1M x 100k).
 
-    python -m models.bench_scale [--students N --internships M --workdir DIR]
+    python -m models.training.bench_scale [--students N --internships M --workdir DIR]
 
 Prints a table of wall time and peak resident memory per phase. Not part of the test suite.
 """
@@ -30,8 +30,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     from models.data.generate import generate
-    from models.report import console_summary
-    from models.train import TrainConfig, train
+    from models.training.report import console_summary
+    from models.training.train import TrainConfig, train
 
     shutil.rmtree(args.workdir, ignore_errors=True)
     rows = []

@@ -1,0 +1,1 @@
+"""Fair re-ranking and reservation-aware shortlists, shared by the gateway and the evaluation."""

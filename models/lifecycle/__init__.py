@@ -1,0 +1,1 @@
+"""The model lifecycle: training jobs and retraining triggers."""

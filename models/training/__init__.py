@@ -1,0 +1,1 @@
+"""The offline pipeline: train, evaluate, select, report."""
