@@ -1,4 +1,4 @@
-"""Tests for models.fairness.ranking: DetConstSort, FA*IR, the exposure ledger and rerank()."""
+"""Tests for the fair re-rankers (models/fairness/): DetConstSort, FA*IR, the exposure ledger and rerank()."""
 
 from __future__ import annotations
 
@@ -11,25 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.fairness.ranking import (
-    ExposureLedger,
-    GroupExposureController,
-    adjusted_alpha,
-    det_const_sort,
-    det_greedy,
-    fa_ir,
-    fail_probability,
-    fair_mtable,
-    gini,
-    max_counts,
-    min_counts,
-    mtable_met,
-    plain_order,
-    position_weights,
-    prefix_ceilings_met,
-    prefix_constraints_met,
-    rerank,
-)
+from models.fairness.constrained import det_const_sort, det_greedy, rerank
+from models.fairness.exposure import ExposureLedger, GroupExposureController, gini, position_weights
+from models.fairness.fa_ir import adjusted_alpha, fa_ir, fail_probability, fair_mtable, mtable_met
+from models.fairness.prefix import max_counts, min_counts, plain_order, prefix_ceilings_met, prefix_constraints_met
 
 PROPS = settings(max_examples=200, deadline=None)
 

@@ -637,7 +637,7 @@ def test_fairness_is_the_operators_policy(policy_system, students, monkeypatch):
 
 
 def test_fairness_on_meets_group_floors_and_marks_promotions(system, students):
-    from models.fairness.ranking import min_counts
+    from models.fairness.prefix import min_counts
 
     gw = system.gateway
     targets = gw.gateway.cfg.fairness.floor_array()

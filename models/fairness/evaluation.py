@@ -19,7 +19,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from models.training.evaluate import CandidateBlock, Components, candidate_blocks, pipeline_scores
-from models.fairness.ranking import gini, position_weights
+from models.fairness.exposure import gini, position_weights
 from models.fairness.reranker import FairnessConfig, FairReranker, item_groups
 from models.training.metrics import group_breakdown
 from models.components.ranker import RankerModel

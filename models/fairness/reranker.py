@@ -8,7 +8,7 @@ internship's, from a list, e.g. under-served ones). The default: `msme`, then `l
 
 Three mechanisms, each with its own knob, all scaled by the request's strength:
 
-* per-list minimums (`min_shares`): DetConstSort floors at every prefix (models/fairness/ranking.py),
+* per-list minimums (`min_shares`): DetConstSort floors at every prefix (models/fairness/constrained.py),
   so each student sees at least that share of a group near the top whenever the candidates allow;
   with per-list maximums (`max_shares`, off by default) DetGreedy holds both floor and ceiling;
 * group exposure targets (`exposure_targets`): a GroupExposureController holds each group's share
@@ -37,8 +37,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from models.data.domain import NEIGHBOUR_KM, haversine_km
-from models.fairness.ranking import ExposureLedger, GroupExposureController, plain_order
-from models.fairness.ranking import rerank as constrained_rerank
+from models.fairness.constrained import rerank as constrained_rerank
+from models.fairness.exposure import ExposureLedger, GroupExposureController
+from models.fairness.prefix import plain_order
 
 DEFAULT_GROUPS = [{"name": "msme", "msme": True}, {"name": "local", "local": True}]
 PREDICATES = {"msme", "local", "sectors", "districts"}
