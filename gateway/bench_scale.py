@@ -91,7 +91,7 @@ def record_memory(result: Startup) -> None:
 def bench(target: str, catalog: Path, metrics_ports: dict, profile_only: bool, duration: float,
           concurrency: int = 1) -> dict:
     """`pmis bench` closed loop at one concurrency, no echo, no open loop: the gateway row."""
-    from gateway.bench import BenchConfig, run_bench
+    from gateway.bench.run import BenchConfig, run_bench
 
     cfg = BenchConfig(target=target, catalog=catalog, concurrency=[concurrency], duration=duration, rates=[],
                       profile_only=profile_only, metrics_ports=metrics_ports, echo=False)
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
                  log=lambda *x, **k: print(*x, file=sys.stderr, **k))
     print(table(result))
     if a.json:
-        from gateway.bench import json_safe
+        from gateway.bench.report import json_safe
 
         Path(a.json).write_text(json.dumps(json_safe(result), indent=2) + "\n")
     return 0 if "not_serving" not in result else 1

@@ -15,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from gateway.bench import BenchConfig, run_bench
+from gateway.bench.run import BenchConfig, run_bench
 from models.bundle.format import ensure_signing_key
 from services.common.tls import ClientTLS
 from services.components import COMPONENT_MODULES

@@ -246,7 +246,7 @@ def cmd_recommend(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from gateway.bench import main_bench
+    from gateway.bench.cli import main_bench
 
     return main_bench(args)
 

@@ -15,8 +15,13 @@ from collections import Counter
 import grpc
 import pytest
 
-from gateway import bench
-from gateway.bench import CpuSample, Outcome
+from gateway.bench.cli import metrics_ports
+from gateway.bench.cpu import CpuSample, Meter, cpu_ms_per_request, parse_metric, proc_cpu_seconds
+from gateway.bench.load import open_loop
+from gateway.bench.outcomes import Outcome, count_codes, percentiles_ms, summarize_closed, summarize_open
+from gateway.bench.report import json_safe, report
+from gateway.bench.run import BenchConfig, closed_level, open_level, run_bench
+from gateway.bench.workload import build_requests, shortlist_internships
 from pmis.v1 import gateway_pb2, gateway_pb2_grpc
 
 PROM_PAGE = """# HELP process_cpu_seconds_total Total user and system CPU time spent in seconds.
@@ -36,35 +41,35 @@ pmis_grpc_requests_total{component="gateway",method="Recommend",code="OK"} 5.0
 def test_percentiles_and_closed_summary():
     outs = [Outcome("OK", i / 1000) for i in range(1, 101)] + [Outcome("OK", 0.5, degraded=True)]
     outs += [Outcome("UNAVAILABLE", 0.001)] * 3 + [Outcome("DEADLINE_EXCEEDED", 2.0)]
-    s = bench.summarize_closed(outs, elapsed=2.0)
+    s = summarize_closed(outs, elapsed=2.0)
     assert (s["requests"], s["errors"], s["degraded"]) == (101, 4, 1)
     assert s["rps"] == pytest.approx(50.5)
     assert s["p50_ms"] == pytest.approx(51.0)
     assert 99 < s["p99_ms"] <= 500
     assert s["codes"] == {"DEADLINE_EXCEEDED": 1, "UNAVAILABLE": 3}
-    empty = bench.percentiles_ms([])
+    empty = percentiles_ms([])
     assert all(math.isnan(v) for v in empty.values()) and set(empty) == {"p50_ms", "p95_ms", "p99_ms"}
 
 
 def test_count_codes_and_open_summary():
     outs = ([Outcome("OK", 0.01)] * 6 + [Outcome("OK", 0.02, True)] * 2 + [Outcome("RESOURCE_EXHAUSTED", 0.003)] * 3
             + [Outcome("DEADLINE_EXCEEDED", 2.0)] + [Outcome("INTERNAL", 0.01)] * 2)
-    assert bench.count_codes(outs) == Counter(OK=8, RESOURCE_EXHAUSTED=3, DEADLINE_EXCEEDED=1, INTERNAL=2)
-    s = bench.summarize_open(outs, rate=14, send_span=1.0, lags=[0.0] * 14)
+    assert count_codes(outs) == Counter(OK=8, RESOURCE_EXHAUSTED=3, DEADLINE_EXCEEDED=1, INTERNAL=2)
+    s = summarize_open(outs, rate=14, send_span=1.0, lags=[0.0] * 14)
     assert (s["sent"], s["ok"], s["ok_degraded"], s["resource_exhausted"], s["deadline_exceeded"],
             s["other_errors"]) == (14, 6, 2, 3, 1, 2)
     assert s["other_codes"] == {"INTERNAL": 2}
     assert s["resource_exhausted_p99_ms"] == pytest.approx(3.0)
     assert s["p50_ms"] == pytest.approx(10.0)
     assert s["achieved_rate"] == pytest.approx(14) and not s["behind_schedule"]
-    assert bench.summarize_open(outs, rate=20, send_span=1.0, lags=[])["behind_schedule"]  # 14/s of 20/s
+    assert summarize_open(outs, rate=20, send_span=1.0, lags=[])["behind_schedule"]  # 14/s of 20/s
 
 
 def test_parse_process_cpu_seconds():
-    assert bench.parse_metric(PROM_PAGE, "process_cpu_seconds_total") == pytest.approx(12.34)
-    assert bench.parse_metric(PROM_PAGE, "process_start_time_seconds") == pytest.approx(1.7e9)
-    assert bench.parse_metric(PROM_PAGE, "pmis_grpc_requests_total") == pytest.approx(5.0)
-    assert bench.parse_metric("# nothing here\n", "process_cpu_seconds_total") is None
+    assert parse_metric(PROM_PAGE, "process_cpu_seconds_total") == pytest.approx(12.34)
+    assert parse_metric(PROM_PAGE, "process_start_time_seconds") == pytest.approx(1.7e9)
+    assert parse_metric(PROM_PAGE, "pmis_grpc_requests_total") == pytest.approx(5.0)
+    assert parse_metric("# nothing here\n", "process_cpu_seconds_total") is None
 
 
 def test_cpu_per_request_handles_missing_and_restarted_servers():
@@ -72,27 +77,27 @@ def test_cpu_per_request_handles_missing_and_restarted_servers():
               "success": CpuSample(3.0, 1.0)}
     after = {"gateway": CpuSample(10.5, 1.0), "content": CpuSample(2.0, 1.0), "ranker": CpuSample(1.0, 2.0),
              "success": CpuSample(3.25, 1.0)}
-    cpu = bench.cpu_ms_per_request(before, after, requests=100)
+    cpu = cpu_ms_per_request(before, after, requests=100)
     assert cpu["per_server"] == {"gateway": pytest.approx(5.0), "content": None, "ranker": None,
                                  "success": pytest.approx(2.5)}
     assert cpu["sum"] == pytest.approx(7.5) and cpu["missing"] == ["content", "ranker"]
-    assert bench.cpu_ms_per_request(before, after, requests=0)["sum"] is None
+    assert cpu_ms_per_request(before, after, requests=0)["sum"] is None
 
 
 def test_proc_cpu_seconds_reads_this_process():
     end = time.process_time() + 0.05
     while time.process_time() < end:
         pass
-    assert bench.proc_cpu_seconds(os.getpid()) >= 0.05
-    assert bench.proc_cpu_seconds(2 ** 22 + 12345) is None
+    assert proc_cpu_seconds(os.getpid()) >= 0.05
+    assert proc_cpu_seconds(2 ** 22 + 12345) is None
 
 
 def test_metrics_ports():
-    assert bench.metrics_ports(9150, None) == {"gateway": 9150, "content": 9151, "collaborative": 9152,
-                                               "success": 9153, "ranker": 9154}
-    assert bench.metrics_ports(9100, ["ranker=9999"])["ranker"] == 9999
+    assert metrics_ports(9150, None) == {"gateway": 9150, "content": 9151, "collaborative": 9152,
+                                         "success": 9153, "ranker": 9154}
+    assert metrics_ports(9100, ["ranker=9999"])["ranker"] == 9999
     with pytest.raises(ValueError):
-        bench.metrics_ports(9100, ["trainer=1"])
+        metrics_ports(9100, ["trainer=1"])
 
 
 def test_open_loop_fires_at_the_rate_without_waiting_for_answers():
@@ -107,7 +112,7 @@ def test_open_loop_fires_at_the_rate_without_waiting_for_answers():
         return "OK", False
 
     started = time.perf_counter()
-    outcomes, span, lags = asyncio.run(bench.open_loop(send, lambda: None, rate=200, duration=0.5))
+    outcomes, span, lags = asyncio.run(open_loop(send, lambda: None, rate=200, duration=0.5))
     wall = time.perf_counter() - started
     assert len(outcomes) == 100 and len(lags) == 100
     assert 100 / span == pytest.approx(200, rel=0.1)
@@ -180,9 +185,9 @@ def test_open_and_closed_loop_count_codes_against_a_fake_gateway():
     async def main():
         server, fake, target = await start_fake()
         try:
-            cfg = bench.BenchConfig(target=target, catalog=None, duration=0.6, open_duration=0.5, deadline=0.2)
+            cfg = BenchConfig(target=target, catalog=None, duration=0.6, open_duration=0.5, deadline=0.2)
             pool = requests_pool()
-            r = await bench.open_level(cfg, pool, rate=120, meter=bench.Meter(StepProbe()))
+            r = await open_level(cfg, pool, rate=120, meter=Meter(StepProbe()))
             assert r["sent"] == 60 == sum(fake.tally.values()) - 1
             check_counts(fake, r["ok"], r["ok_degraded"], r["resource_exhausted"], r["deadline_exceeded"],
                          r["other_errors"])
@@ -195,7 +200,7 @@ def test_open_and_closed_loop_count_codes_against_a_fake_gateway():
             assert cpu["per_server"]["content"] is None and cpu["missing"] == ["content"]
 
             fake.tally.clear()
-            c = await bench.closed_level(target, pool, 4, cfg, bench.Meter(StepProbe()))
+            c = await closed_level(target, pool, 4, cfg, Meter(StepProbe()))
             codes = c["codes"]
             check_counts(fake, c["requests"] - c["degraded"], c["degraded"], codes.get("RESOURCE_EXHAUSTED", 0),
                          codes.get("DEADLINE_EXCEEDED", 0), codes.get("INVALID_ARGUMENT", 0))
@@ -224,15 +229,15 @@ def make_catalog(path):
 
 def test_build_requests_and_shortlist_ids(tmp_path):
     make_catalog(tmp_path / "c.db")
-    ids = bench.build_requests(tmp_path / "c.db", k=5, explain=True, profile_only=False)
+    ids = build_requests(tmp_path / "c.db", k=5, explain=True, profile_only=False)
     assert [r.student_id for r in ids][:2] == ["bad-7", "deg-3"] and not ids[0].HasField("explain")
     assert all(r.k == 5 for r in ids)
-    profiles = bench.build_requests(tmp_path / "c.db", k=5, explain=False, profile_only=True)
+    profiles = build_requests(tmp_path / "c.db", k=5, explain=False, profile_only=True)
     assert len(profiles) == len(KINDS) and profiles[0].HasField("explain") and not profiles[0].explain
     p = profiles[0].profile
     assert not profiles[0].student_id and list(p.skills) == ["python", "sql"] and p.cgpa == pytest.approx(8.1)
     assert p.college_tier == 2 and list(p.preferred_districts) == ["pune"]
-    assert bench.shortlist_internships(tmp_path / "c.db", 4) == ["I2", "I3", "I2", "I3"]
+    assert shortlist_internships(tmp_path / "c.db", 4) == ["I2", "I3", "I2", "I3"]
 
 
 class PromHandler(http.server.BaseHTTPRequestHandler):
@@ -260,10 +265,10 @@ def test_run_bench_end_to_end_with_echo_and_report(tmp_path):
     prom = http.server.ThreadingHTTPServer(("127.0.0.1", 0), PromHandler)
     threading.Thread(target=prom.serve_forever, daemon=True).start()
     try:
-        ports = bench.metrics_ports(1, [f"gateway={prom.server_address[1]}"])  # the others: nothing listens
-        cfg = bench.BenchConfig(target=target, catalog=tmp_path / "c.db", concurrency=[2], duration=0.4,
-                                rates=[50], open_duration=0.4, deadline=0.2, shortlist=3, metrics_ports=ports)
-        result = bench.run_bench(cfg, log=lambda *a, **k: None)
+        ports = metrics_ports(1, [f"gateway={prom.server_address[1]}"])  # the others: nothing listens
+        cfg = BenchConfig(target=target, catalog=tmp_path / "c.db", concurrency=[2], duration=0.4,
+                          rates=[50], open_duration=0.4, deadline=0.2, shortlist=3, metrics_ports=ports)
+        result = run_bench(cfg, log=lambda *a, **k: None)
     finally:
         prom.shutdown()
         asyncio.run_coroutine_threadsafe(server.stop(None), loop).result(10)
@@ -278,11 +283,11 @@ def test_run_bench_end_to_end_with_echo_and_report(tmp_path):
     s = result["shortlist"]
     assert (s["calls"], s["ok"], s["mean_pool_size"], s["candidates"]) == (3, 3, 7.0, 9)
     assert (s["missing_match"], s["missing_success"], s["missing_either"]) == (3, 3, 6)
-    text = bench.report(result)
+    text = report(result)
     for heading in ("Closed loop", "Open loop", "CPU ms per OK answer", "Shortlist"):
         assert heading in text
     assert "echo" in text and " - " in text  # unscraped servers show "-"
-    json.dumps(bench.json_safe(result), allow_nan=False)
+    json.dumps(json_safe(result), allow_nan=False)
 
 
 def test_cli_parses_bench_flags():
