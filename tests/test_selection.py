@@ -67,7 +67,7 @@ def test_paired_comparison_sees_a_small_consistent_gain_that_unpaired_intervals_
 
 
 def test_the_ranker_ships_only_when_it_earns_its_place():
-    from models.training.train import shipped_ranking
+    from models.training.ranker_stage import shipped_ranking
 
     clear = {"difference": 0.03, "interval": [0.01, 0.05], "beyond_noise": True}
     noise = {"difference": 0.002, "interval": [-0.004, 0.008], "beyond_noise": False}
@@ -82,7 +82,7 @@ def test_the_ranker_ships_only_when_it_earns_its_place():
 
 
 def test_the_success_model_ships_only_when_it_beats_the_base_rate():
-    from models.training.train import against_base_rate
+    from models.training.success_stage import against_base_rate
 
     rng = np.random.default_rng(0)
     y = (rng.random(4000) < 0.2).astype(float)
@@ -95,7 +95,7 @@ def test_the_success_model_ships_only_when_it_beats_the_base_rate():
 
 
 def test_the_collaborative_search_budget_scales_with_the_data():
-    from models.training.train import collab_trial_budget
+    from models.training.collaborative_search import collab_trial_budget
 
     assert collab_trial_budget(30_000, 6) == 30               # the default data: a real search
     assert collab_trial_budget(200_000, 6) == 10

@@ -17,7 +17,8 @@ from models.components.content import ContentModel
 from models.data.generate import generate
 from models.bundle.registry import Registry
 from models.components.success import SuccessModel
-from models.training.train import TrainConfig, positions, train
+from models.training.split import positions
+from models.training.train import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -227,7 +228,7 @@ def test_the_rank_stage_shipped_is_the_one_selection_chose(trained):
 
 
 def test_random_split_holds_out_a_share_of_each_students_internships():
-    from models.training.train import Indexed, Split
+    from models.training.split import Indexed, Split
 
     rng = np.random.default_rng(0)
     s = np.repeat(np.arange(50), 20)

@@ -24,7 +24,7 @@ from models.components.features import FeatureSpace
 from models.components.ranker import RankerModel
 from models.bundle.registry import Registry
 from models.components.success import SuccessModel
-from models.training.train import GROUP_ATTRIBUTES, positions
+from models.training.split import GROUP_ATTRIBUTES, positions
 
 log = logging.getLogger("pmis.holdout")
 
