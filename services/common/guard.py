@@ -157,94 +157,118 @@ class ServerGuard(grpc.ServerInterceptor):
         handler = continuation(handler_call_details)
         if handler is None:
             return None
-        kind, method = _kind(handler), handler_call_details.method
-        name, inner = method.rsplit("/", 1)[-1], getattr(handler, kind)
-        bad = f"request is not a valid {_request_type(handler.request_deserializer)} message"
-
-        def refuse_unusable(request, context):
-            if isinstance(request, TooLarge):
-                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, _too_large(request))
-            warn_undecodable(self.component, method, "undecodable request")
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, bad)
-
-        def check_caller(context):
-            if (refusal := _refusal_of_caller(self.allowed_callers, method, context)) is not None:
-                context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal)
-
-        def requests(iterator, context):
-            for request in iterator:
-                if _unusable(request):
-                    refuse_unusable(request, context)
-                yield request
-
-        def run(call: Callable, context):
-            try:
-                return call()
-            except RpcError as e:
-                context.abort_with_status(e.to_status())
-            except Exception:
-                if context.code() not in (None, grpc.StatusCode.OK):
-                    raise  # context.abort(): the status is already set
-                log.exception("unhandled error", extra={"fields": {"component": self.component, "method": name}})
-                context.abort(grpc.StatusCode.INTERNAL, "internal error")
-
-        def observed(body):
-            def behavior(request_or_iterator, context):
-                start = time.perf_counter()
-                try:
-                    return body(request_or_iterator, context)
-                finally:
-                    telemetry.observe(self.component, name, _code_name(context), time.perf_counter() - start)
-            return behavior
-
+        kind = _kind(handler)
+        guarded = _Guarded(self.component, handler_call_details.method, self.allowed_callers,
+                           _request_type(handler.request_deserializer))
+        inner = getattr(handler, kind)
         if kind == "unary_stream" and getattr(inner, "experimental_non_blocking", False):
-            return _rewrap(handler, kind, self._non_blocking(inner, name, check_caller, refuse_unusable, run))
+            return _rewrap(handler, kind, guarded.non_blocking(inner))
         if kind == "unary_unary":
-            def body(request, context):
-                check_caller(context)
-                if _unusable(request):
-                    refuse_unusable(request, context)
-                return run(lambda: inner(request, context), context)
-        elif kind == "stream_unary":
-            def body(iterator, context):
-                check_caller(context)
-                return run(lambda: inner(requests(iterator, context), context), context)
-        else:  # streaming answers: the body is a generator; count the call when it ends
-            def body(request_or_iterator, context):
-                check_caller(context)
-                if kind == "unary_stream" and _unusable(request_or_iterator):
-                    refuse_unusable(request_or_iterator, context)
-                source = (requests(request_or_iterator, context) if kind == "stream_stream"
-                          else request_or_iterator)
-                answers = run(lambda: inner(source, context), context)
-                while True:
-                    item = run(lambda: next(answers, _END), context)
-                    if item is _END:
-                        return
-                    yield item
+            return _rewrap(handler, kind, guarded.observed(guarded.unary(inner)))
+        if kind == "stream_unary":
+            return _rewrap(handler, kind, guarded.observed(guarded.stream_in(inner)))
+        return _rewrap(handler, kind, guarded.streaming(inner, kind))
 
-            def streaming(request_or_iterator, context):
-                start = time.perf_counter()
-                try:
-                    yield from body(request_or_iterator, context)
-                finally:
-                    telemetry.observe(self.component, name, _code_name(context), time.perf_counter() - start)
-            return _rewrap(handler, kind, streaming)
-        return _rewrap(handler, kind, observed(body))
 
-    def _non_blocking(self, inner, name: str, check_caller, refuse_unusable, run):
+class _Guarded:
+    """One method's guard: its checks, its error mapping and its count, around the behaviour of
+    each RPC kind."""
+
+    def __init__(self, component: str, method: str, allowed_callers: frozenset, request_type: str):
+        self.component, self.method, self.allowed_callers = component, method, allowed_callers
+        self.name = method.rsplit("/", 1)[-1]
+        self.bad = f"request is not a valid {request_type} message"
+
+    def refuse_unusable(self, request, context) -> None:
+        if isinstance(request, TooLarge):
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, _too_large(request))
+        warn_undecodable(self.component, self.method, "undecodable request")
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, self.bad)
+
+    def check_caller(self, context) -> None:
+        if (refusal := _refusal_of_caller(self.allowed_callers, self.method, context)) is not None:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal)
+
+    def requests(self, iterator, context):
+        for request in iterator:
+            if _unusable(request):
+                self.refuse_unusable(request, context)
+            yield request
+
+    def run(self, call: Callable, context):
+        """`call()`, its errors mapped to status codes: an RpcError to its own, anything else
+        (not already aborted) to INTERNAL, logged."""
+        try:
+            return call()
+        except RpcError as e:
+            context.abort_with_status(e.to_status())
+        except Exception:
+            if context.code() not in (None, grpc.StatusCode.OK):
+                raise  # context.abort(): the status is already set
+            log.exception("unhandled error", extra={"fields": {"component": self.component, "method": self.name}})
+            context.abort(grpc.StatusCode.INTERNAL, "internal error")
+
+    def observe(self, context, start: float) -> None:
+        telemetry.observe(self.component, self.name, _code_name(context), time.perf_counter() - start)
+
+    def observed(self, body):
+        def behavior(request_or_iterator, context):
+            start = time.perf_counter()
+            try:
+                return body(request_or_iterator, context)
+            finally:
+                self.observe(context, start)
+        return behavior
+
+    def unary(self, inner):
+        def body(request, context):
+            self.check_caller(context)
+            if _unusable(request):
+                self.refuse_unusable(request, context)
+            return self.run(lambda: inner(request, context), context)
+        return body
+
+    def stream_in(self, inner):
+        def body(iterator, context):
+            self.check_caller(context)
+            return self.run(lambda: inner(self.requests(iterator, context), context), context)
+        return body
+
+    def streaming(self, inner, kind: str):
+        """Streaming answers: the body is a generator; the call is counted when it ends."""
+        def body(request_or_iterator, context):
+            self.check_caller(context)
+            if kind == "unary_stream" and _unusable(request_or_iterator):
+                self.refuse_unusable(request_or_iterator, context)
+            source = (self.requests(request_or_iterator, context) if kind == "stream_stream"
+                      else request_or_iterator)
+            answers = self.run(lambda: inner(source, context), context)
+            while True:
+                item = self.run(lambda: next(answers, _END), context)
+                if item is _END:
+                    return
+                yield item
+
+        def behavior(request_or_iterator, context):
+            start = time.perf_counter()
+            try:
+                yield from body(request_or_iterator, context)
+            finally:
+                self.observe(context, start)
+        return behavior
+
+    def non_blocking(self, inner):
         """A stream that answers through grpcio's `send_response_callback` (health Watch) keeps
         that form: it returns at once and holds no worker thread while it is open. Wrapped as a
         generator, every open Watch -- one per gateway replica's channel -- would hold one of the
         server's workers for its whole life, and as many watchers as workers stop every call."""
         def behavior(request, context, send_response_callback=None):
             start = time.perf_counter()
-            context.add_callback(lambda: telemetry.observe(self.component, name, _code_name(context),
-                                                           time.perf_counter() - start))
-            check_caller(context)
+            context.add_callback(lambda: self.observe(context, start))
+            self.check_caller(context)
             if _unusable(request):
-                refuse_unusable(request, context)
-            run(lambda: inner(request, context, send_response_callback=send_response_callback), context)
+                self.refuse_unusable(request, context)
+            self.run(lambda: inner(request, context, send_response_callback=send_response_callback), context)
 
         behavior.experimental_non_blocking = True
         behavior.experimental_thread_pool = getattr(inner, "experimental_thread_pool", None)
