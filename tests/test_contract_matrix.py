@@ -13,8 +13,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from models.data.contract import LIST, SCHEMA, STRING, validate
+from models.data.contract import validate
 from models.data.generate import generate
+from models.data.schema import LIST, SCHEMA, STRING
 from models.training.train import train
 from tests.support.configs import small_train_config
 

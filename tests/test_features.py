@@ -7,9 +7,10 @@ import pandas as pd
 import pytest
 
 from models.components import ranker, success
-from models.data.contract import PROTECTED_ATTRIBUTES, load_dataset
+from models.data.contract import load_dataset
 from models.data.domain import ELSEWHERE, NEIGHBOURING, REMOTE, SAME_DISTRICT, SAME_STATE
 from models.data.generate import generate
+from models.data.schema import PROTECTED_ATTRIBUTES
 from models.components.features import PAIR_FEATURES, FeatureSpace, Vocabulary, matched_missing, pair_features
 
 F = {name: i for i, name in enumerate(PAIR_FEATURES)}

@@ -23,7 +23,7 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from models.bundle.format import Bundle, BundleRef, write_bundle
-from models.data.contract import PROTECTED_ATTRIBUTES
+from models.data.schema import PROTECTED_ATTRIBUTES
 from models.components.features import PAIR_FEATURES
 
 COMPONENT = "success"
