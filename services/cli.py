@@ -73,7 +73,7 @@ COLLAB_TRIALS_HELP = ("collaborative hyperparameter trials (the grid first, then
 
 
 def _trials(text: str) -> int:
-    from models.lifecycle.jobs import collab_trials_problem
+    from models.lifecycle.config import collab_trials_problem
 
     n = int(text)
     if problem := collab_trials_problem(n):
@@ -188,7 +188,9 @@ def cmd_models(args) -> int:
 def cmd_retrain(args) -> int:
     """Retrain through the job table (the trainer service lists the job); with --if-needed only
     when a retraining trigger fires (models/lifecycle/triggers.py). Every check is logged with its reasons."""
-    from models.lifecycle.jobs import JobStore, normalise_config, run_job
+    from models.lifecycle.config import normalise_config
+    from models.lifecycle.running import run_job
+    from models.lifecycle.store import JobStore
     from models.lifecycle.triggers import check_and_record
 
     data, bundles = Path(args.data), Path(args.bundles)

@@ -5,6 +5,9 @@
   bundles, shared by every test that needs real models (training takes ~30 s; once per session).
 - `default_report`: the report of `pmis run` on the default generated dataset, what the README's
   numbers describe (about a minute; once per session, only for the tests that ask for it).
+- the trainer's tests (tests/test_trainer_*.py): `tiny_system` (a tiny trained system, once per
+  session), `tiny_copy` (a test's own copy of it), `admin_env` (the admin token set), `trainer`
+  and `content_server` (in-process servers on that copy); built with tests/support/trainer.py.
 Shared helpers (waiting, grpcurl, loopback servers, configurations) are in `tests/support/`.
 """
 
@@ -73,3 +76,57 @@ def default_report(tmp_path_factory) -> dict:
                  "--runs", str(home / "runs"), "--quiet"]) == 0
     (report,) = (home / "runs").glob("*/report.json")
     return json.loads(report.read_text())
+
+
+# --------------------------------------------------------------------------- the trainer's tests
+
+
+@pytest.fixture(scope="session")
+def tiny_system(tmp_path_factory):
+    """600 students x 120 internships and a trained champion of every component (about 15 s).
+
+    Built once per session in the base temp folder; the trainer's tests change only copies of it.
+    """
+    from tests.support.trainer import build_tiny_system
+
+    return build_tiny_system(tmp_path_factory.getbasetemp() / "trainer-tiny")
+
+
+@pytest.fixture()
+def tiny_copy(tiny_system, tmp_path):
+    """This test's own copy of the tiny system: what it registers, activates, rolls back or runs stays here."""
+    from tests.support.trainer import copy_system
+
+    return copy_system(tiny_system, tmp_path / "system")
+
+
+@pytest.fixture(scope="module")
+def admin_env():
+    """PMIS_ADMIN_TOKEN set to the trainer tests' token (no token file), for the module's tests."""
+    from tests.support.trainer import TOKEN
+
+    mp = pytest.MonkeyPatch()
+    try:
+        mp.setenv("PMIS_ADMIN_TOKEN", TOKEN)
+        mp.delenv("PMIS_ADMIN_TOKEN_FILE", raising=False)
+        yield
+    finally:
+        mp.undo()
+
+
+@pytest.fixture()
+def trainer(tiny_copy, tiny_system, admin_env):
+    """The trainer server in this process, on this test's own copy of the tiny system."""
+    from tests.support.trainer import running_trainer
+
+    with running_trainer(tiny_copy, tiny_system) as running:
+        yield running
+
+
+@pytest.fixture()
+def content_server(trainer):
+    """A content component server in this process, on the trainer's registry, watching it."""
+    from tests.support.trainer import running_content_server
+
+    with running_content_server(trainer.system.bundles) as stub:
+        yield stub

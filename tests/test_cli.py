@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models.lifecycle.jobs import JobStore
+from models.lifecycle.store import JobStore
 from models.bundle.registry import Registry
 from tests.support.loopback import running_system
 from tests.support.systems import copy_bundles

@@ -15,8 +15,8 @@ import pytest
 
 from tests.support.grpcurl import GRPCURL, grpcurl, messages, ok
 from tests.support.waiting import wait_until
-from tests.test_trainer import (TOKEN, TRAINER, await_server, copy_system, launch_server, stop_process,  # noqa: F401
-                                tiny_system)  # tiny_system is a fixture
+from tests.support.processes import await_server, launch_server, stop_process
+from tests.support.trainer import TOKEN, TRAINER, copy_system
 
 AUTH = f"authorization: Bearer {TOKEN}"
 TS = TRAINER
@@ -24,7 +24,7 @@ SUCCESS = "pmis.v1.SuccessService"
 
 
 @pytest.fixture(scope="module")
-def lifecycle(tiny_system, tmp_path_factory):  # noqa: F811 - the fixture imported above
+def lifecycle(tiny_system, tmp_path_factory):
     """The trainer and a success server following the champion alias, as processes on ports they
     bind and report, on this module's own copy of the tiny system."""
     system = copy_system(tiny_system, tmp_path_factory.mktemp("trainer-e2e"))

@@ -1,9 +1,10 @@
-"""The entry point of a training job's worker process (multiprocessing, spawn context): the
-servers' structured logging, then the job (models/lifecycle/jobs.py `run_in_worker`)."""
+"""The entry point of a training job's worker process (multiprocessing, spawn context; started by
+services/trainer/runner.py): the servers' structured logging, then the job
+(models/lifecycle/running.py `run_in_worker`)."""
 
 from __future__ import annotations
 
-from models.lifecycle.jobs import run_in_worker
+from models.lifecycle.running import run_in_worker
 from services.common.logs import setup_logging
 
 

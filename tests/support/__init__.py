@@ -7,4 +7,5 @@
   themselves.
 - `processes`: servers as real processes on ports they bind themselves and report back.
 - `configs`: the small training configuration the tests train with.
+- `trainer`: what the trainer's tests share (admin token, in-process trainer, the tiny system).
 """
