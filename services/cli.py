@@ -136,8 +136,9 @@ def cmd_run(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from models.bundle.format import BundleError, verify_bundle
+    from models.bundle.format import BundleError
     from models.bundle.registry import Registry, RegistryError
+    from models.lifecycle.versions import activate
 
     needs = {"show": ("component", "version"), "compare": ("component",), "activate": ("component", "version"),
              "rollback": ("component",), "history": ("component",)}.get(args.action, ())
@@ -170,8 +171,7 @@ def cmd_models(args) -> int:
                 print(metric.ljust(32) + "".join((f"{c:.4f}" if isinstance(c, float) else str(c)).rjust(12)
                                                  for c in cells))
         elif args.action == "activate":
-            verify_bundle(reg.get(args.component, args.version)["path"])  # never point an alias at a bad bundle
-            reg.set_alias(args.component, args.version, args.alias, reason=args.reason or "activated from the CLI")
+            activate(reg, args.component, args.version, reason=args.reason or "activated from the CLI", alias=args.alias)
             print(f"{args.component}: {args.alias} -> v{args.version}")
         elif args.action == "rollback":
             row = reg.rollback(args.component, args.alias, reason=args.reason or "rollback from the CLI")

@@ -49,10 +49,10 @@ def flatten_metrics(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, A
     return flat
 
 
-def _manifest_of(path: Path) -> dict[str, Any]:
-    """The bundle's manifest if readable (for created_at and default metrics), else {}."""
+def manifest_of(path: Path | str) -> dict[str, Any]:
+    """The manifest of the bundle in `path` if readable, else {}."""
     try:
-        manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+        manifest = json.loads((Path(path) / MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
     return manifest if isinstance(manifest, dict) else {}
@@ -186,7 +186,7 @@ class Registry:
 
         Without ``metrics``, the metrics recorded in the bundle's manifest are used.
         """
-        manifest = _manifest_of(Path(ref.path))
+        manifest = manifest_of(ref.path)
         with self._transaction(immediate=True) as con:
             self._insert(con, ref, manifest, metrics)
 
@@ -205,7 +205,7 @@ class Registry:
         job service uses it to refuse registration once a job has been cancelled, and to record
         the registration atomically with its job row, which lives in the same database).
         """
-        prepared = [(ref, _manifest_of(Path(ref.path)), metrics) for ref, metrics in items]
+        prepared = [(ref, manifest_of(ref.path), metrics) for ref, metrics in items]
         with self._transaction(immediate=True) as con:
             if guard is not None:
                 guard(con, [ref for ref, _, _ in prepared])

@@ -23,7 +23,8 @@ import numpy as np
 
 from models.bundle.registry import Registry
 from models.components import COMPONENTS
-from models.lifecycle.versions import champion_of, manifest_of
+from models.bundle.registry import manifest_of
+from models.lifecycle.versions import champion_of
 
 DEFAULT_MIN_NEW_INTERACTIONS = 1000
 DEFAULT_MIN_NEW_OUTCOMES = 200

@@ -9,21 +9,12 @@ component servers follow that alias. The trainer's model RPCs and the jobs' auto
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from models.bundle.format import MANIFEST, verify_bundle
-from models.bundle.registry import Registry, RegistryError
+from models.bundle.format import verify_bundle
+from models.bundle.registry import Registry, RegistryError, manifest_of
 
 CHAMPION = "champion"
-
-
-def manifest_of(path: Path | str) -> dict:
-    """The manifest of the bundle in ``path``; {} when it cannot be read."""
-    try:
-        return json.loads((Path(path) / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
 
 
 def evaluation_window(manifest: dict) -> dict | None:
@@ -53,20 +44,23 @@ def auto_activate(registry: Registry, job_id: str, versions: dict[str, int], mar
         d = diagnostics.decide_activation(component, version, new["metrics"], window, champion, champion_window,
                                           margin)
         if d["activate"]:
-            registry.set_alias(component, version, CHAMPION, reason=f"auto-activated by job {job_id}: {d['reason']}")
+            activate(registry, component, version, reason=f"auto-activated by job {job_id}: {d['reason']}")
         decisions.append(d)
     return decisions
 
 
-def activate(registry: Registry, component: str, version: int, path: Path, reason: str) -> tuple[dict | None, dict]:
-    """Make a version the champion; (the previous champion or None, the new one).
-
-    The bundle is verified first (BundleError when it does not verify): servers, and new replicas,
-    must never be pointed at a bad bundle.
-    """
-    verify_bundle(Path(path))
-    previous = champion_of(registry, component)
-    registry.set_alias(component, version, CHAMPION, reason=reason)
+def activate(registry: Registry, component: str, version: int, reason: str,
+             alias: str = CHAMPION) -> tuple[dict | None, dict]:
+    """Point `alias` at a version, its bundle verified first (BundleError when it does not verify):
+    servers, and new replicas, must never be pointed at a bad bundle. The one activation of the
+    CLI, the trainer's Activate and the jobs' auto-activation. Returns (the version the alias
+    pointed at or None, the new one)."""
+    verify_bundle(Path(registry.get(component, version)["path"]))
+    try:
+        previous = registry.resolve(component, alias)
+    except RegistryError:
+        previous = None
+    registry.set_alias(component, version, alias, reason=reason)
     return previous, registry.get(component, version)
 
 

@@ -15,7 +15,8 @@ from google.protobuf import timestamp_pb2
 from models.bundle.registry import flatten_metrics
 from models.lifecycle.schema import STATUSES
 from models.lifecycle.store import parse_iso
-from models.lifecycle.versions import evaluation_window, manifest_of
+from models.bundle.registry import manifest_of
+from models.lifecycle.versions import evaluation_window
 from models.training import diagnostics
 from pmis.v1 import common_pb2, trainer_pb2
 

@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from models.bundle.format import BundleError
-from models.bundle.registry import RegistryError
+from models.bundle.registry import RegistryError, manifest_of
 from models.components import COMPONENTS
 from models.lifecycle import triggers, versions
 from models.lifecycle.config import normalise_config
@@ -201,7 +201,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             v.add("version", "must be >= 1, or 0 for the champion")
         v.raise_if_any()
         row = self._registry_row(request.component, request.version)
-        manifest = versions.manifest_of(row["path"])
+        manifest = manifest_of(row["path"])
         run_dir, plots = versions.run_plots(self.cfg.runs, row["run_id"], request.component)
         history = self._store().registry.history(request.component)
         return messages.model_detail_message(row, manifest, run_dir, plots, history, request.include_plot_bytes)
@@ -209,7 +209,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
     def CompareModels(self, request, context):
         compared = self._versions_to_compare(request)
         rows = [self._registry_row(request.component, x) for x in compared]
-        manifests = [versions.manifest_of(r["path"]) for r in rows]
+        manifests = [manifest_of(r["path"]) for r in rows]
         differences = versions.window_differences(rows, manifests)
         if request.require_same_window and differences:
             raise failed_precondition("the versions were evaluated on different windows: " + "; ".join(differences))
@@ -241,11 +241,11 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             v.add("version", "must be >= 1")
         self._reason(v, request.reason)
         v.raise_if_any()
-        row = self._registry_row(request.component, request.version)
+        self._registry_row(request.component, request.version)  # NOT_FOUND for an unknown version
         try:
             reason = request.reason or "activated through the trainer API"
             previous, current = versions.activate(self._store().registry, request.component, request.version,
-                                                  row["path"], reason=reason)
+                                                  reason=reason)
         except BundleError as e:
             raise failed_precondition(f"refusing to activate {request.component} v{request.version}: {e}") from None
         log.info("activated", extra={"fields": {"model": request.component, "version": request.version,
