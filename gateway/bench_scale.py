@@ -9,7 +9,7 @@ process start to grpc.health.v1 SERVING (polled every 50 ms, all servers in para
 resident memory (VmRSS, and the peak VmHWM, from /proc/PID/status) after a warm-up, then runs
 `pmis bench`'s closed loop at concurrency 1 for known students and for profile-only requests
 (p50/p99 and CPU ms per request per server). Everything is stopped with SIGTERM at the end.
-`tests/test_scale_serving.py` runs the same measurement under pytest (`-m scale`).
+`tests/e2e/test_scale_serving.py` runs the same measurement under pytest (`-m scale`).
 """
 
 from __future__ import annotations

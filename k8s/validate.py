@@ -1,4 +1,4 @@
-"""Offline validation of the deployment: `make k8s-validate` (and tests/test_k8s.py).
+"""Offline validation of the deployment: `make k8s-validate` (and tests/k8s/).
 
 1. Every plain manifest (base files and any overlay `resources:` files; not the `patches:`, which
    are fragments) is validated object by object with kubernetes-validate --strict against ONE

@@ -1,5 +1,5 @@
-"""What the tests of bundles and of the model components (tests/test_bundle_*.py,
-tests/test_components_*.py) share: unsigned bundles by default, a small fitted estimator to
+"""What the tests of bundles and of the model components (tests/models/test_bundle_*.py,
+tests/models/test_components_*.py) share: unsigned bundles by default, a small fitted estimator to
 pickle, and a manifest rewritten the way a careful attacker would."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""What the model components' tests (tests/test_components_*.py) share: single-threaded numerics."""
+"""What the model components' tests (tests/models/test_components_*.py) share: single-threaded numerics."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""What the fair re-rankers' tests (tests/test_fairness_*.py) share: hypothesis settings, the
+"""What the fair re-rankers' tests (tests/models/test_fairness_*.py) share: hypothesis settings, the
 ranking inputs strategy, and checkers of prefix floors and within-group order."""
 
 from __future__ import annotations

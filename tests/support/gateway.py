@@ -1,4 +1,4 @@
-"""What the gateway's tests (tests/test_gateway_*.py) share: the loopback system and known students.
+"""What the gateway's tests (tests/gateway/test_gateway_*.py) share: the loopback system and known students.
 
 The system is the four component servers in-process (real `ComponentServer`s on free ports) and
 the asyncio gateway served on an event loop on a background thread (tests/support/loopback.py);

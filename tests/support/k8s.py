@@ -1,4 +1,4 @@
-"""What the deployment's tests (tests/test_k8s_*.py) share: k8s/validate.py loaded as a module,
+"""What the deployment's tests (tests/k8s/test_k8s_*.py) share: k8s/validate.py loaded as a module,
 kubectl if there is one, rendered targets (cached for the session) and objects by kind."""
 
 from __future__ import annotations

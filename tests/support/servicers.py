@@ -1,4 +1,4 @@
-"""What the component servicers' tests (tests/test_servicers_*.py, tests/test_batching.py) share:
+"""What the component servicers' tests (tests/services/test_servicers_*.py, tests/gateway/test_batching.py) share:
 each servicer on an in-process loopback server behind the servers' own guard interceptor
 (services/common/guard.py), called through a real channel, and helpers that read its errors
 down to the google.rpc BadRequest field names a client would see.
@@ -38,7 +38,7 @@ COMPONENTS = {
 TIMEOUT = 30.0
 ADMIN_TOKEN = "servicer-tests-admin-token"
 # Reload is an admin RPC (services/common/auth.py): every call of the harness carries the token
-# (read-only RPCs ignore it); the token-less and wrong-token cases are in tests/test_trainer_auth.py.
+# (read-only RPCs ignore it); the token-less and wrong-token cases are in tests/services/test_trainer_auth.py.
 ADMIN_METADATA = (("authorization", f"Bearer {ADMIN_TOKEN}"),)
 APPLY, VIEW = common_pb2.EVENT_TYPE_APPLY, common_pb2.EVENT_TYPE_VIEW
 

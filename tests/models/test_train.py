@@ -20,7 +20,7 @@ from models.components.success import SuccessModel
 from models.training.split import positions
 from models.training.train import TrainConfig, train
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ values (extremes, NaN and infinities, unknown enum values, huge and empty lists,
 strings, nested messages), byte-level mutations of valid requests, and random bytes. Whatever
 arrives, a server must answer with a status that means something -- never INTERNAL or UNKNOWN --
 no later than the call's deadline, and still be SERVING afterwards. The status table is printed
-(`pytest -s tests/test_fuzz.py`).
+(`pytest -s tests/e2e/test_fuzz.py`).
 """
 
 from __future__ import annotations

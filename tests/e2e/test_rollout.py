@@ -7,7 +7,7 @@ The manifests in k8s/ rely on three behaviours; each is shown here on this machi
    receive calls, counted by each replica's own Prometheus metrics.
 2. Rolling restart under steady load: each replica in turn gets SIGTERM (NOT_SERVING, drain,
    graceful stop) and is replaced; no call fails and no answer is degraded. The numbers (sent,
-   failed, p50/p99 overall and during the restart) are printed: `pytest -s tests/test_rollout.py`.
+   failed, p50/p99 overall and during the restart) are printed: `pytest -s tests/e2e/test_rollout.py`.
 3. Readiness follows the bundle: a replica whose bundle loads slowly answers health checks with
    NOT_SERVING (and its RPCs with UNAVAILABLE) until the bundle is loaded, then SERVING.
 Plus: a replica loads its bundle from a registry on a read-only volume (the k8s mount), checked
@@ -40,7 +40,7 @@ from services.common.listening import read_ports
 from services.components import COMPONENT_MODULES, SERVICE_NAMES
 from tests.support.waiting import wait_serving, wait_until
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # Generous budgets, as in test_e2e: on a busy 2-core machine a 300 ms budget could lapse and turn
 # an answer "degraded"; these tests are about replicas coming and going, not latency.
 BUDGETS = {f"PMIS_{c.upper()}_BUDGET_MS": "5000" for c in COMPONENT_MODULES}

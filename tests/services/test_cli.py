@@ -1,4 +1,4 @@
-"""Every `pmis` subcommand (but `pmis up`, tests/test_up.py) as a user runs it: a real process,
+"""Every `pmis` subcommand (but `pmis up`, tests/e2e/test_up.py) as a user runs it: a real process,
 small data, quick flags; what it prints and its exit code, on success and on the usual mistakes.
 
 One tiny home is made by the CLI itself and shared by the module: `pmis generate` (300 students x
@@ -28,7 +28,7 @@ from models.bundle.registry import Registry
 from tests.support.loopback import running_system
 from tests.support.systems import copy_bundles
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 COMPONENTS = ("collaborative", "content", "ranker", "success")
 # Nothing listens on port 1 of the loopback interface (privileged, never a server's): refused at once.
 NOWHERE = "127.0.0.1:1"

@@ -12,7 +12,7 @@ import pytest
 
 from tests.support.loopback import running_system
 
-CLIENT = Path(__file__).resolve().parents[1] / "clients" / "node"
+CLIENT = Path(__file__).resolve().parents[2] / "clients" / "node"
 
 
 @pytest.fixture(scope="module")

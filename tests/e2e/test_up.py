@@ -21,7 +21,7 @@ from services.components import SERVERS, SERVICE_NAMES
 from tests.support.systems import copy_bundles
 from tests.support.waiting import health_status, wait_serving, wait_until
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture()

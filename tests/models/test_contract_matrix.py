@@ -19,7 +19,7 @@ from models.data.schema import LIST, SCHEMA, STRING
 from models.training.train import train
 from tests.support.configs import small_train_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 OPTIONAL_TABLES = ("companies", "outcomes")
 
 

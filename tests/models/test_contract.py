@@ -13,7 +13,7 @@ import pytest
 from models.data.contract import DataError, Problem, load_dataset, validate
 from models.data.generate import generate
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 N_STUDENTS, N_INTERNSHIPS, SEED = 400, 120, 11
 
 

@@ -6,7 +6,7 @@ The scale test needs a prepared home (generate + train once, ~35 min on 2 cores)
 
     PMIS_HOME=/tmp/scale pmis generate --students 1000000 --internships 100000
     PMIS_HOME=/tmp/scale pmis train --quiet
-    PMIS_SCALE_HOME=/tmp/scale pytest -q -m scale tests/test_scale_serving.py --override-ini="addopts=-ra" -s
+    PMIS_SCALE_HOME=/tmp/scale pytest -q -m scale tests/e2e/test_scale_serving.py --override-ini="addopts=-ra" -s
 
 PMIS_SCALE_PORT / PMIS_SCALE_METRICS_PORT choose the gateway's ports (the others follow as in
 `pmis up`); by default the OS picks free ones.

@@ -1,0 +1,1 @@
+"""Tests of the gateway: its stages, front door, batching, degradation and bench."""

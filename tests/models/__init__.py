@@ -1,0 +1,1 @@
+"""Tests of the library: bundles and registry, components, fairness, training, data."""

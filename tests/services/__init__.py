@@ -1,0 +1,1 @@
+"""Tests of the component and trainer servers, their common parts, the pmis command."""
