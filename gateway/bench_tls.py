@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 from gateway.bench.run import BenchConfig, run_bench
-from models.bundle.format import ensure_signing_key
+from models.bundle.signing import ensure_signing_key
 from services.common.tls import ClientTLS
 from services.components import COMPONENT_MODULES
 from services.launcher import Cluster, Ports

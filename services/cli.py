@@ -29,7 +29,7 @@ def _paths(args) -> None:
     if getattr(args, "runs", None) is None:
         args.runs = home / "runs"
     if hasattr(args, "bundles"):  # every command that writes or loads bundles signs and verifies them
-        from models.bundle.format import ensure_signing_key
+        from models.bundle.signing import ensure_signing_key
 
         ensure_signing_key(home / "signing-key")
 

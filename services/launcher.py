@@ -249,7 +249,8 @@ def _step(status: int, what: str) -> None:
 def _champion_problem(registry) -> str | None:
     """Why the champions could not be served (unsigned or tampered, or a ranker trained on an
     older feature schema), or None."""
-    from models.bundle.format import BundleError, load_bundle, verify_bundle
+    from models.bundle.format import BundleError
+    from models.bundle.reading import load_bundle, verify_bundle
     from models.components.ranker import FEATURES
 
     try:

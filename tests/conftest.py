@@ -32,7 +32,7 @@ os.environ.setdefault("PMIS_BUNDLE_SIGNING_KEY", "pmis-test-suite-signing-key")
 @pytest.fixture()
 def unsigned_bundles(monkeypatch):
     """No signing key, unsigned bundles accepted: for tests about the rest of the bundle format."""
-    from models.bundle.format import ALLOW_UNSIGNED_ENV, SIGNING_KEY_ENV, SIGNING_KEY_FILE_ENV
+    from models.bundle.signing import ALLOW_UNSIGNED_ENV, SIGNING_KEY_ENV, SIGNING_KEY_FILE_ENV
 
     monkeypatch.delenv(SIGNING_KEY_ENV, raising=False)
     monkeypatch.delenv(SIGNING_KEY_FILE_ENV, raising=False)

@@ -23,7 +23,8 @@ from implicit.als import AlternatingLeastSquares
 from implicit.nearest_neighbours import BM25Recommender
 from threadpoolctl import threadpool_limits
 
-from models.bundle.format import Bundle, BundleRef, arrays_to_csr, csr_to_arrays, write_bundle
+from models.bundle.format import arrays_to_csr, Bundle, BundleRef, csr_to_arrays
+from models.bundle.writing import write_bundle
 
 COMPONENT = "collaborative"
 EVENT_WEIGHTS = {"view": 1.0, "save": 3.0, "apply": 5.0}

@@ -15,7 +15,8 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn.feature_extraction.text import TfidfVectorizer
 
-from models.bundle.format import Bundle, BundleRef, arrays_to_csr, csr_to_arrays, write_bundle
+from models.bundle.format import arrays_to_csr, Bundle, BundleRef, csr_to_arrays
+from models.bundle.writing import write_bundle
 from models.components.features import Vocabulary
 
 COMPONENT = "content"

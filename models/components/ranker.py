@@ -11,7 +11,8 @@ import numpy as np
 import scipy.sparse as sp
 from lightgbm import LGBMRanker
 
-from models.bundle.format import Bundle, BundleRef, write_bundle
+from models.bundle.format import Bundle, BundleRef
+from models.bundle.writing import write_bundle
 from models.components.features import PAIR_FEATURES
 from models.components.scores import COMPONENT_SCORES, blend_terms
 

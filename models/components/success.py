@@ -22,7 +22,8 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
-from models.bundle.format import Bundle, BundleRef, write_bundle
+from models.bundle.format import Bundle, BundleRef
+from models.bundle.writing import write_bundle
 from models.data.schema import PROTECTED_ATTRIBUTES
 from models.components.features import PAIR_FEATURES
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from models.bundle.format import verify_bundle
+from models.bundle.reading import verify_bundle
 from models.bundle.registry import Registry, RegistryError, manifest_of
 
 CHAMPION = "champion"

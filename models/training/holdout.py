@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from models.bundle.format import load_bundle
+from models.bundle.reading import load_bundle
 from models.components.collaborative import CollaborativeModel
 from models.components.content import ContentModel, profile_text
 from models.data.contract import DataError, ValidationReport, _check_table, _read_raw, load_dataset

@@ -28,7 +28,8 @@ from google.protobuf import timestamp_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from models.bundle.format import Bundle, BundleError, load_bundle
+from models.bundle.format import Bundle, BundleError
+from models.bundle.reading import load_bundle
 from models.bundle.registry import Registry, RegistryError
 from pmis.v1 import common_pb2
 from services.common import admission, guard, listening, telemetry, tls

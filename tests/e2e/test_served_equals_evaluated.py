@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from gateway.filters import allowed
-from models.bundle.format import load_bundle
+from models.bundle.reading import load_bundle
 from models.data.contract import load_dataset
 from models.training.evaluate import _pipeline_top_k, candidate_block, pipeline_scores
 from models.training.holdout import components_from_bundles, load_champions

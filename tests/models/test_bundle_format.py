@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-import models.bundle.format as bundle_mod
-from models.bundle.format import BundleError, arrays_to_csr, bundle_versions, csr_to_arrays, load_bundle, write_bundle
+import models.bundle.writing as bundle_mod
+from models.bundle.format import arrays_to_csr, BundleError, csr_to_arrays
+from models.bundle.reading import load_bundle
+from models.bundle.writing import bundle_versions, write_bundle
 from tests.support.bundles import fitted_model, no_signing_key  # noqa: F401 - no_signing_key: autouse
 
 

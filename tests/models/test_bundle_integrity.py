@@ -10,8 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import models.bundle.format as bundle_mod
-from models.bundle.format import SIGNING_KEY_ENV, BundleError, load_bundle, verify_bundle, write_bundle
+import models.bundle.reading as bundle_mod
+from models.bundle.format import BundleError
+from models.bundle.reading import load_bundle, verify_bundle
+from models.bundle.signing import SIGNING_KEY_ENV
+from models.bundle.writing import write_bundle
 from tests.support.bundles import fitted_model, no_signing_key, rewrite_manifest  # noqa: F401 - no_signing_key: autouse
 
 

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from models.bundle.format import (ALLOW_UNSIGNED_ENV, SIGNING_KEY_ENV, SIGNING_KEY_FILE_ENV, BundleError,
-                                  ensure_signing_key, load_bundle, verify_bundle, write_bundle)
+from models.bundle.format import BundleError
+from models.bundle.reading import load_bundle, verify_bundle
+from models.bundle.signing import ALLOW_UNSIGNED_ENV, SIGNING_KEY_ENV, SIGNING_KEY_FILE_ENV, ensure_signing_key
+from models.bundle.writing import write_bundle
 from tests.support.bundles import no_signing_key, rewrite_manifest  # noqa: F401 - no_signing_key: autouse
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from implicit.als import AlternatingLeastSquares
 
-from models.bundle.format import load_bundle
+from models.bundle.reading import load_bundle
 from models.components.collaborative import EVENT_WEIGHTS, CollaborativeModel, interaction_matrix
 from tests.support.bundles import no_signing_key  # noqa: F401 - autouse fixture
 from tests.support.components import one_thread  # noqa: F401 - autouse fixture

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models.bundle.format import load_bundle
+from models.bundle.reading import load_bundle
 from models.components.content import ContentModel, SkillExplainer, internship_text, profile_text
 from models.components.features import Vocabulary
 from tests.support.bundles import no_signing_key  # noqa: F401 - autouse fixture

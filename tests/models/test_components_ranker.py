@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import ndcg_score
 
-from models.bundle.format import load_bundle
+from models.bundle.reading import load_bundle
 from models.components.features import PAIR_FEATURES
 from models.components.ranker import RankerModel, ranker_features
 from models.components.scores import COMPONENT_SCORES, blend_scores

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from models.bundle.format import BundleError, load_bundle
+from models.bundle.format import BundleError
+from models.bundle.reading import load_bundle
 from models.components.features import PAIR_FEATURES
 from models.components.success import FEATURES as SUCCESS_FEATURES
 from models.components.success import SuccessModel, search

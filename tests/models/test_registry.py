@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from models.bundle.format import BundleRef, write_bundle
+from models.bundle.format import BundleRef
+from models.bundle.writing import write_bundle
 from models.bundle.registry import Registry, RegistryError
 
 

@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models.bundle.format import BundleError, load_bundle
+from models.bundle.format import BundleError
+from models.bundle.reading import load_bundle
 from models.components.collaborative import CollaborativeModel
 from models.components.content import ContentModel
 from models.data.generate import generate
@@ -203,7 +204,7 @@ def test_selection_reports_intervals_and_the_ranker_comparison(trained):
 def test_the_rank_stage_shipped_is_the_one_selection_chose(trained):
     """The ranker bundle serves what the comparison chose, its manifest and the registry say so,
     and its registered metrics are that ranking's."""
-    from models.bundle.format import load_bundle
+    from models.bundle.reading import load_bundle
     from models.components.ranker import RankerModel
     from models.bundle.registry import Registry
 

@@ -133,7 +133,7 @@ def test_content_invalid_arguments(loaded, method, request_, fields):
 
 
 def test_content_skills_are_ordered_by_their_weight_in_the_internship(small_system):
-    from models.bundle.format import load_bundle
+    from models.bundle.reading import load_bundle
     from models.bundle.registry import Registry
     from services.content.server import ContentRuntime
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from models.bundle.format import write_bundle
+from models.bundle.writing import write_bundle
 from models.bundle.registry import Registry, RegistryError
 from models.lifecycle.config import normalise_config
 from models.lifecycle.store import RESTART_MESSAGE, JobStopped, JobStore

@@ -10,7 +10,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from models.bundle.format import write_bundle
+from models.bundle.writing import write_bundle
 from models.bundle.registry import Registry
 from models.training import diagnostics
 from tests.support.trainer import AUTH, T, code_of, content_version, served, violations_of

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import grpc
 
-from models.bundle.format import write_bundle
+from models.bundle.writing import write_bundle
 from models.bundle.registry import Registry
 from models.lifecycle.config import normalise_config
 from models.lifecycle.store import JobStore

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-import models.bundle.format as bundle_mod
+from models.bundle import signing
 
 
 @pytest.fixture(autouse=True)
@@ -25,9 +25,9 @@ def rewrite_manifest(path: Path, edit) -> None:
     manifest = json.loads(mpath.read_text())
     edit(manifest)
     manifest.pop("signature", None)
-    key = bundle_mod._signing_key()
+    key = signing.signing_key()
     if key is not None:
-        manifest["signature"] = bundle_mod._sign(manifest, key)
+        manifest["signature"] = signing.sign(manifest, key)
     mpath.write_text(json.dumps(manifest))
 
 
