@@ -34,7 +34,7 @@ from services.common.auth import check_admin
 from services.common.batch import MAX_BATCH
 from services.common.errors import RpcError, not_found, unavailable
 from services.common.profiles import EVENT_NAMES, EVENT_TYPES, profile_message
-from services.common.server import add_listen_args, env
+from services.common.config import add_admission_flags, add_listen_flags, add_shutdown_flags, flag
 from services.common.tls import ClientTLS, ServerTLS
 from services.common.validation import Violations
 
@@ -274,53 +274,45 @@ class Gateway(gateway_pb2_grpc.RecommendationGatewayServicer):
 def parse_config(argv=None) -> GatewayConfig:
     d = GatewayConfig()
     p = argparse.ArgumentParser(prog="pmis-gateway", description="PMIS recommendation gateway")
-    add_listen_args(p, d.port, d.metrics_port)
-    p.add_argument("--catalog", type=Path, default=Path(env("CATALOG", d.catalog)), help="catalog SQLite (env PMIS_CATALOG)")
-    for c in COMPONENTS:
-        p.add_argument(f"--{c}-target", default=env(f"{c.upper()}_TARGET", d.targets[c]),
-                       help=f"gRPC target of the {c} service, e.g. dns:///{c}:50051 (env PMIS_{c.upper()}_TARGET)")
-        p.add_argument(f"--{c}-budget-ms", type=int, default=int(env(f"{c.upper()}_BUDGET_MS", d.budgets_ms[c])))
-    p.add_argument("--default-deadline-ms", type=int, default=int(env("DEFAULT_DEADLINE_MS", d.default_deadline_ms)))
-    p.add_argument("--candidates", type=int, default=int(env("CANDIDATES", d.candidates)))
-    p.add_argument("--blend-weights", default=env("BLEND_WEIGHTS", json.dumps(d.blend_weights)),
-                   help="JSON weights of the static blend used when the ranker is down")
-    p.add_argument("--as-of", default=env("AS_OF", d.as_of),
-                   help="clock for closing internships: latest (newest interaction), now, or epoch seconds")
-    p.add_argument("--grace", type=float, default=float(env("GRACE_SECONDS", d.grace)))
-    p.add_argument("--shortlist-groups", default=env("SHORTLIST_GROUPS", json.dumps(shortlists.DEFAULT_GROUPS)),
-                   help=f"JSON minimum shares of reserved groups; groups: {', '.join(shortlists.MEMBERSHIP)}")
-    p.add_argument("--catalog-refresh-seconds", type=float,
-                   default=float(env("CATALOG_REFRESH_SECONDS", d.catalog_refresh_seconds)),
-                   help="re-read internships, application counts and slots this often; 0 = never")
-    p.add_argument("--max-connection-age-ms", type=int,
-                   default=int(env("MAX_CONNECTION_AGE_MS", d.max_connection_age_ms)),
-                   help="clients reconnect at least this often, spreading over gateway replicas")
-    p.add_argument("--fairness-strength", type=float, default=float(env("FAIRNESS_STRENGTH", d.fairness_strength)),
-                   help="the fairness policy every Recommend gets (0..1; 0 = off unless a request asks); a request "
-                        "may raise it, only an admin caller may turn it off (env PMIS_FAIRNESS_STRENGTH)")
-    p.add_argument("--fairness", default=env("FAIRNESS"),
-                   help='JSON, e.g. {"min_shares": {"msme": 0.1, "local": 0.3}, "exposure_targets": {"msme": 0.12}, '
-                        '"exposure_strength": 0.55, "temperature": 2.5, "half_life": 500} (env PMIS_FAIRNESS)')
-    p.add_argument("--max-in-flight", type=int, default=int(env("MAX_IN_FLIGHT", d.max_in_flight)),
-                   help="requests admitted at once; more are refused at once with RESOURCE_EXHAUSTED; 0 = unlimited "
-                        "(env PMIS_MAX_IN_FLIGHT)")
-    p.add_argument("--min-deadline-ms", type=int, default=int(env("MIN_DEADLINE_MS", d.min_deadline_ms)),
-                   help="refuse (DEADLINE_EXCEEDED), before any work, a request with less time than this left "
-                        "(env PMIS_MIN_DEADLINE_MS)")
-    p.add_argument("--batch-outstanding", type=int, default=int(env("BATCH_OUTSTANDING", d.batch_outstanding)),
-                   help="batch RPCs in flight per component method; calls made meanwhile wait and go in the next "
-                        "batch; 0 = no batching (env PMIS_BATCH_OUTSTANDING)")
-    p.add_argument("--max-batch", type=int, default=int(env("MAX_BATCH", d.max_batch)),
-                   help=f"most calls per batch RPC, 1..{MAX_BATCH} (env PMIS_MAX_BATCH)")
+    add_listen_flags(p, d.port, d.metrics_port)
+    tls.add_server_args(p)
     tls.add_client_args(p)
+    flag(p, "--catalog", "CATALOG", str(d.catalog), type=Path, help="catalog SQLite")
+    for c in COMPONENTS:
+        flag(p, f"--{c}-target", f"{c.upper()}_TARGET", d.targets[c],
+             help=f"gRPC target of the {c} service, e.g. dns:///{c}:50051")
+        flag(p, f"--{c}-budget-ms", f"{c.upper()}_BUDGET_MS", d.budgets_ms[c], type=int,
+             help=f"deadline of a call to the {c} service")
+    flag(p, "--default-deadline-ms", "DEFAULT_DEADLINE_MS", d.default_deadline_ms, type=int,
+         help="a request's deadline when its client sets none")
+    flag(p, "--candidates", "CANDIDATES", d.candidates, type=int, help="candidates per retriever")
+    flag(p, "--blend-weights", "BLEND_WEIGHTS", json.dumps(d.blend_weights), type=json.loads,
+         help="JSON weights of the static blend used when the ranker is down")
+    flag(p, "--as-of", "AS_OF", d.as_of, help="clock for closing internships: latest (newest interaction), now, "
+                                             "or epoch seconds")
+    flag(p, "--shortlist-groups", "SHORTLIST_GROUPS", json.dumps(shortlists.DEFAULT_GROUPS), type=json.loads,
+         help=f"JSON minimum shares of reserved groups; groups: {', '.join(shortlists.MEMBERSHIP)}")
+    flag(p, "--catalog-refresh-seconds", "CATALOG_REFRESH_SECONDS", d.catalog_refresh_seconds, type=float,
+         help="re-read internships, application counts and slots this often; 0 = never")
+    flag(p, "--fairness-strength", "FAIRNESS_STRENGTH", d.fairness_strength, type=float,
+         help="the fairness policy every Recommend gets (0..1; 0 = off unless a request asks); a request may raise "
+              "it, only an admin caller may turn it off")
+    flag(p, "--fairness", "FAIRNESS", help='JSON, e.g. {"min_shares": {"msme": 0.1, "local": 0.3}, "exposure_targets": '
+                                          '{"msme": 0.12}, "exposure_strength": 0.55, "temperature": 2.5, "half_life": 500}')
+    add_shutdown_flags(p, grace=d.grace, max_connection_age_ms=d.max_connection_age_ms, drain=False)
+    add_admission_flags(p, max_in_flight=d.max_in_flight, min_deadline_ms=d.min_deadline_ms)
+    flag(p, "--batch-outstanding", "BATCH_OUTSTANDING", d.batch_outstanding, type=int,
+         help="batch RPCs in flight per component method; calls made meanwhile wait and go in the next batch; "
+              "0 = no batching")
+    flag(p, "--max-batch", "MAX_BATCH", d.max_batch, type=int, help=f"most calls per batch RPC, 1..{MAX_BATCH}")
     a = p.parse_args(argv)
     if a.batch_outstanding < 0 or not 1 <= a.max_batch <= MAX_BATCH:
         p.error(f"--batch-outstanding must be >= 0 and --max-batch in 1..{MAX_BATCH}")
     return GatewayConfig(a.host, a.port, a.metrics_port, a.catalog,
                          {c: getattr(a, f"{c}_target") for c in COMPONENTS},
                          {c: getattr(a, f"{c}_budget_ms") for c in COMPONENTS}, a.default_deadline_ms, a.candidates,
-                         json.loads(a.blend_weights), a.as_of, a.grace, fairness.FairnessConfig.from_json(a.fairness),
-                         json.loads(a.shortlist_groups), a.catalog_refresh_seconds, a.max_connection_age_ms,
+                         a.blend_weights, a.as_of, a.grace, fairness.FairnessConfig.from_json(a.fairness),
+                         a.shortlist_groups, a.catalog_refresh_seconds, a.max_connection_age_ms,
                          a.fairness_strength, a.max_in_flight, a.min_deadline_ms, a.ports_file,
                          tls.server_tls(a, p), tls.client_tls(a, p), a.batch_outstanding, a.max_batch)
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import threading
 import time
@@ -34,16 +33,11 @@ from models.bundle.registry import Registry, RegistryError
 from pmis.v1 import common_pb2
 from services.common import admission, guard, listening, telemetry, tls
 from services.common.auth import admin_only
+from services.common.config import add_admission_flags, add_listen_flags, add_shutdown_flags, flag
 from services.common.errors import RpcError, failed_precondition, invalid_argument, unavailable
 from services.common.tls import ServerTLS
 
 log = logging.getLogger("pmis.server")
-
-
-def env(name: str, default=None):
-    """PMIS_<name>, or `default` when unset or empty (an empty variable in a manifest means unset)."""
-    value = os.environ.get(f"PMIS_{name}")
-    return default if value is None or value == "" else value
 
 
 @dataclass
@@ -72,55 +66,29 @@ class ServerConfig:
 
 def parse_config(component: str, default_port: int, default_metrics_port: int, argv=None) -> ServerConfig:
     p = argparse.ArgumentParser(prog=f"pmis-{component}", description=f"PMIS {component} gRPC server")
-    add_listen_args(p, default_port, default_metrics_port)
-    p.add_argument("--bundles", type=Path, default=Path(env("BUNDLES", "var/bundles")),
-                   help="bundle root holding registry.db (env PMIS_BUNDLES)")
-    p.add_argument("--alias", default=env("BUNDLE_ALIAS", "champion"), help="registry alias to serve (env PMIS_BUNDLE_ALIAS)")
-    p.add_argument("--version", type=int, default=env("BUNDLE_VERSION"), help="pinned version (env PMIS_BUNDLE_VERSION)")
-    p.add_argument("--bundle-path", type=Path, default=env("BUNDLE_PATH"), help="serve this bundle folder (env PMIS_BUNDLE_PATH)")
-    p.add_argument("--grace", type=float, default=float(env("GRACE_SECONDS", 5)), help="stop grace for in-flight calls")
-    p.add_argument("--drain", type=float, default=float(env("DRAIN_SECONDS", 0)),
-                   help="seconds NOT_SERVING before stopping, so balancers notice (env PMIS_DRAIN_SECONDS)")
-    p.add_argument("--workers", type=int, default=int(env("WORKERS", 8)))
-    p.add_argument("--max-connection-age-ms", type=int, default=int(env("MAX_CONNECTION_AGE_MS", 60_000)),
-                   help="clients re-resolve at least this often (new replicas get traffic)")
-    p.add_argument("--watch", type=float, default=float(env("WATCH_SECONDS", 2)),
-                   help="poll the registry this often and reload when the served alias moves (activation, "
-                        "rollback); 0 = off (env PMIS_WATCH_SECONDS)")
-    p.add_argument("--max-in-flight", type=int, default=env("MAX_IN_FLIGHT"),
-                   help="unary calls admitted at once (running or queued for a worker); more are refused at "
-                        "once with RESOURCE_EXHAUSTED; 0 = unlimited (env PMIS_MAX_IN_FLIGHT; default "
-                        f"{admission.COMPONENT_IN_FLIGHT_PER_WORKER} x --workers)")
-    p.add_argument("--min-deadline-ms", type=int,
-                   default=int(env("MIN_DEADLINE_MS", admission.COMPONENT_MIN_DEADLINE_MS)),
-                   help="refuse (DEADLINE_EXCEEDED), before any work, a call with less time than this left "
-                        "before its deadline; 0 = off (env PMIS_MIN_DEADLINE_MS)")
+    add_listen_flags(p, default_port, default_metrics_port)
+    tls.add_server_args(p)
+    flag(p, "--bundles", "BUNDLES", "var/bundles", type=Path, help="bundle root holding registry.db")
+    flag(p, "--alias", "BUNDLE_ALIAS", "champion", help="registry alias to serve")
+    flag(p, "--version", "BUNDLE_VERSION", type=int, help="pinned version")
+    flag(p, "--bundle-path", "BUNDLE_PATH", type=Path, help="serve this bundle folder")
+    add_shutdown_flags(p, grace=5.0, max_connection_age_ms=60_000)
+    flag(p, "--workers", "WORKERS", 8, type=int, help="RPC threads")
+    flag(p, "--watch", "WATCH_SECONDS", 2.0, type=float,
+         help="poll the registry this often and reload when the served alias moves (activation, rollback); 0 = off")
+    add_admission_flags(p, max_in_flight=None, min_deadline_ms=admission.COMPONENT_MIN_DEADLINE_MS,
+                        max_in_flight_note=f"; default {admission.COMPONENT_IN_FLIGHT_PER_WORKER} x --workers")
     a = p.parse_args(argv)
     if a.workers < 1:
         p.error("--workers must be at least 1")
-    max_in_flight = (admission.component_defaults(a.workers).max_in_flight if a.max_in_flight is None
-                     else int(a.max_in_flight))
+    max_in_flight = admission.component_defaults(a.workers).max_in_flight if a.max_in_flight is None else a.max_in_flight
     if max_in_flight < 0:
         p.error("--max-in-flight must be >= 0 (0 = unlimited)")
     if a.min_deadline_ms < 0:
         p.error("--min-deadline-ms must be >= 0 (0 = off)")
-    return ServerConfig(component, a.host, a.port, a.metrics_port, a.bundles, a.alias,
-                        None if a.version is None else int(a.version), a.bundle_path, a.grace, a.drain, a.workers,
-                        a.max_connection_age_ms, a.watch, max_in_flight, a.min_deadline_ms, a.ports_file,
-                        tls.server_tls(a, p))
-
-
-def add_listen_args(p: argparse.ArgumentParser, default_port: int, default_metrics_port: int) -> None:
-    """--host, --port, --metrics-port and --ports-file, the same for every server."""
-    p.add_argument("--host", default=env("HOST", "127.0.0.1"), help="bind address (env PMIS_HOST)")
-    p.add_argument("--port", type=int, default=int(env("PORT", default_port)),
-                   help="gRPC port, 0 = any free one (env PMIS_PORT)")
-    p.add_argument("--metrics-port", type=listening.metrics_port_arg,
-                   default=listening.metrics_port_arg(env("METRICS_PORT", default_metrics_port)),
-                   help="Prometheus port, 0 = off, auto = any free one (env PMIS_METRICS_PORT)")
-    p.add_argument("--ports-file", type=Path, default=env("PORTS_FILE"),
-                   help='once listening, write {"grpc": PORT, "metrics": PORT} here (env PMIS_PORTS_FILE)')
-    tls.add_server_args(p)
+    return ServerConfig(component, a.host, a.port, a.metrics_port, a.bundles, a.alias, a.version, a.bundle_path,
+                        a.grace, a.drain, a.workers, a.max_connection_age_ms, a.watch, max_in_flight,
+                        a.min_deadline_ms, a.ports_file, tls.server_tls(a, p))
 
 
 @dataclass

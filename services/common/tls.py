@@ -31,11 +31,9 @@ from pathlib import Path
 
 import grpc
 
+from services.common.config import flag
+
 log = logging.getLogger("pmis.tls")
-
-
-def _env(name: str) -> str | None:
-    return os.environ.get(f"PMIS_{name}") or None
 
 
 def _read(path: str | Path) -> bytes:
@@ -108,25 +106,19 @@ class ClientTLS:
 
 
 def add_server_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--tls-cert", type=Path, default=_env("TLS_CERT"),
-                   help="serve TLS with this PEM certificate chain (env PMIS_TLS_CERT); unset: plaintext")
-    p.add_argument("--tls-key", type=Path, default=_env("TLS_KEY"), help="its PEM key (env PMIS_TLS_KEY)")
-    p.add_argument("--tls-client-ca", type=Path, default=_env("TLS_CLIENT_CA"),
-                   help="require client certificates signed by this CA: mTLS (env PMIS_TLS_CLIENT_CA)")
-    p.add_argument("--tls-allowed-callers", default=_env("TLS_ALLOWED_CALLERS") or "",
-                   help="comma-separated certificate identities (CN or DNS name) allowed to call; others get "
-                        "PERMISSION_DENIED (env PMIS_TLS_ALLOWED_CALLERS)")
+    flag(p, "--tls-cert", "TLS_CERT", type=Path, help="serve TLS with this PEM certificate chain; unset: plaintext")
+    flag(p, "--tls-key", "TLS_KEY", type=Path, help="its PEM key")
+    flag(p, "--tls-client-ca", "TLS_CLIENT_CA", type=Path,
+         help="require client certificates signed by this CA: mTLS")
+    flag(p, "--tls-allowed-callers", "TLS_ALLOWED_CALLERS", "",
+         help="comma-separated certificate identities (CN or DNS name) allowed to call; others get PERMISSION_DENIED")
 
 
 def add_client_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--tls-ca", type=Path, default=_env("TLS_CA"),
-                   help="dial over TLS, verifying servers with this CA (env PMIS_TLS_CA)")
-    p.add_argument("--tls-client-cert", type=Path, default=_env("TLS_CLIENT_CERT"),
-                   help="certificate presented to servers that require one (env PMIS_TLS_CLIENT_CERT)")
-    p.add_argument("--tls-client-key", type=Path, default=_env("TLS_CLIENT_KEY"),
-                   help="its key (env PMIS_TLS_CLIENT_KEY)")
-    p.add_argument("--tls-server-name", default=_env("TLS_SERVER_NAME"),
-                   help="name expected in server certificates, when not the dialled host (env PMIS_TLS_SERVER_NAME)")
+    flag(p, "--tls-ca", "TLS_CA", type=Path, help="dial over TLS, verifying servers with this CA")
+    flag(p, "--tls-client-cert", "TLS_CLIENT_CERT", type=Path, help="certificate presented to servers that require one")
+    flag(p, "--tls-client-key", "TLS_CLIENT_KEY", type=Path, help="its key")
+    flag(p, "--tls-server-name", "TLS_SERVER_NAME", help="name expected in server certificates, when not the dialled host")
 
 
 def server_tls(args: argparse.Namespace, p: argparse.ArgumentParser) -> ServerTLS:

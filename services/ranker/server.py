@@ -14,7 +14,8 @@ from pmis.v1 import common_pb2, ranker_pb2, ranker_pb2_grpc
 from services.common.batch import answer_each
 from services.common.items import ItemIndex
 from services.common.profiles import profile_columns
-from services.common.server import ModelAdmin, ModelSlot, env, run_component
+from services.common.config import env
+from services.common.server import ModelAdmin, ModelSlot, run_component
 from services.common.validation import Violations
 from services.components import SERVICE_NAMES
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from models.lifecycle import triggers
 from services.common import tls
-from services.common.server import ServerConfig, add_listen_args, env
+from services.common.config import add_listen_flags, add_shutdown_flags, flag
+from services.common.server import ServerConfig
 
 
 @dataclass
@@ -39,33 +40,26 @@ class TrainerConfig:
 
 def parse_config(argv=None) -> TrainerConfig:
     p = argparse.ArgumentParser(prog="pmis-trainer", description="PMIS trainer gRPC server (model lifecycle)")
-    add_listen_args(p, 50055, 9105)
-    p.add_argument("--bundles", type=Path, default=Path(env("BUNDLES", "var/bundles")),
-                   help="bundle root holding registry.db, where jobs and versions are recorded (env PMIS_BUNDLES)")
-    p.add_argument("--runs", type=Path, default=Path(env("RUNS", "var/runs")),
-                   help="where run reports and plots go (env PMIS_RUNS)")
-    p.add_argument("--data", type=Path, default=Path(env("DATA", "var/data")),
-                   help="default data source (env PMIS_DATA)")
-    p.add_argument("--data-roots", default=env("DATA_ROOTS", ""),
-                   help=f"'{os.pathsep}'-separated folders data sources must be inside (env PMIS_DATA_ROOTS; "
-                        "default: the folder holding --data)")
-    p.add_argument("--max-jobs", type=int, default=int(env("MAX_JOBS", 1)), help="jobs running at once (env PMIS_MAX_JOBS)")
-    p.add_argument("--kill-after", type=float, default=float(env("CANCEL_GRACE_SECONDS", 3)),
-                   help="seconds a cancelled worker gets after SIGTERM before SIGKILL (env PMIS_CANCEL_GRACE_SECONDS)")
-    p.add_argument("--poll", type=float, default=float(env("WATCH_POLL_SECONDS", 0.25)),
-                   help="WatchJob's poll of the job table (env PMIS_WATCH_POLL_SECONDS)")
-    p.add_argument("--min-new-interactions", type=int, default=int(env("RETRAIN_MIN_INTERACTIONS",
-                                                                      triggers.DEFAULT_MIN_NEW_INTERACTIONS)))
-    p.add_argument("--min-new-outcomes", type=int, default=int(env("RETRAIN_MIN_OUTCOMES",
-                                                                  triggers.DEFAULT_MIN_NEW_OUTCOMES)))
-    p.add_argument("--max-age-hours", type=float, default=float(env("RETRAIN_MAX_AGE_HOURS",
-                                                                   triggers.DEFAULT_MAX_AGE_HOURS)))
-    p.add_argument("--grace", type=float, default=float(env("GRACE_SECONDS", 5)), help="stop grace for in-flight calls")
-    p.add_argument("--drain", type=float, default=float(env("DRAIN_SECONDS", 0)),
-                   help="seconds NOT_SERVING before stopping (env PMIS_DRAIN_SECONDS)")
-    p.add_argument("--workers", type=int, default=int(env("WORKERS", 16)),
-                   help="RPC threads; every open WatchJob stream holds one")
-    p.add_argument("--max-connection-age-ms", type=int, default=int(env("MAX_CONNECTION_AGE_MS", 600_000)))
+    add_listen_flags(p, 50055, 9105)
+    tls.add_server_args(p)
+    flag(p, "--bundles", "BUNDLES", "var/bundles", type=Path,
+         help="bundle root holding registry.db, where jobs and versions are recorded")
+    flag(p, "--runs", "RUNS", "var/runs", type=Path, help="where run reports and plots go")
+    flag(p, "--data", "DATA", "var/data", type=Path, help="default data source")
+    flag(p, "--data-roots", "DATA_ROOTS", "",
+         help=f"'{os.pathsep}'-separated folders data sources must be inside; default: the folder holding --data")
+    flag(p, "--max-jobs", "MAX_JOBS", 1, type=int, help="jobs running at once")
+    flag(p, "--kill-after", "CANCEL_GRACE_SECONDS", 3.0, type=float,
+         help="seconds a cancelled worker gets after SIGTERM before SIGKILL")
+    flag(p, "--poll", "WATCH_POLL_SECONDS", 0.25, type=float, help="WatchJob's poll of the job table")
+    flag(p, "--min-new-interactions", "RETRAIN_MIN_INTERACTIONS", triggers.DEFAULT_MIN_NEW_INTERACTIONS, type=int,
+         help="retraining trigger: new interactions since the champion's data")
+    flag(p, "--min-new-outcomes", "RETRAIN_MIN_OUTCOMES", triggers.DEFAULT_MIN_NEW_OUTCOMES, type=int,
+         help="retraining trigger: new outcomes since the champion's data")
+    flag(p, "--max-age-hours", "RETRAIN_MAX_AGE_HOURS", triggers.DEFAULT_MAX_AGE_HOURS, type=float,
+         help="retraining trigger: the champion's age")
+    add_shutdown_flags(p, grace=5.0, max_connection_age_ms=600_000)
+    flag(p, "--workers", "WORKERS", 16, type=int, help="RPC threads; every open WatchJob stream holds one")
     a = p.parse_args(argv)
     if a.max_jobs < 1:
         p.error("--max-jobs must be at least 1")
