@@ -9,11 +9,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import sys
 from pathlib import Path
 
 from models.components import COMPONENTS
+from services.lifecycle_commands import cmd_models, cmd_retrain
+
+
+# The default dataset: `pmis generate` without flags, and what `pmis run` generates when it finds none.
+GENERATE_DEFAULTS = {"students": 5000, "internships": 1000, "companies": 72, "interactions_per_student": 10.0,
+                     "selection_rate": 0.13, "format": "parquet", "seed": 42}
 
 
 def _home() -> Path:
@@ -127,110 +132,13 @@ def cmd_run(args) -> int:
     data = Path(args.data)
     if not any(data.glob("students.*")):
         print(f"no dataset in {data}: generating the default one")
-        args.students, args.internships, args.companies = 5000, 1000, 72
-        args.interactions_per_student, args.selection_rate, args.format = 10.0, 0.13, "parquet"
-        code = cmd_generate(args, seed=42)  # the same default dataset as `pmis generate`
+        for name, value in GENERATE_DEFAULTS.items():
+            if name != "seed":  # the run's own --seed is the training seed
+                setattr(args, name, value)
+        code = cmd_generate(args, seed=GENERATE_DEFAULTS["seed"])
         if code:
             return code
     return cmd_train(args)
-
-
-def cmd_models(args) -> int:
-    from models.bundle.format import BundleError
-    from models.bundle.registry import Registry, RegistryError
-    from models.lifecycle.versions import activate
-
-    needs = {"show": ("component", "version"), "compare": ("component",), "activate": ("component", "version"),
-             "rollback": ("component",), "history": ("component",)}.get(args.action, ())
-    missing = [name for name in needs if getattr(args, name) is None]
-    if missing:
-        print(f"error: pmis models {args.action} needs {' and '.join(f'a {n}' for n in missing)}", file=sys.stderr)
-        return 2
-    reg = Registry(Path(args.bundles) / "registry.db")
-    try:
-        if args.action == "list":
-            if args.component and args.component not in reg.components():
-                raise RegistryError(f"{args.component}: no version is registered "
-                                    f"(components: {', '.join(reg.components()) or 'none'})")
-            for component in ([args.component] if args.component else reg.components()):
-                for v in reg.versions(component):
-                    aliases = ",".join(v.get("aliases", []))
-                    print(f"{component:14s} v{v['version']:<4d} {v['created_at']}  run {v['run_id']}  "
-                          f"data {v['data_version']}  {aliases}")
-        elif args.action == "show":
-            print(json.dumps(reg.get(args.component, args.version), indent=2, default=str))
-        elif args.action == "compare":
-            versions = args.versions or sorted(v["version"] for v in reg.versions(args.component))
-            if not versions:
-                raise RegistryError(f"{args.component}: no version is registered")
-            cmp = reg.compare(args.component, versions)
-            versions = cmp["versions"]
-            print("metric".ljust(32) + "".join(f"v{v}".rjust(12) for v in versions))
-            for metric, values in cmp["metrics"].items():
-                cells = [values.get(v) for v in versions]
-                print(metric.ljust(32) + "".join((f"{c:.4f}" if isinstance(c, float) else str(c)).rjust(12)
-                                                 for c in cells))
-        elif args.action == "activate":
-            activate(reg, args.component, args.version, reason=args.reason or "activated from the CLI", alias=args.alias)
-            print(f"{args.component}: {args.alias} -> v{args.version}")
-        elif args.action == "rollback":
-            row = reg.rollback(args.component, args.alias, reason=args.reason or "rollback from the CLI")
-            print(f"{args.component}: {args.alias} -> v{row['version']}")
-        elif args.action == "history":
-            for h in reg.history(args.component, args.alias):
-                print(json.dumps(h, default=str))
-    except (RegistryError, BundleError, KeyError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
-def cmd_retrain(args) -> int:
-    """Retrain through the job table (the trainer service lists the job); with --if-needed only
-    when a retraining trigger fires (models/lifecycle/triggers.py). Every check is logged with its reasons."""
-    from models.lifecycle.config import normalise_config
-    from models.lifecycle.running import run_job
-    from models.lifecycle.store import JobStore
-    from models.lifecycle.triggers import check_and_record
-
-    data, bundles = Path(args.data), Path(args.bundles)
-    store = JobStore(bundles / "registry.db")
-    decision = None
-    if args.if_needed or args.dry_run:
-        decision = check_and_record(store, data, "cli", min_new_interactions=args.min_new_interactions,
-                                    min_new_outcomes=args.min_new_outcomes, max_age_hours=args.max_age_hours)
-        verdict = "retraining" if decision["should_train"] else "no retraining needed"
-        print(f"{verdict} (check {decision['check_id']}): " + "; ".join(decision["reasons"]))
-        if not decision["should_train"] or args.dry_run:
-            return 0
-    raw = {"components": args.components or [], "data_source": str(data),
-           "success": {"algorithms": args.algorithms or [], "search_budget": args.search_budget},
-           "collaborative": {"trials": args.collab_trials}, "cv_folds": args.cv_folds, "auto_activation": {"enabled": not args.no_auto_activate, "margin": args.margin},
-           "seed": args.seed, "max_eval_students": args.max_eval_students}
-    config, violations = normalise_config(raw, data, [data])
-    if violations:
-        for field_, problem in violations:
-            print(f"error: {field_}: {problem}", file=sys.stderr)
-        return 2
-    reason = "; ".join(decision["reasons"]) if decision else "started by hand (pmis retrain)"
-    # created already claimed by this process: a trainer polling the table never starts it too
-    job = store.create(config, source="trigger" if decision else "cli", reason=reason,
-                       claimed_by=(os.getpid(), socket.gethostname()))
-    if decision:
-        store.link_trigger(decision["check_id"], job["job_id"])
-    print(f"job {job['job_id']}")
-
-    def echo(p) -> None:
-        if not args.quiet and p.kind != "metrics":
-            print(f"  [{p.percent:5.1f}%] {p.message}", flush=True)
-
-    status = run_job(store.db_path, job["job_id"], bundles, Path(args.runs), echo=echo)
-    job = store.get(job["job_id"])
-    print(f"job {job['job_id']} {status}: {job['message']}")
-    for d in job["activation"]:
-        print(f"  {d['component']} v{d['version']}: {'activated' if d['activate'] else 'not activated'} "
-              f"- {d['reason']}")
-    return 0 if status == "SUCCEEDED" else 1
 
 
 def cmd_up(args) -> int:
@@ -256,86 +164,102 @@ def cmd_bench(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pmis", description="PMIS internship recommender")
     sub = p.add_subparsers(dest="command", required=True)
+    _add_data_commands(sub)
+    _add_retrain(sub)
+    _add_serving_commands(sub)
+    _add_models(sub)
+    return p
 
-    def common(sp, data=True, bundles=False, runs=False):
-        if data:
-            sp.add_argument("--data", type=Path, help="dataset folder (default $PMIS_HOME/data)")
-        if bundles:
-            sp.add_argument("--bundles", type=Path, help="bundle root with registry.db (default $PMIS_HOME/bundles)")
-        if runs:
-            sp.add_argument("--runs", type=Path, help="where run reports go (default $PMIS_HOME/runs)")
-        sp.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    def gen_args(sp):
-        sp.add_argument("--students", type=int, default=5000)
-        sp.add_argument("--internships", type=int, default=1000)
-        sp.add_argument("--companies", type=int, default=72)
-        sp.add_argument("--interactions-per-student", type=float, default=10.0)
-        sp.add_argument("--selection-rate", type=float, default=0.13)
-        sp.add_argument("--format", choices=["parquet", "csv"], default="parquet")
+def _common(sp, data=True, bundles=False, runs=False) -> None:
+    if data:
+        sp.add_argument("--data", type=Path, help="dataset folder (default $PMIS_HOME/data)")
+    if bundles:
+        sp.add_argument("--bundles", type=Path, help="bundle root with registry.db (default $PMIS_HOME/bundles)")
+    if runs:
+        sp.add_argument("--runs", type=Path, help="where run reports go (default $PMIS_HOME/runs)")
+    sp.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    def train_args(sp):
-        sp.add_argument("--seed", type=int, default=0)
-        sp.add_argument("--cv-folds", type=int, default=3)
-        sp.add_argument("--search-budget", type=int, default=4)
-        sp.add_argument("--collab-trials", type=_trials, default=None, help=COLLAB_TRIALS_HELP)
-        sp.add_argument("--max-eval-students", type=int, default=20_000)
-        sp.add_argument("--split", choices=["time", "random"], default="time",
-                        help="validation scheme: time cutoffs (default), or a random share of each student's "
-                             "internships for data whose timestamps carry no order")
-        sp.add_argument("--no-activate", action="store_true", help="register the new versions without moving champion")
 
+def _search_args(sp) -> None:
+    """What a training run searches and evaluates with (train, run, retrain)."""
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--cv-folds", type=int, default=3)
+    sp.add_argument("--search-budget", type=int, default=4)
+    sp.add_argument("--collab-trials", type=_trials, default=None, help=COLLAB_TRIALS_HELP)
+    sp.add_argument("--max-eval-students", type=int, default=20_000)
+
+
+def _train_args(sp) -> None:
+    _search_args(sp)
+    sp.add_argument("--split", choices=["time", "random"], default="time",
+                    help="validation scheme: time cutoffs (default), or a random share of each student's "
+                         "internships for data whose timestamps carry no order")
+    sp.add_argument("--no-activate", action="store_true", help="register the new versions without moving champion")
+
+
+def _add_data_commands(sub) -> None:
+    """generate, validate, train, run, evaluate: the offline side."""
     g = sub.add_parser("generate", help="generate a synthetic scheme dataset")
-    common(g)
-    gen_args(g)
-    g.add_argument("--seed", type=int, default=42)
+    _common(g)
+    d = GENERATE_DEFAULTS
+    g.add_argument("--students", type=int, default=d["students"])
+    g.add_argument("--internships", type=int, default=d["internships"])
+    g.add_argument("--companies", type=int, default=d["companies"])
+    g.add_argument("--interactions-per-student", type=float, default=d["interactions_per_student"])
+    g.add_argument("--selection-rate", type=float, default=d["selection_rate"])
+    g.add_argument("--format", choices=["parquet", "csv"], default=d["format"])
+    g.add_argument("--seed", type=int, default=d["seed"])
     g.set_defaults(func=cmd_generate)
 
     v = sub.add_parser("validate", help="check a dataset folder against the input contract")
-    common(v)
+    _common(v)
     v.set_defaults(func=cmd_validate)
 
-    t = sub.add_parser("train", help="validate, train the four components, evaluate, write bundles and report")
-    common(t, bundles=True, runs=True)
-    train_args(t)
-    t.set_defaults(func=cmd_train)
-
-    r = sub.add_parser("run", help="main job: generate data if absent, train, print the report")
-    common(r, bundles=True, runs=True)
-    train_args(r)
-    r.set_defaults(func=cmd_run)
+    for name, func, help in (("train", cmd_train, "validate, train the four components, evaluate, write bundles and report"),
+                             ("run", cmd_run, "main job: generate data if absent, train, print the report")):
+        t = sub.add_parser(name, help=help)
+        _common(t, bundles=True, runs=True)
+        _train_args(t)
+        t.set_defaults(func=func)
 
     e = sub.add_parser("evaluate", help="evaluate the champion bundles on an external held-out interactions file")
-    common(e, bundles=True)
+    _common(e, bundles=True)
     e.add_argument("--holdout", required=True, help="interactions file (parquet/csv) in the contract's format")
     e.add_argument("--k", type=int, default=10)
     e.add_argument("--output", help="also write the result as JSON here")
     e.set_defaults(func=cmd_evaluate)
 
+
+def _add_retrain(sub) -> None:
+    from models.lifecycle import triggers
+    from services.common.config import flag
+
     rt = sub.add_parser("retrain", help="retrain as a recorded job; --if-needed: only when a trigger fires")
-    common(rt, bundles=True, runs=True)
+    _common(rt, bundles=True, runs=True)
     rt.add_argument("--if-needed", action="store_true",
                     help="check the triggers first and train only if one fires (what the CronJob runs)")
     rt.add_argument("--dry-run", action="store_true", help="check and log the triggers, never train")
-    rt.add_argument("--min-new-interactions", type=int,
-                    default=int(os.environ.get("PMIS_RETRAIN_MIN_INTERACTIONS", 1000)))
-    rt.add_argument("--min-new-outcomes", type=int, default=int(os.environ.get("PMIS_RETRAIN_MIN_OUTCOMES", 200)))
-    rt.add_argument("--max-age-hours", type=float, default=float(os.environ.get("PMIS_RETRAIN_MAX_AGE_HOURS", 168)))
+    flag(rt, "--min-new-interactions", "RETRAIN_MIN_INTERACTIONS", triggers.DEFAULT_MIN_NEW_INTERACTIONS, type=int,
+         help="trigger: new interactions since the champion's data")
+    flag(rt, "--min-new-outcomes", "RETRAIN_MIN_OUTCOMES", triggers.DEFAULT_MIN_NEW_OUTCOMES, type=int,
+         help="trigger: new outcomes since the champion's data")
+    flag(rt, "--max-age-hours", "RETRAIN_MAX_AGE_HOURS", triggers.DEFAULT_MAX_AGE_HOURS, type=float,
+         help="trigger: the champion's age")
     rt.add_argument("--components", nargs="+", choices=COMPONENTS)
     rt.add_argument("--algorithms", nargs="+", help="success-predictor candidates (default: all)")
     rt.add_argument("--no-auto-activate", action="store_true",
                     help="register only; by default a new version becomes champion when it beats the champion "
                          "by --margin on the same evaluation window (or when there is none)")
     rt.add_argument("--margin", type=float, default=0.0)
-    rt.add_argument("--seed", type=int, default=0)
-    rt.add_argument("--cv-folds", type=int, default=3)
-    rt.add_argument("--search-budget", type=int, default=4)
-    rt.add_argument("--collab-trials", type=_trials, default=None, help=COLLAB_TRIALS_HELP)
-    rt.add_argument("--max-eval-students", type=int, default=20_000)
+    _search_args(rt)
     rt.set_defaults(func=cmd_retrain)
 
+
+def _add_serving_commands(sub) -> None:
+    """up, recommend, bench: the servers and their clients."""
     u = sub.add_parser("up", help="prepare data and bundles if missing, start all servers, answer real requests")
-    common(u, bundles=True, runs=True)
+    _common(u, bundles=True, runs=True)
     u.add_argument("--port", type=int, default=50050, help="gateway port; components use the next four, the trainer the one after; 0 = any free ports")
     u.add_argument("--metrics-port", type=int, default=9100, help="gateway metrics port; components and trainer use the next five")
     u.add_argument("--no-demo", action="store_true", help="do not send the demo requests")
@@ -350,7 +274,10 @@ def build_parser() -> argparse.ArgumentParser:
     rc.add_argument("--mode", choices=["hybrid", "content", "collaborative"], default="hybrid")
     rc.add_argument("--timeout", type=float, default=5.0)
     rc.set_defaults(func=cmd_recommend)
+    _add_bench(sub)
 
+
+def _add_bench(sub) -> None:
     b = sub.add_parser("bench", help="load on the gateway (closed and open loop, echo fan-out reference, "
                                      "server CPU per request, Shortlist latency)")
     b.add_argument("--target", default="127.0.0.1:50050")
@@ -378,8 +305,10 @@ def build_parser() -> argparse.ArgumentParser:
     tls.add_client_args(b)
     b.set_defaults(func=cmd_bench)
 
+
+def _add_models(sub) -> None:
     m = sub.add_parser("models", help="registry: list, show, compare, activate, rollback, history")
-    common(m, data=False, bundles=True)
+    _common(m, data=False, bundles=True)
     m.add_argument("action", choices=["list", "show", "compare", "activate", "rollback", "history"])
     m.add_argument("component", nargs="?")
     m.add_argument("version", nargs="?", type=int)
@@ -387,7 +316,6 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--alias", default="champion")
     m.add_argument("--reason")
     m.set_defaults(func=cmd_models)
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:
