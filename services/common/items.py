@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from models.pipeline import open_items
+
 
 class ItemIndex:
     """internship id <-> position in a bundle's arrays."""
@@ -28,3 +30,13 @@ class ItemIndex:
         pos, _ = self.positions(ids)
         mask[pos] = True
         return mask
+
+
+def excluded(index: ItemIndex, ids, deadline: np.ndarray | None, open_at: int) -> np.ndarray | None:
+    """What a retrieval must skip, as a mask over the bundle's internships: `ids` (those the
+    student has seen) and, when `open_at` is set, those closed then; None when nothing is."""
+    mask = index.mask_of(ids) if ids else None
+    if open_at and deadline is not None:
+        closed = ~open_items(deadline, open_at)
+        mask = closed if mask is None else mask | closed
+    return mask

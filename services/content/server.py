@@ -4,70 +4,19 @@ items asked about, packed."""
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 
 import numpy as np
-import scipy.sparse as sp
 
-from models.components.content import ContentModel, SkillExplainer, profile_text
-from models.components.features import FeatureSpace
-from models.pipeline import open_items, top_n
+from models.pipeline import top_n
 from pmis.v1 import common_pb2, content_pb2_grpc
 from services.common.batch import RetrieveScoreBatches
-from services.common.items import ItemIndex
 from services.common.server import ModelAdmin, ModelSlot, run_component
 from services.common.validation import Violations
 from services.components import SERVICE_NAMES
+from services.content.runtime import ContentRuntime, text_of
 
 SERVICE = SERVICE_NAMES["content"]
 MAX_RETRIEVE, MAX_SCORE, MAX_PAIRS = 1000, 1000, 1000
-
-
-@dataclass
-class ContentRuntime:
-    model: ContentModel
-    space: FeatureSpace
-    index: ItemIndex
-    skills: SkillExplainer
-    content_hash: str = ""
-
-    @classmethod
-    def from_bundle(cls, bundle) -> "ContentRuntime":
-        model, space = ContentModel.from_bundle(bundle), FeatureSpace.from_arrays(bundle.arrays)
-        runtime = cls(model, space, ItemIndex(bundle.arrays["item_ids"]),
-                      SkillExplainer(model, space.skills, space.items.skills), bundle.ref.content_hash)
-        runtime.model.score(["warm up"])  # first call pays the vectoriser's lazy set-up, not a client
-        return runtime
-
-    def vector(self, profile, given: common_pb2.StudentVector, v: Violations) -> sp.csr_matrix:
-        """The profile's TF-IDF vector: the one a previous Retrieve of this bundle returned, or a
-        new embedding."""
-        if given.content_hash != self.content_hash or not given.values:
-            return self.model.embed([_text(profile)])
-        width = self.model.item_matrix.shape[1]
-        indices = np.asarray(given.indices, dtype=np.int32)
-        values = np.asarray(given.values, dtype=np.float32)
-        if len(indices) != len(values) or len(values) > width or ((indices < 0) | (indices >= width)).any() \
-                or not np.isfinite(values).all():
-            v.add("student_vector", "indices and values must pair up, within the vocabulary, finite")
-            v.raise_if_any()
-        return sp.csr_matrix((values, indices, np.array([0, len(values)])), shape=(1, width))
-
-    def vector_message(self, vector: sp.csr_matrix) -> common_pb2.StudentVector:
-        return common_pb2.StudentVector(content_hash=self.content_hash, indices=vector.indices.tolist(),
-                                        values=vector.data.tolist())
-
-    def excluded(self, ids, open_at: int) -> np.ndarray | None:
-        mask = self.index.mask_of(ids) if ids else None
-        if open_at:
-            closed = ~open_items(self.space.items.deadline, open_at)
-            mask = closed if mask is None else mask | closed
-        return mask
-
-
-def _text(profile) -> str:
-    # Normalised like the skill vocabulary, so " SQL " meets the internship's "skill_sql" token.
-    return profile_text([s.strip().lower() for s in profile.skills], profile.field, list(profile.preferred_sectors))
 
 
 class ContentServicer(ModelAdmin, RetrieveScoreBatches, content_pb2_grpc.ContentServiceServicer):
@@ -84,7 +33,7 @@ class ContentServicer(ModelAdmin, RetrieveScoreBatches, content_pb2_grpc.Content
         v.raise_if_any()
         loaded = self.slot.get()
         rt: ContentRuntime = loaded.model
-        vector = rt.model.embed([_text(request.profile)])
+        vector = rt.model.embed([text_of(request.profile)])
         scores = rt.model.similarity(vector)[0]
         best = top_n(scores, n, rt.excluded(request.exclude_internship_ids, request.open_at))
         return common_pb2.ScoredItems(internship_ids=rt.index.ids[best].tolist(), scores=scores[best].tolist(),
@@ -120,7 +69,7 @@ class ContentServicer(ModelAdmin, RetrieveScoreBatches, content_pb2_grpc.Content
         p = rt.index.position.get(request.internship_id)
         scores = np.full(len(request.profiles), np.nan, dtype=np.float32)
         if p is not None:
-            scores = rt.model.score([_text(pr) for pr in request.profiles], np.array([p]))[:, 0]
+            scores = rt.model.score([text_of(pr) for pr in request.profiles], np.array([p]))[:, 0]
         return common_pb2.PairScores(scores=scores.tolist(), model=loaded.version_message())
 
 

@@ -3,43 +3,23 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 
 import numpy as np
 
-from models.components.features import FeatureSpace, pair_features
-from models.components.ranker import RankerModel
 from models.components.scores import COMPONENT_SCORES
 from pmis.v1 import common_pb2, ranker_pb2, ranker_pb2_grpc
 from services.common.batch import answer_each
-from services.common.items import ItemIndex
 from services.common.profiles import profile_columns
 from services.common.config import env
 from services.common.server import ModelAdmin, ModelSlot, run_component
 from services.common.validation import Violations
 from services.components import SERVICE_NAMES
+from services.ranker.runtime import RankerRuntime
 
 SERVICE = SERVICE_NAMES["ranker"]
 MAX_CANDIDATES = 2000
 # Candidate message field per ranker component score, in COMPONENT_SCORES order.
 CANDIDATE_FIELDS = dict(zip(COMPONENT_SCORES, ["content_score", "collab_score", "popularity", "success_probability"]))
-
-
-@dataclass
-class RankerRuntime:
-    model: RankerModel
-    space: FeatureSpace
-    index: ItemIndex
-    contributions: str = "path"  # "path" (default) or "shap" (TreeSHAP); see RankerModel.contributions
-
-    @classmethod
-    def from_bundle(cls, bundle, contributions: str = "path") -> "RankerRuntime":
-        space = FeatureSpace.from_arrays(bundle.arrays)
-        runtime = cls(RankerModel.from_bundle(bundle), space, ItemIndex(space.items.ids), contributions)
-        warm = np.zeros((1, len(runtime.model.model.feature_name_)), dtype=np.float32)
-        runtime.model.predict(warm)
-        runtime.model.contributions(warm, contributions)  # any set-up now, not on a client's call
-        return runtime
 
 
 def candidate_arrays(request, v: Violations) -> tuple[list[str], np.ndarray]:
@@ -81,29 +61,14 @@ class RankerServicer(ModelAdmin, ranker_pb2_grpc.RankerServiceServicer):
         v.raise_if_any()
         loaded = self.slot.get()
         rt: RankerRuntime = loaded.model
-        positions = np.array([rt.index.position.get(i, -1) for i in ids], dtype=np.int64)
-        known = positions >= 0
-        model = rt.model
-        explain = request.contributions or (request.contributions_if_cheap and
-                                            (rt.contributions == "path" or model.ranking == "blend"))
-        names = model.split_names
-        scores = np.full(len(ids), np.nan, dtype=np.float32)
-        contrib = np.zeros((len(ids), len(names) + 1))
-        if known.any():
-            student = rt.space.students(profile_columns(request.profile))
-            pair = pair_features(student, np.zeros(int(known.sum()), dtype=np.int64), rt.space.items, positions[known])
-            scores[known], split = model.rank_list(component[known], pair, rt.contributions if explain else None)
-            if explain:
-                contrib[known] = split
-        # Internships this bundle has never seen rank last rather than failing the call.
-        finite_min = float(np.nanmin(scores)) if known.any() else 0.0
-        scores[~known] = finite_min - 1.0
+        explain = request.contributions or (request.contributions_if_cheap and rt.cheap_to_explain)
+        scores, contrib = rt.rank(profile_columns(request.profile), ids, component, explain)
+        names = rt.model.split_names
         response = ranker_pb2.RankResponse(scores=scores.tolist(), model=loaded.version_message(),
-                                           ranking=model.ranking)
+                                           ranking=rt.model.ranking)
         if request.candidates:
             response.items.extend(common_pb2.ScoredItem(internship_id=i, score=s) for i, s in zip(ids, scores.tolist()))
         if explain:
-            contrib[~known, -1] = scores[~known]  # unknown internships: no features, only the fallback score
             if request.candidates:
                 for row in contrib.tolist():
                     response.contributions.add(

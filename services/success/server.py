@@ -3,37 +3,22 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 
 import numpy as np
 
-from models.components.features import FeatureSpace, pair_features
-from models.components.success import FEATURES, SuccessModel
+from models.components.features import pair_features
+from models.components.success import FEATURES
 from pmis.v1 import common_pb2, success_pb2, success_pb2_grpc
 from services.common.batch import answer_each
-from services.common.items import ItemIndex
 from services.common.profiles import profile_columns, profiles_columns
 from services.common.server import ModelAdmin, ModelSlot, run_component
 from services.common.validation import Violations
 from services.components import SERVICE_NAMES
+from services.success.runtime import SuccessRuntime
 
 FEATURE_NAMES = np.asarray(FEATURES)
 SERVICE = SERVICE_NAMES["success"]
 MAX_ITEMS, MAX_PAIRS = 1000, 1000
-
-
-@dataclass
-class SuccessRuntime:
-    model: SuccessModel
-    space: FeatureSpace
-    index: ItemIndex
-
-    @classmethod
-    def from_bundle(cls, bundle) -> "SuccessRuntime":
-        space = FeatureSpace.from_arrays(bundle.arrays)
-        runtime = cls(SuccessModel.from_bundle(bundle), space, ItemIndex(space.items.ids))
-        runtime.model.predict(np.zeros((1, len(runtime.model.reference)), dtype=np.float32))  # warm up
-        return runtime
 
 
 class SuccessServicer(ModelAdmin, success_pb2_grpc.SuccessServiceServicer):

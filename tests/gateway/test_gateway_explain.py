@@ -121,7 +121,7 @@ def test_explanations_under_treeshap_come_from_a_second_rank_call_for_the_final_
     """Path attribution comes back with the one Rank call; under TreeSHAP the ranker declines
     (too costly for every candidate) and the gateway asks for its final k: the explanation has
     the ranker's split either way, each summing to the item's ranker score."""
-    from services.ranker.server import RankerRuntime
+    from services.ranker.runtime import RankerRuntime
 
     runtime = fresh_system.components.servers["ranker"].servicer.slot.get().model
     answers = {}

@@ -135,15 +135,15 @@ def test_content_invalid_arguments(loaded, method, request_, fields):
 def test_content_skills_are_ordered_by_their_weight_in_the_internship(small_system):
     from models.bundle.reading import load_bundle
     from models.bundle.registry import Registry
-    from services.content.server import ContentRuntime
+    from services.content.runtime import ContentRuntime
 
     rt = ContentRuntime.from_bundle(load_bundle(Registry(small_system.bundles / "registry.db").resolve("content")["path"]))
     profile = common_pb2.StudentProfile(skills=["python", "sql", "excel", "communication", "teamwork"])
     positions = np.arange(min(50, len(rt.index.ids)))
     checked = 0
-    from services.content.server import _text
+    from services.content.runtime import text_of
 
-    vector = rt.model.embed([_text(profile)])
+    vector = rt.model.embed([text_of(profile)])
     for p, (terms, missing) in zip(positions.tolist(), rt.skills.table(vector, profile.skills, positions).rows()):
         for skills in ([t for t, _ in terms], missing):
             weights = [rt.skills.weights[p, rt.skills.skills.index[s]] for s in skills]

@@ -93,7 +93,7 @@ def test_ranker_contributions_if_cheap_only_under_path_attribution(loaded, catal
     """The gateway asks for every candidate's contributions in its one Rank call when they are
     cheap; under TreeSHAP (many times the cost per row) none come back and it asks for its final
     few in a second call."""
-    from services.ranker.server import RankerRuntime
+    from services.ranker.runtime import RankerRuntime
 
     h = loaded["ranker"]
     h.servicer.slot.get().model.contributions = method

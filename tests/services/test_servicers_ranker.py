@@ -48,7 +48,7 @@ def test_ranker_rank(loaded, catalog_rows):
 
 @pytest.mark.parametrize("method", ["shap", "path"])
 def test_ranker_contributions_sum_to_each_score(loaded, catalog_rows, method):
-    from services.ranker.server import RankerRuntime
+    from services.ranker.runtime import RankerRuntime
 
     h = loaded["ranker"]
     h.servicer.slot.get().model.contributions = method  # what PMIS_CONTRIBUTIONS selects at start-up

@@ -87,7 +87,7 @@ def test_list_get_compare_activate_rollback(trainer, content_server):
 def test_model_slot_follows_moves_of_its_alias_only(tiny_copy):
     """The registry watch reloads when the alias moves, not when someone pinned another version."""
     from services.common.server import ModelSlot, ServerConfig
-    from services.content.server import ContentRuntime
+    from services.content.runtime import ContentRuntime
 
     registry = Registry(tiny_copy.bundles / "registry.db")
     champion = registry.resolve("content")["version"]
