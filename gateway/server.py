@@ -177,8 +177,9 @@ class Gateway(gateway_pb2_grpc.RecommendationGatewayServicer):
             return float(asked.strength), "tightened"
         return policy, "policy"
 
-    async def recommend(self, request, deadline: float, context=None) -> gateway_pb2.RecommendResponse:
-        v = Violations()
+    @staticmethod
+    def check_recommend(request, v: Violations) -> int:
+        """The request's own fields (the student is resolved after); its k."""
         k = request.k or 10
         v.check_range("k", k, 1, 100)
         if request.mode not in gateway_pb2.Mode.values():
@@ -187,6 +188,11 @@ class Gateway(gateway_pb2_grpc.RecommendationGatewayServicer):
             v.add("fairness.strength", "must be in 0..1")
         if request.HasField("filters"):
             filters.check(request.filters, v)
+        return k
+
+    async def recommend(self, request, deadline: float, context=None) -> gateway_pb2.RecommendResponse:
+        v = Violations()
+        k = self.check_recommend(request, v)
         student = self.resolve(request, v)
         strength, fairness_note = self.fairness_strength(request, context)
         mode = stages.MODE_NAMES[request.mode or gateway_pb2.MODE_HYBRID]
