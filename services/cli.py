@@ -232,20 +232,14 @@ def _add_data_commands(sub) -> None:
 
 
 def _add_retrain(sub) -> None:
-    from models.lifecycle import triggers
-    from services.common.config import flag
+    from services.common.config import add_trigger_flags
 
     rt = sub.add_parser("retrain", help="retrain as a recorded job; --if-needed: only when a trigger fires")
     _common(rt, bundles=True, runs=True)
     rt.add_argument("--if-needed", action="store_true",
                     help="check the triggers first and train only if one fires (what the CronJob runs)")
     rt.add_argument("--dry-run", action="store_true", help="check and log the triggers, never train")
-    flag(rt, "--min-new-interactions", "RETRAIN_MIN_INTERACTIONS", triggers.DEFAULT_MIN_NEW_INTERACTIONS, type=int,
-         help="trigger: new interactions since the champion's data")
-    flag(rt, "--min-new-outcomes", "RETRAIN_MIN_OUTCOMES", triggers.DEFAULT_MIN_NEW_OUTCOMES, type=int,
-         help="trigger: new outcomes since the champion's data")
-    flag(rt, "--max-age-hours", "RETRAIN_MAX_AGE_HOURS", triggers.DEFAULT_MAX_AGE_HOURS, type=float,
-         help="trigger: the champion's age")
+    add_trigger_flags(rt)
     rt.add_argument("--components", nargs="+", choices=COMPONENTS)
     rt.add_argument("--algorithms", nargs="+", help="success-predictor candidates (default: all)")
     rt.add_argument("--no-auto-activate", action="store_true",

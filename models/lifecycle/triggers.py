@@ -24,11 +24,8 @@ import numpy as np
 from models.bundle.registry import Registry
 from models.components import COMPONENTS
 from models.bundle.registry import manifest_of
+from models.lifecycle.thresholds import DEFAULT_MAX_AGE_HOURS, DEFAULT_MIN_NEW_INTERACTIONS, DEFAULT_MIN_NEW_OUTCOMES
 from models.lifecycle.versions import champion_of
-
-DEFAULT_MIN_NEW_INTERACTIONS = 1000
-DEFAULT_MIN_NEW_OUTCOMES = 200
-DEFAULT_MAX_AGE_HOURS = 24.0 * 7
 
 
 def _rows(data_dir: Path, table: str) -> int | None:

@@ -12,6 +12,7 @@ import argparse
 import os
 from pathlib import Path
 
+from models.lifecycle import thresholds
 from services.common import listening
 
 
@@ -57,3 +58,14 @@ def add_admission_flags(p: argparse.ArgumentParser, *, max_in_flight: int | None
               "0 = unlimited" + max_in_flight_note)
     flag(p, "--min-deadline-ms", "MIN_DEADLINE_MS", min_deadline_ms, type=int,
          help="refuse (DEADLINE_EXCEEDED), before any work, a call with less time than this left; 0 = off")
+
+
+def add_trigger_flags(p: argparse.ArgumentParser) -> None:
+    """The retraining triggers' thresholds (models/lifecycle/triggers.py): the trainer's
+    CheckTriggers and `pmis retrain --if-needed` read the same flags and variables."""
+    flag(p, "--min-new-interactions", "RETRAIN_MIN_INTERACTIONS", thresholds.DEFAULT_MIN_NEW_INTERACTIONS, type=int,
+         help="retraining trigger: new interactions since the champion's data")
+    flag(p, "--min-new-outcomes", "RETRAIN_MIN_OUTCOMES", thresholds.DEFAULT_MIN_NEW_OUTCOMES, type=int,
+         help="retraining trigger: new outcomes since the champion's data")
+    flag(p, "--max-age-hours", "RETRAIN_MAX_AGE_HOURS", thresholds.DEFAULT_MAX_AGE_HOURS, type=float,
+         help="retraining trigger: the champion's age")

@@ -10,9 +10,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from models.lifecycle import triggers
 from services.common import tls
-from services.common.config import add_listen_flags, add_shutdown_flags, flag
+from services.common.config import add_listen_flags, add_shutdown_flags, add_trigger_flags, flag
 from services.common.server import ServerConfig
 
 
@@ -52,12 +51,7 @@ def parse_config(argv=None) -> TrainerConfig:
     flag(p, "--kill-after", "CANCEL_GRACE_SECONDS", 3.0, type=float,
          help="seconds a cancelled worker gets after SIGTERM before SIGKILL")
     flag(p, "--poll", "WATCH_POLL_SECONDS", 0.25, type=float, help="WatchJob's poll of the job table")
-    flag(p, "--min-new-interactions", "RETRAIN_MIN_INTERACTIONS", triggers.DEFAULT_MIN_NEW_INTERACTIONS, type=int,
-         help="retraining trigger: new interactions since the champion's data")
-    flag(p, "--min-new-outcomes", "RETRAIN_MIN_OUTCOMES", triggers.DEFAULT_MIN_NEW_OUTCOMES, type=int,
-         help="retraining trigger: new outcomes since the champion's data")
-    flag(p, "--max-age-hours", "RETRAIN_MAX_AGE_HOURS", triggers.DEFAULT_MAX_AGE_HOURS, type=float,
-         help="retraining trigger: the champion's age")
+    add_trigger_flags(p)
     add_shutdown_flags(p, grace=5.0, max_connection_age_ms=600_000)
     flag(p, "--workers", "WORKERS", 16, type=int, help="RPC threads; every open WatchJob stream holds one")
     a = p.parse_args(argv)
