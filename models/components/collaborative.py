@@ -11,6 +11,12 @@ candidate models are fitted and the trainer keeps whichever wins on the validati
 EASE and item-kNN score a student straight from their interaction row (nothing to fold in).
 Students the model has never seen get item popularity (the fallback), unless they bring
 interactions to fold in.
+
+Bundle layout (`save` / `from_bundle`; format in models/bundle/format.py), no pickles:
+- arrays: `user_ids`, `item_ids`, `popularity`, `user_items_*` (the training interactions, CSR),
+  `item_deadline` when known; by kind, `user_factors` and `item_factors` (ALS), `similarity_*`
+  (item-kNN, CSR) or `ease_b` (EASE);
+- documents: `model` (`kind`, `params`).
 """
 
 from __future__ import annotations

@@ -4,6 +4,12 @@ A student's profile (skills, field, preferred sectors) is embedded with the same
 scored by cosine similarity against every internship, so it works for a brand-new student from
 the profile alone. Skills also enter as whole-phrase tokens ("skill_machine_learning"), so that
 "machine learning" the skill weighs more than the words "machine" and "learning" in a description.
+
+Bundle layout (`save` / `from_bundle`; format in models/bundle/format.py):
+- arrays: `item_ids`; `item_matrix_*` (the internships' TF-IDF rows, CSR); the feature space
+  (`features.FeatureSpace.arrays()`): `item_*`, every internship's columns, and `vocab_skills`,
+  `vocab_sectors`, `vocab_districts`;
+- objects: `vectorizer` (the fitted scikit-learn TfidfVectorizer, a pickle).
 """
 
 from __future__ import annotations

@@ -3,6 +3,13 @@
 A ranker bundle serves the learned ranker or, when training found it no better, the static blend
 (models/components/scores.py). Both rank one student's candidate list at a time; a missing component's
 score is NaN (LightGBM routes NaN natively; the blend treats it as zero weight).
+
+Bundle layout (`save` / `from_bundle`; format in models/bundle/format.py):
+- arrays: the feature space (`features.FeatureSpace.arrays()`): `item_*`, every internship's
+  columns, and `vocab_skills`, `vocab_sectors`, `vocab_districts`;
+- objects: `model` (the fitted LightGBM LGBMRanker, a pickle);
+- documents: `model` (`params`, `features` -- checked against FEATURES on load --,
+  `blend_weights`, `ranking`: "ranker" or "blend", what the rank stage serves).
 """
 
 from __future__ import annotations

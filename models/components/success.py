@@ -5,6 +5,13 @@ Candidate algorithms are compared by stratified cross-validation with a randomis
 hyper-parameter search; the winner is calibrated with CalibratedClassifierCV (sigmoid, since
 positives are few: about 13 % of applications). Protected attributes are not in PAIR_FEATURES,
 and `FEATURES` is asserted free of them, so the model cannot see them.
+
+Bundle layout (`save` / `from_bundle`; format in models/bundle/format.py):
+- arrays: the feature space (`features.FeatureSpace.arrays()`): `item_*`, every internship's
+  columns, and `vocab_skills`, `vocab_sectors`, `vocab_districts`;
+- objects: `model` (the calibrated scikit-learn pipeline, a pickle);
+- documents: `model` (`algorithm`, `params`, `features` -- checked against FEATURES on load --,
+  `base_rate`, `serves_base_rate`, `reference`: each feature's training median, for factors).
 """
 
 from __future__ import annotations
