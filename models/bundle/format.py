@@ -99,8 +99,9 @@ class Bundle:
         return self.metadata.get("metrics", {})
 
 
-def utc_now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+def utc_now_iso(timespec: str = "milliseconds") -> str:
+    """Now, UTC, ISO 8601 with a Z: the form of every timestamp in manifests and the registry."""
+    return datetime.now(timezone.utc).isoformat(timespec=timespec).replace("+00:00", "Z")
 
 
 def json_default(value: Any) -> Any:

@@ -17,11 +17,10 @@ import json
 import sqlite3
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from models.bundle.format import MANIFEST, BundleRef
+from models.bundle.format import MANIFEST, BundleRef, json_default, utc_now_iso
 from models.bundle.registry_schema import SCHEMA, SCHEMA_VERSION
 
 __all__ = ["Registry", "RegistryError", "SCHEMA_VERSION"]
@@ -31,10 +30,6 @@ class RegistryError(KeyError):
 
     def __str__(self) -> str:  # KeyError would repr() the message, adding quotes
         return str(self.args[0]) if self.args else ""
-
-
-def _utc_now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def flatten_metrics(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -220,8 +215,8 @@ class Registry:
                 metrics: Mapping[str, Any] | None) -> None:
         if metrics is None:
             metrics = manifest.get("metadata", {}).get("metrics", {})
-        metrics_json = json.dumps(metrics, sort_keys=True, default=_json_default)
-        now = _utc_now_iso()
+        metrics_json = json.dumps(metrics, sort_keys=True, default=json_default)
+        now = utc_now_iso()
         existing = con.execute(
             "SELECT content_hash FROM versions WHERE component = ? AND version = ?",
             (ref.component, ref.version),
@@ -286,7 +281,7 @@ class Registry:
         action: str,
         reason: str,
     ) -> None:
-        now = _utc_now_iso()
+        now = utc_now_iso()
         con.execute(
             "INSERT INTO aliases (component, alias, version, changed_at) VALUES (?, ?, ?, ?)"
             " ON CONFLICT (component, alias) DO UPDATE"
@@ -388,10 +383,3 @@ class Registry:
             "versions": list(versions),
             "metrics": {name: {v: flat[v].get(name) for v in versions} for name in names},
         }
-
-
-def _json_default(value: Any) -> Any:
-    # numpy scalars in metrics; imported lazily to keep the registry light.
-    if hasattr(value, "item"):
-        return value.item()
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")

@@ -198,7 +198,7 @@ def write_bundle(
         base_manifest: dict[str, Any] = {
             "format": BUNDLE_FORMAT,
             "component": component,
-            "created_at": utc_now_iso(),
+            "created_at": utc_now_iso("seconds"),
             "run_id": run_id,
             "data_version": None if data_version is None else str(data_version),
             "python": platform.python_version(),

@@ -28,7 +28,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from models.bundle.format import MANIFEST
+from models.bundle.format import utc_now_iso
+from models.bundle.registry import manifest_of
 from models.bundle.registry import Registry
 from models.lifecycle.schema import ACTIVE, SCHEMA, STATUSES, TERMINAL
 
@@ -49,10 +50,6 @@ class JobStopped(BaseException):
     A BaseException so that no ``except Exception`` on the way (libraries, our own error
     handling) can swallow a cancellation.
     """
-
-
-def utc_now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def parse_iso(value: str | None) -> datetime | None:
@@ -342,11 +339,7 @@ class JobStore:
                     continue
                 if not run_id or not folder.name.isdigit():
                     continue
-                try:
-                    manifest = json.loads((folder / MANIFEST).read_text())
-                except (OSError, ValueError):
-                    continue
-                if manifest.get("run_id") == run_id and (component_dir.name, int(folder.name)) not in registered:
+                if manifest_of(folder).get("run_id") == run_id and (component_dir.name, int(folder.name)) not in registered:
                     shutil.rmtree(folder, ignore_errors=True)
                     removed.append(str(folder))
         if run_id and runs_dir is not None and not registered:

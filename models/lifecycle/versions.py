@@ -22,10 +22,10 @@ def evaluation_window(manifest: dict) -> dict | None:
     return manifest.get("metadata", {}).get("evaluation_window")
 
 
-def champion_of(registry: Registry, component: str) -> dict | None:
-    """The component's active version; None when it has no champion."""
+def champion_of(registry: Registry, component: str, alias: str = CHAMPION) -> dict | None:
+    """The version `alias` (the champion by default) points at; None when it points at none."""
     try:
-        return registry.resolve(component, CHAMPION)
+        return registry.resolve(component, alias)
     except RegistryError:
         return None
 
@@ -56,10 +56,7 @@ def activate(registry: Registry, component: str, version: int, reason: str,
     CLI, the trainer's Activate and the jobs' auto-activation. Returns (the version the alias
     pointed at or None, the new one)."""
     verify_bundle(Path(registry.get(component, version)["path"]))
-    try:
-        previous = registry.resolve(component, alias)
-    except RegistryError:
-        previous = None
+    previous = champion_of(registry, component, alias)
     registry.set_alias(component, version, alias, reason=reason)
     return previous, registry.get(component, version)
 
