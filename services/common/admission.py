@@ -17,12 +17,19 @@ worker of the server's pool (grpc/_server.py `_handle_call` -> `thread_pool.subm
 taken in the polling thread, so the decision is serialised and made before the call can queue.
 A refused call must still be *answered* by a handler, and a handler normally runs in the
 server's pool -- behind the very backlog being shed. grpcio lets a behaviour name its own pool
-(`behavior.experimental_thread_pool`, grpc/_server.py `_select_thread_pool_for_behavior`), so
-refusals and health checks run on a small control pool of the interceptor's and never wait for a
-free worker. The slot of an admitted call is released when grpcio's task for it ends (a
-done-callback on the pool future, exactly how grpcio's own `maximum_concurrent_rpcs` counts,
-`_on_call_completed`), so a call whose client gave up while it sat in the queue -- grpcio then
-never calls the handler -- cannot leak its slot.
+(`behavior.experimental_thread_pool`, grpc/_server.py `_select_thread_pool_for_behavior`).
+Health checks run on a small control pool of the interceptor's and never wait for a free worker.
+A refusal is answered in the polling thread itself, with no hand-over to another thread (each
+hand-over waits for a core and for the GIL, and under overload both are scarce): its handler is
+request-streaming, so grpcio calls it without first waiting for the request message (which only
+the polling thread could deliver), and its "pool" runs it on the spot (`_Inline`); it reads
+nothing and only starts the sending of its status. The slot of an admitted call is released as soon as its handler returns, before
+grpcio sends the answer: a client that sends its next request the moment it has the answer must
+find the slot free (released only when grpcio's task ended, a closed loop at exactly the limit
+was now and then refused). A done-callback on the pool future (how grpcio's own
+`maximum_concurrent_rpcs` counts, `_on_call_completed`) releases it too, once at most, so a call
+whose client gave up while it sat in the queue -- grpcio then never calls the handler -- cannot
+leak its slot.
 
 Why not grpcio's built-in `grpc.server(maximum_concurrent_rpcs=...)`: it refuses in the polling
 thread too (fast), but it counts and refuses EVERY method, health Check included -- a saturated
@@ -147,6 +154,42 @@ class Limiter:
         telemetry.SHED.labels(self.component, _short(method), reason).inc()
 
 
+class _Inline(futures.ThreadPoolExecutor):
+    """An "executor" that runs a task in the submitting thread (grpcio's polling thread) and returns
+    its finished future: for refusals, which must not wait for another thread. Only for tasks that
+    never block -- the polling thread delivers every call's events. It owns no threads, so
+    `ThreadPoolExecutor.__init__` is deliberately not called."""
+
+    def __init__(self):  # pylint: disable=super-init-not-called
+        pass
+
+    def submit(self, fn, /, *args, **kwargs):
+        future = futures.Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as e:  # grpcio's task catches its own errors; kept for completeness
+            future.set_exception(e)
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Nothing to stop."""
+
+
+class _Slot:
+    """One admitted call's slot: released once, by whichever comes first -- the handler's end or
+    grpcio's task's end."""
+
+    def __init__(self, limiter: Limiter):
+        self._limiter, self._lock, self._held = limiter, threading.Lock(), True
+
+    def release(self) -> None:
+        with self._lock:
+            if not self._held:
+                return
+            self._held = False
+        self._limiter.release()
+
+
 class _ReleaseWhenDone(futures.ThreadPoolExecutor):
     """Passed to grpcio as a behaviour's `experimental_thread_pool` (grpcio accepts only a
     ThreadPoolExecutor there): submits to the server's real pool and frees the call's slot when
@@ -172,6 +215,9 @@ class _ReleaseWhenDone(futures.ThreadPoolExecutor):
         """The real pool belongs to the server."""
 
 
+_INLINE = _Inline()
+
+
 class AdmissionInterceptor(grpc.ServerInterceptor):
     """Load shedding for a sync `grpc.server`.
 
@@ -186,8 +232,8 @@ class AdmissionInterceptor(grpc.ServerInterceptor):
     def __init__(self, limiter: Limiter, pool: futures.ThreadPoolExecutor, *, control_threads: int = 2,
                  record_requests: bool = True):
         self.limiter, self.pool, self.record_requests = limiter, pool, record_requests
-        # Refusals and health checks: each a few tens of microseconds of work that must not wait
-        # behind the shed backlog. A separate pool, so a saturated server still answers them.
+        # Health checks: a few tens of microseconds of work that must not wait behind the shed
+        # backlog. A separate pool, so a saturated server still answers them.
         self.control_pool = futures.ThreadPoolExecutor(control_threads,
                                                        thread_name_prefix=f"{limiter.component}-admission")
 
@@ -221,28 +267,31 @@ class AdmissionInterceptor(grpc.ServerInterceptor):
         self.limiter.shed(method, OVERLOAD)
         self._observe(method, grpc.StatusCode.RESOURCE_EXHAUSTED)
 
-        def refuse(request, context):
+        def refuse(request_iterator, context):
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
 
-        refuse.experimental_thread_pool = self.control_pool
-        # No deserializer: the request is discarded unread (raw bytes).
-        return grpc.unary_unary_rpc_method_handler(refuse)
+        refuse.experimental_thread_pool = _INLINE
+        # Request-streaming and never read: grpcio calls it at once, the request is discarded.
+        return grpc.stream_unary_rpc_method_handler(refuse)
 
     def _admitted(self, handler, method: str):
-        inner, limiter = handler.unary_unary, self.limiter
+        inner, limiter, slot = handler.unary_unary, self.limiter, _Slot(self.limiter)
 
         def admitted(request, context):
-            # Here, in the worker, after any wait in the pool queue: the last moment before the work.
-            message = limiter.deadline_refusal(context.time_remaining())
-            if message is not None:
-                limiter.shed(method, DEADLINE)
-                self._observe(method, grpc.StatusCode.DEADLINE_EXCEEDED)
-                context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, message)
-            return inner(request, context)
+            try:
+                # Here, in the worker, after any wait in the pool queue: the last moment before the work.
+                message = limiter.deadline_refusal(context.time_remaining())
+                if message is not None:
+                    limiter.shed(method, DEADLINE)
+                    self._observe(method, grpc.StatusCode.DEADLINE_EXCEEDED)
+                    context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, message)
+                return inner(request, context)
+            finally:
+                slot.release()
 
         own_pool = getattr(inner, "experimental_thread_pool", None)
         target = own_pool if isinstance(own_pool, futures.ThreadPoolExecutor) else self.pool
-        admitted.experimental_thread_pool = _ReleaseWhenDone(target, limiter.release)
+        admitted.experimental_thread_pool = _ReleaseWhenDone(target, slot.release)
         return grpc.unary_unary_rpc_method_handler(admitted, request_deserializer=handler.request_deserializer,
                                                    response_serializer=handler.response_serializer)
 

@@ -200,8 +200,8 @@ class SyncRig:
 
 
 @contextmanager
-def sync_server(max_in_flight: int, *, workers: int = 2, min_deadline_ms: int = 0):
-    pool = futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="test-sync")
+def sync_server(max_in_flight: int, *, workers: int = 2, min_deadline_ms: int = 0, pool_class=None):
+    pool = (pool_class or futures.ThreadPoolExecutor)(max_workers=workers, thread_name_prefix="test-sync")
     limiter = admission.Limiter(component_name("sync"), max_in_flight, min_deadline_ms)
     interceptor = admission.AdmissionInterceptor(limiter, pool)
     server = grpc.server(pool, interceptors=[interceptor])
@@ -251,6 +251,32 @@ def test_sync_saturated_server_refuses_at_once_and_keeps_answering_health():
         assert rig.limiter.wait_idle(WAIT)
         assert metric("pmis_grpc_in_flight", component=rig.component) == 0
         assert rig.work(b"again", timeout=WAIT) == b"done:again"  # capacity is back
+
+
+class LingeringPool(futures.ThreadPoolExecutor):
+    """grpcio's task for a call lingers after it has sent the answer, as it does on a busy machine
+    (the worker waits for the GIL on its way out)."""
+
+    def submit(self, fn, /, *args, **kwargs):
+        def task():
+            fn(*args, **kwargs)
+            time.sleep(0.05)
+        return super().submit(task)
+
+
+def test_sync_closed_loop_at_exactly_the_limit_is_never_refused():
+    # Each client sends its next call the moment it has an answer: the slot must be free by then
+    # (released as the handler returns, not when grpcio's task ends after sending the answer).
+    clients, calls = 2, 10
+    with sync_server(clients, workers=clients + 2, pool_class=LingeringPool) as rig:
+        def client(c: int) -> list:
+            return [rig.work(f"{c}.{i}".encode(), timeout=WAIT) for i in range(calls)]
+
+        with futures.ThreadPoolExecutor(clients) as pool:
+            answers = [f.result(WAIT * 4) for f in [pool.submit(client, c) for c in range(clients)]]
+        assert sum(len(a) for a in answers) == clients * calls  # a refusal would have raised
+        assert metric("pmis_grpc_shed_total", component=rig.component, method="Work", reason="overload") == 0
+        assert rig.limiter.wait_idle(WAIT)
 
 
 def test_sync_slot_of_a_call_that_expired_in_the_queue_is_released():
