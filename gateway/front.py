@@ -15,9 +15,6 @@ Health and reflection are the sync server's, exempt from admission like the comp
 from __future__ import annotations
 
 import asyncio
-import logging
-import os
-import threading
 from concurrent import futures
 
 import grpc
@@ -28,34 +25,10 @@ from pmis.v1 import gateway_pb2_grpc
 from services.common import admission, guard, tls
 from services.components import SERVICE_NAMES
 
-log = logging.getLogger("pmis.gateway")
 SERVICE = SERVICE_NAMES["gateway"]
 # Worker threads when admission is unlimited; otherwise one per admitted call, plus streams.
 UNLIMITED_WORKERS = 64
 STREAM_WORKERS = 8
-
-
-def yield_to_front(nice: int) -> int:
-    """Lower the calling thread's (the event loop's) scheduling priority by `nice`; returns the
-    new nice value, or the unchanged one where the OS does not allow it.
-
-    Under overload every core is busy, and a refusal or a health check waits for one behind the
-    loop's work -- the very work it is meant to protect. The loop runs the admitted requests; the
-    polling thread, the admission pool and the workers only hand calls over. A loop at a lower
-    priority than them is pre-empted when they wake, so refusals and health checks are answered
-    first, and admitted requests lose only the little CPU those take. On Linux, nice is per
-    thread (setpriority on the thread's id) and raising it needs no privilege. Call it on the
-    loop's thread after the server has started: threads inherit the nice of their creator.
-    """
-    tid = threading.get_native_id()
-    current = os.getpriority(os.PRIO_PROCESS, tid)
-    if nice <= 0:
-        return current
-    try:
-        os.setpriority(os.PRIO_PROCESS, tid, min(19, current + nice))
-    except OSError as e:  # e.g. a seccomp profile that forbids it: serve at the same priority
-        log.warning("could not lower the event loop's priority", extra={"fields": {"error": str(e)}})
-    return os.getpriority(os.PRIO_PROCESS, tid)
 
 
 class LoopBridge(gateway_pb2_grpc.RecommendationGatewayServicer):

@@ -23,7 +23,7 @@ import numpy as np
 
 from gateway import explaining, fairness, filters, shortlisting
 from gateway.fanout import Fanout
-from gateway.front import Front, yield_to_front
+from gateway.front import Front
 from gateway import recommend as stages
 from gateway.catalog import SqliteCatalog
 from models.fairness import shortlist as shortlists
@@ -72,9 +72,6 @@ class GatewayConfig:
     # most requests per batch.
     batch_outstanding: int = 1
     max_batch: int = 32
-    # The event loop's nice above the front's threads (gateway/front.py, yield_to_front): refusals
-    # and health checks are answered before more of the admitted work. 0 = the same priority.
-    loop_nice: int = 10
 
 
 
@@ -314,21 +311,16 @@ def parse_config(argv=None) -> GatewayConfig:
          help="batch RPCs in flight per component method; calls made meanwhile wait and go in the next batch; "
               "0 = no batching")
     flag(p, "--max-batch", "MAX_BATCH", d.max_batch, type=int, help=f"most calls per batch RPC, 1..{MAX_BATCH}")
-    flag(p, "--loop-nice", "LOOP_NICE", d.loop_nice, type=int,
-         help="run the event loop (the admitted work) this much nicer than the threads that admit, refuse and "
-              "answer health checks, 0..19; 0 = the same priority")
     a = p.parse_args(argv)
     if a.batch_outstanding < 0 or not 1 <= a.max_batch <= MAX_BATCH:
         p.error(f"--batch-outstanding must be >= 0 and --max-batch in 1..{MAX_BATCH}")
-    if not 0 <= a.loop_nice <= 19:
-        p.error("--loop-nice must be in 0..19")
     return GatewayConfig(a.host, a.port, a.metrics_port, a.catalog,
                          {c: getattr(a, f"{c}_target") for c in COMPONENTS},
                          {c: getattr(a, f"{c}_budget_ms") for c in COMPONENTS}, a.default_deadline_ms, a.candidates,
                          a.blend_weights, a.as_of, a.grace, fairness.FairnessConfig.from_json(a.fairness),
                          a.shortlist_groups, a.catalog_refresh_seconds, a.max_connection_age_ms,
                          a.fairness_strength, a.max_in_flight, a.min_deadline_ms, a.ports_file,
-                         tls.server_tls(a, p), tls.client_tls(a, p), a.batch_outstanding, a.max_batch, a.loop_nice)
+                         tls.server_tls(a, p), tls.client_tls(a, p), a.batch_outstanding, a.max_batch)
 
 
 async def serve(cfg: GatewayConfig, ready: asyncio.Event | None = None) -> None:
@@ -339,7 +331,6 @@ async def serve(cfg: GatewayConfig, ready: asyncio.Event | None = None) -> None:
     front.start()
     port = front.port
     metrics_port = telemetry.start_metrics_server(cfg.metrics_port, cfg.host) if cfg.metrics_port else 0
-    yield_to_front(cfg.loop_nice)  # after every thread of the front and the metrics has started
     listening.write_ports(cfg.ports_file, port, metrics_port)
     log.info("gateway serving", extra={"fields": {"port": port, "metrics_port": metrics_port,
                                                   "internships": len(catalog.internships.ids)}})

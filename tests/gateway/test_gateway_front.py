@@ -81,28 +81,3 @@ def test_a_saturated_gateway_refuses_at_once_says_why_and_keeps_answering_health
     for f in held:
         assert f.exception(10).code() == grpc.StatusCode.UNAVAILABLE
     wait_until(lambda: runner.front.limiter.in_flight == 0, 10, "slots released")
-
-
-def test_the_event_loop_yields_the_cpu_to_the_threads_that_refuse_and_answer_health():
-    """`yield_to_front` lowers only the calling thread's priority: the loop's, not the front's."""
-    import os
-
-    from gateway.front import yield_to_front
-
-    def nice_of(tid: int) -> int:
-        return os.getpriority(os.PRIO_PROCESS, tid)
-
-    before, seen = nice_of(threading.get_native_id()), {}
-
-    def loop_thread():
-        tid = threading.get_native_id()
-        seen["unchanged"] = yield_to_front(0) - nice_of(tid)
-        seen["returned"] = yield_to_front(5)
-        seen["after"] = nice_of(tid)
-
-    t = threading.Thread(target=loop_thread)
-    t.start()
-    t.join()
-    assert seen["unchanged"] == 0
-    assert seen["after"] == seen["returned"] == min(19, before + 5)
-    assert nice_of(threading.get_native_id()) == before  # the caller's other threads keep theirs
