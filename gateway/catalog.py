@@ -1,8 +1,10 @@
 """Catalog access for the gateway: students, their interactions, and the internship table.
 
-`Catalog` is the interface the gateway depends on; `SqliteCatalog` is the embedded default
-(the SQLite file written by `pmis generate` / `models.data.catalog.build_catalog`). Another
-backend (PostgreSQL) implements the same few methods.
+`Catalog` is the interface the gateway depends on, with two backends chosen by one setting
+(gateway/catalog_backend.py, `open_catalog`): `SqliteCatalog`, the embedded default (the SQLite file written by
+`pmis generate` / `models.data.catalog.build_catalog`), and `PostgresCatalog`
+(gateway/catalog_postgres.py), the shared catalog of a deployment. A backend that cannot reach
+its database raises `CatalogUnavailable` (an UNAVAILABLE status for the client).
 
 The internship table is small (100k rows at the scheme's scale) and read on every request, so
 it is held in memory as arrays (`InternshipTable`) and refreshed by `refresh()`; per-student
@@ -18,9 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+import grpc
 import numpy as np
 
 from models.data.catalog import COUNTS_TABLE, LATEST, STATS_TABLE, ensure_counters
+from services.common.errors import RpcError
 
 PROFILE_COLUMNS = ["skills", "education", "field", "cgpa", "college_tier", "district", "state", "latitude",
                    "longitude", "preferred_sectors", "preferred_districts"]
@@ -47,17 +51,67 @@ class InternshipTable:
     msme: np.ndarray          # company is Micro/Small/Medium
 
 
+INTERNSHIP_COLUMNS = ["internship_id", "title", "company_id", "sector", "district", "state", "latitude", "longitude",
+                      "remote", "stipend", "slots", "deadline"]
+MSME_SIZES = ("Micro", "Small", "Medium")
+
+
+class CatalogUnavailable(RpcError):
+    """The catalog's database cannot be reached: UNAVAILABLE, with what it means for the call."""
+
+    def __init__(self, message: str):
+        super().__init__(grpc.StatusCode.UNAVAILABLE, message)
+
+
 class Catalog(Protocol):
     internships: InternshipTable
 
+    def refresh(self) -> None: ...
     def student(self, student_id: str) -> dict | None: ...
     def interactions(self, student_id: str) -> list[tuple[str, str, int]]: ...
-    def record_interaction(self, student_id: str, internship_id: str, event: str, timestamp: int) -> int: ...
+    def record_interaction(self, student_id: str, internship_id: str, event: str, timestamp: int,
+                           event_id: str | None = None) -> tuple[bool, int]: ...
     def latest_timestamp(self) -> int: ...
+    def applicants(self, internship_id: str) -> list[str]: ...
+    def internship_skills(self, internship_id: str) -> list[str]: ...
+    def students_in_state(self, state: str, limit: int) -> list[tuple[str, list[str]]]: ...
+    def protected(self, student_id: str) -> dict: ...
+    def close(self) -> None: ...
 
 
 def _split(v) -> list[str]:
     return [t for t in (v or "").split(";") if t]
+
+
+def student_row(names: list[str], row) -> dict | None:
+    """A students row as the gateway uses it: list columns split and lower-cased."""
+    if row is None:
+        return None
+    out = dict(zip(names, row))
+    for name in LIST_COLUMNS & out.keys():
+        out[name] = [t.lower() for t in _split(out[name])]
+    return out
+
+
+def internship_table(rows: list, applicants: np.ndarray | None, selected: np.ndarray | None,
+                     small_companies: set) -> InternshipTable:
+    """The in-memory table from rows of INTERNSHIP_COLUMNS sorted by id; when `applicants` and
+    `selected` are None, each row carries them as two more columns."""
+    columns = list(zip(*rows)) if rows else [()] * (len(INTERNSHIP_COLUMNS) + 2)
+    col = columns.__getitem__
+    ids = np.asarray(col(0), dtype=str)
+    if applicants is None:
+        applicants = np.array([n or 0 for n in col(12)], dtype=np.int64)
+        selected = np.array([n or 0 for n in col(13)], dtype=np.int64)
+    f = lambda j: np.array([np.nan if v is None else float(v) for v in col(j)], dtype=np.float64)  # noqa: E731
+    s = lambda j: np.asarray([(v or "") for v in col(j)], dtype=str)  # noqa: E731
+    never = np.iinfo(np.int64).max
+    deadline = np.array([never if v is None else int(v) for v in col(11)], dtype=np.int64)
+    return InternshipTable(
+        ids=ids, position={i: p for p, i in enumerate(ids.tolist())}, title=s(1), company_id=s(2), sector=s(3),
+        district=s(4), state=s(5), latitude=f(6), longitude=f(7), remote=np.array([bool(v) for v in col(8)], dtype=bool),
+        stipend=f(9), slots=f(10), deadline=deadline, applicants=applicants, selected=selected,
+        msme=np.array([cid in small_companies for cid in col(2)], dtype=bool))
 
 
 class SqliteCatalog:
@@ -79,6 +133,9 @@ class SqliteCatalog:
             self._local.conn = conn
         return conn
 
+    def close(self) -> None:
+        """Connections are per thread and close with it."""
+
     def refresh(self) -> None:
         """(Re)load the internship table and its application/offer counts into memory.
 
@@ -90,37 +147,19 @@ class SqliteCatalog:
         c = self._conn()
         counted = ensure_counters(c)
         cols = {r[1] for r in c.execute("PRAGMA table_info(internships)")}
-        want = ["internship_id", "title", "company_id", "sector", "district", "state", "latitude", "longitude",
-                "remote", "stipend", "slots", "deadline"]
-        select = ", ".join(f"i.{w}" if w in cols else f"NULL AS {w}" for w in want)
+        select = ", ".join(f"i.{w}" if w in cols else f"NULL AS {w}" for w in INTERNSHIP_COLUMNS)
+        applicants = selected = None
         if counted:
             rows = c.execute(f"SELECT {select}, n.applicants, n.selected FROM internships AS i "
                              f"LEFT JOIN {COUNTS_TABLE} AS n ON n.internship_id = i.internship_id "
                              f"ORDER BY i.internship_id").fetchall()
         else:
             rows = c.execute(f"SELECT {select} FROM internships AS i ORDER BY i.internship_id").fetchall()
-        columns = list(zip(*rows)) if rows else [()] * (len(want) + 2)
-        col = columns.__getitem__
-        ids = np.asarray(col(0), dtype=str)
-        position = {i: p for p, i in enumerate(ids.tolist())}
-        if counted:
-            applicants = np.array([n or 0 for n in col(12)], dtype=np.int64)
-            selected = np.array([n or 0 for n in col(13)], dtype=np.int64)
-        else:
-            applicants, selected = self._aggregate_counts(c, position)
-        msme = np.zeros(len(ids), dtype=bool)
+            applicants, selected = self._aggregate_counts(c, {r[0]: p for p, r in enumerate(rows)})
+        small = set()
         if c.execute("SELECT 1 FROM sqlite_master WHERE name='companies'").fetchone():
-            small = {cid for cid, size in c.execute("SELECT company_id, size FROM companies")
-                     if size in ("Micro", "Small", "Medium")}
-            msme = np.array([cid in small for cid in col(2)], dtype=bool)
-        f = lambda j: np.array([np.nan if v is None else float(v) for v in col(j)], dtype=np.float64)  # noqa: E731
-        s = lambda j: np.asarray([(v or "") for v in col(j)], dtype=str)  # noqa: E731
-        never = np.iinfo(np.int64).max
-        deadline = np.array([never if v is None else int(v) for v in col(11)], dtype=np.int64)
-        self.internships = InternshipTable(
-            ids=ids, position=position, title=s(1), company_id=s(2), sector=s(3), district=s(4), state=s(5),
-            latitude=f(6), longitude=f(7), remote=np.array([bool(v) for v in col(8)], dtype=bool), stipend=f(9),
-            slots=f(10), deadline=deadline, applicants=applicants, selected=selected, msme=msme)
+            small = {cid for cid, size in c.execute("SELECT company_id, size FROM companies") if size in MSME_SIZES}
+        self.internships = internship_table(rows, applicants, selected, small)
         self._latest = (self._stored_latest(c) if counted else None) or \
             c.execute("SELECT MAX(timestamp) FROM interactions").fetchone()[0] or int(time.time())
 
@@ -163,12 +202,7 @@ class SqliteCatalog:
         c = self._conn()
         present = [p for p in PROFILE_COLUMNS if p in self._student_columns]
         row = c.execute(f"SELECT {', '.join(present)} FROM students WHERE student_id = ?", (student_id,)).fetchone()
-        if row is None:
-            return None
-        out = dict(zip(present, row))
-        for name in LIST_COLUMNS & out.keys():
-            out[name] = [t.lower() for t in _split(out[name])]
-        return out
+        return student_row(present, row)
 
     def interactions(self, student_id: str) -> list[tuple[str, str, int]]:
         return self._conn().execute("SELECT internship_id, event, timestamp FROM interactions WHERE student_id = ? "
@@ -197,14 +231,30 @@ class SqliteCatalog:
         row = c.execute(f"SELECT {', '.join(want)} FROM students WHERE student_id = ?", (student_id,)).fetchone()
         return dict(zip(want, row)) if row else {}
 
-    def record_interaction(self, student_id: str, internship_id: str, event: str, timestamp: int) -> int:
+    def record_interaction(self, student_id: str, internship_id: str, event: str, timestamp: int,
+                           event_id: str | None = None) -> tuple[bool, int]:
+        """Store one interaction; (stored, the student's interactions now). An `event_id` already
+        stored (a client's retry) stores nothing again."""
         with self._write_lock:
             c = self._conn()
+            ensure_event_ids(c)
             with c:
-                c.execute("INSERT INTO interactions (student_id, internship_id, event, timestamp) VALUES (?, ?, ?, ?)",
-                          (student_id, internship_id, event, timestamp))
-            if event == "apply":
+                stored = c.execute("INSERT INTO interactions (student_id, internship_id, event, timestamp, event_id) "
+                                   "VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                                   (student_id, internship_id, event, timestamp, event_id)).rowcount == 1
+            if stored and event == "apply":
                 p = self.internships.position.get(internship_id)
                 if p is not None:
                     self.internships.applicants[p] += 1
-            return c.execute("SELECT COUNT(*) FROM interactions WHERE student_id = ?", (student_id,)).fetchone()[0]
+            count = c.execute("SELECT COUNT(*) FROM interactions WHERE student_id = ?", (student_id,)).fetchone()[0]
+            return stored, count
+
+
+def ensure_event_ids(c: sqlite3.Connection) -> None:
+    """The `event_id` column (unique where set) of a catalog built without it."""
+    if "event_id" in {r[1] for r in c.execute("PRAGMA table_info(interactions)")}:
+        return
+    with c:
+        c.execute("ALTER TABLE interactions ADD COLUMN event_id TEXT")
+        c.execute("CREATE UNIQUE INDEX IF NOT EXISTS idx_interactions_event_id ON interactions (event_id) "
+                  "WHERE event_id IS NOT NULL")

@@ -25,7 +25,9 @@ from gateway import explaining, fairness, filters, shortlisting
 from gateway.fanout import Fanout
 from gateway.front import Front
 from gateway import recommend as stages
-from gateway.catalog import SqliteCatalog
+from gateway.catalog import CatalogUnavailable
+from gateway.catalog_backend import open_catalog
+from models.data.postgres import is_database_url
 from models.fairness import shortlist as shortlists
 from models.components import COMPONENTS
 from pmis.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, success_pb2
@@ -48,6 +50,7 @@ class GatewayConfig:
     port: int = 50050
     metrics_port: int = 9100
     catalog: Path = Path("var/data/catalog.db")
+    database_url: str = ""            # postgresql://...: the shared catalog on PostgreSQL instead of `catalog`
     targets: dict = field(default_factory=lambda: {c: f"127.0.0.1:{p}" for c, p in
                                                    zip(COMPONENTS, (50051, 50052, 50053, 50054))})
     budgets_ms: dict = field(default_factory=lambda: {"content": 300, "collaborative": 300, "success": 400,
@@ -82,6 +85,7 @@ class Student:
     interactions: list          # common_pb2.Interaction, oldest first
     seen: list                  # every internship the student has interacted with: not recommended again
     cold_start: bool
+    catalog_down: bool = False  # the catalog was unreachable: answered from the request's profile alone
 
 
 class Gateway(gateway_pb2_grpc.RecommendationGatewayServicer):
@@ -140,18 +144,28 @@ class Gateway(gateway_pb2_grpc.RecommendationGatewayServicer):
         if has_profile:
             v.check_profile("profile", request.profile)
         v.raise_if_any()
-        row = self.catalog.student(request.student_id) if request.student_id else None
+        try:
+            row, history = self.lookup(request.student_id) if request.student_id else (None, [])
+        except CatalogUnavailable as e:
+            if not has_profile:
+                raise CatalogUnavailable(f"{e.message}: student {request.student_id} cannot be looked up "
+                                         f"(a request with a profile is still answered)") from e
+            return Student(request.student_id, request.profile, [], [], cold_start=True, catalog_down=True)
         if row is None and not has_profile:
             raise not_found(f"student {request.student_id} is not in the catalog; send a profile for a new student")
         interactions = []
-        if row is not None:
-            for iid, event, ts in self.catalog.interactions(request.student_id):
-                it = common_pb2.Interaction(internship_id=iid, event=EVENT_TYPES.get(event, 0))
-                it.timestamp.seconds = int(ts)
-                interactions.append(it)
+        for iid, event, ts in history:
+            it = common_pb2.Interaction(internship_id=iid, event=EVENT_TYPES.get(event, 0))
+            it.timestamp.seconds = int(ts)
+            interactions.append(it)
         profile = request.profile if has_profile else profile_message(row)
         seen = sorted({it.internship_id for it in interactions})
         return Student(request.student_id, profile, interactions, seen, cold_start=row is None)
+
+    def lookup(self, student_id: str) -> tuple[dict | None, list]:
+        """The student's catalog row and interactions (none for a student the catalog lacks)."""
+        row = self.catalog.student(student_id)
+        return row, (self.catalog.interactions(student_id) if row is not None else [])
 
     def models_and_mixing(self, versions: dict) -> tuple[list, bool]:
         models = [v for v in versions.values() if v is not None]
@@ -198,6 +212,8 @@ class Gateway(gateway_pb2_grpc.RecommendationGatewayServicer):
         mode = stages.MODE_NAMES[request.mode or gateway_pb2.MODE_HYBRID]
         want_explain = request.explain if request.HasField("explain") else True
         r = stages.InFlight(student, self.catalog.internships, k, mode, deadline, explain=want_explain)
+        if student.catalog_down:
+            r.degraded.append("catalog")
         await stages.retrieve(self, r, request)
         response = gateway_pb2.RecommendResponse(student_id=student.student_id, cold_start=student.cold_start,
                                                  fairness=fairness_note)
@@ -249,6 +265,7 @@ class Gateway(gateway_pb2_grpc.RecommendationGatewayServicer):
         v = Violations()
         v.check_id("student_id", request.student_id)
         v.check_id("internship_id", request.internship_id)
+        v.check_id("event_id", request.event_id, required=False)
         if request.event not in EVENT_NAMES:
             v.add("event", "must be EVENT_TYPE_VIEW, EVENT_TYPE_SAVE or EVENT_TYPE_APPLY")
         v.raise_if_any()
@@ -259,9 +276,13 @@ class Gateway(gateway_pb2_grpc.RecommendationGatewayServicer):
         ts = request.timestamp.seconds if request.HasField("timestamp") else int(time.time())
         # Written to the catalog; the next Recommend sends the student's interactions with its
         # collaborative calls, which fold them in (stateless across collaborative replicas).
-        count = await asyncio.to_thread(self.catalog.record_interaction, request.student_id, request.internship_id,
-                                        EVENT_NAMES[request.event], ts)
-        return gateway_pb2.RecordInteractionResponse(recorded=True, interactions_for_student=count)
+        # Committed before the answer: an acknowledged interaction is never lost; never stored twice
+        # for one event_id. An unreachable database is UNAVAILABLE (CatalogUnavailable), not a drop.
+        stored, count = await asyncio.to_thread(self.catalog.record_interaction, request.student_id,
+                                                request.internship_id, EVENT_NAMES[request.event], ts,
+                                                request.event_id or None)
+        return gateway_pb2.RecordInteractionResponse(recorded=True, interactions_for_student=count,
+                                                     duplicate=not stored)
 
 
     async def Shortlist(self, request, context):
@@ -283,7 +304,9 @@ def parse_config(argv=None) -> GatewayConfig:
     add_listen_flags(p, d.port, d.metrics_port)
     tls.add_server_args(p)
     tls.add_client_args(p)
-    flag(p, "--catalog", "CATALOG", str(d.catalog), type=Path, help="catalog SQLite")
+    flag(p, "--catalog", "CATALOG", str(d.catalog), type=Path, help="catalog SQLite (when no --database-url)")
+    flag(p, "--database-url", "DATABASE_URL", d.database_url,
+         help="postgresql://... : the shared catalog on PostgreSQL (pmis db migrate / load) instead of --catalog")
     for c in COMPONENTS:
         flag(p, f"--{c}-target", f"{c.upper()}_TARGET", d.targets[c],
              help=f"gRPC target of the {c} service, e.g. dns:///{c}:50051")
@@ -314,7 +337,9 @@ def parse_config(argv=None) -> GatewayConfig:
     a = p.parse_args(argv)
     if a.batch_outstanding < 0 or not 1 <= a.max_batch <= MAX_BATCH:
         p.error(f"--batch-outstanding must be >= 0 and --max-batch in 1..{MAX_BATCH}")
-    return GatewayConfig(a.host, a.port, a.metrics_port, a.catalog,
+    if a.database_url and not is_database_url(a.database_url):
+        p.error("--database-url must be a postgresql:// URL (a SQLite catalog is --catalog)")
+    return GatewayConfig(a.host, a.port, a.metrics_port, a.catalog, a.database_url,
                          {c: getattr(a, f"{c}_target") for c in COMPONENTS},
                          {c: getattr(a, f"{c}_budget_ms") for c in COMPONENTS}, a.default_deadline_ms, a.candidates,
                          a.blend_weights, a.as_of, a.grace, fairness.FairnessConfig.from_json(a.fairness),
@@ -324,7 +349,7 @@ def parse_config(argv=None) -> GatewayConfig:
 
 
 async def serve(cfg: GatewayConfig, ready: asyncio.Event | None = None) -> None:
-    catalog = await asyncio.to_thread(SqliteCatalog, cfg.catalog)
+    catalog = await asyncio.to_thread(open_catalog, cfg.database_url or cfg.catalog)
     gateway = Gateway(cfg, catalog)
     loop = asyncio.get_running_loop()
     front = Front(gateway, loop, cfg)
@@ -345,6 +370,7 @@ async def serve(cfg: GatewayConfig, ready: asyncio.Event | None = None) -> None:
         refresher.cancel()
     await front.stop(cfg.grace)
     await gateway.fanout.close()
+    catalog.close()
 
 
 # How long the event loop's thread may hold the GIL before the front's polling and admission

@@ -130,3 +130,6 @@ def content_server(trainer):
 
     with running_content_server(trainer.system.bundles) as stub:
         yield stub
+
+
+from tests.support.postgres import pg_url  # noqa: E402,F401  (fixture: a fresh schema on the real PostgreSQL)

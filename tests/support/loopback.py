@@ -17,7 +17,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from gateway.catalog import SqliteCatalog
+from gateway.catalog_backend import open_catalog
 from gateway.front import Front
 from gateway.server import Gateway, GatewayConfig
 from models.components import COMPONENTS
@@ -101,11 +101,12 @@ class GatewayRunner:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     async def _start(self):
-        return Gateway(self.cfg, SqliteCatalog(self.cfg.catalog))  # its aio channels bind to this loop
+        return Gateway(self.cfg, open_catalog(self.cfg.database_url or self.cfg.catalog))  # aio channels: this loop
 
     async def _stop(self):
         await self.front.stop(0.2)
         await self.gateway.fanout.close()
+        self.gateway.catalog.close()
 
     def close(self) -> None:
         self.channel.close()
