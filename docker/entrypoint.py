@@ -55,6 +55,27 @@ def has_dataset(data: Path) -> bool:
     return data.is_dir() and any(data.glob("students.*"))
 
 
+def export_step(data: Path) -> list[str]:
+    """The catalog on PostgreSQL (PMIS_DATABASE_URL): training reads a consistent snapshot of it,
+    exported into the dataset folder first."""
+    return pmis("db", "export", "--data", str(data), "--quiet")
+
+
+def dataset_steps(data: Path, environ) -> list[list[str]]:
+    """What makes `data` a dataset with a catalog before training."""
+    if environ.get("PMIS_DATABASE_URL"):
+        return [export_step(data)]
+    if not has_dataset(data):
+        if environ.get("PMIS_GENERATE_IF_EMPTY", "0") != "1":
+            raise UsageError(f"no dataset in {data} (no students.* file): copy the scheme's exports there "
+                             f"(input contract: models/data/README.md), or set PMIS_GENERATE_IF_EMPTY=1 to "
+                             f"train on the synthetic demo data")
+        return [pmis("generate", "--data", str(data), "--quiet")]  # also builds catalog.db
+    if not (data / "catalog.db").exists():
+        return [[sys.executable, os.path.abspath(__file__), "build-catalog", str(data)]]
+    return []
+
+
 def plan(argv: list[str], environ=os.environ) -> list[list[str]]:
     """The commands to run, in order; the last one replaces this process."""
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -64,20 +85,13 @@ def plan(argv: list[str], environ=os.environ) -> list[list[str]]:
         return [[sys.executable, "-m", SERVERS[what], *rest]]
     if what == "train":
         data = data_dir(rest, environ)
-        steps = []
-        if not has_dataset(data):
-            if environ.get("PMIS_GENERATE_IF_EMPTY", "0") != "1":
-                raise UsageError(f"no dataset in {data} (no students.* file): copy the scheme's exports there "
-                                 f"(input contract: models/data/README.md), or set PMIS_GENERATE_IF_EMPTY=1 to "
-                                 f"train on the synthetic demo data")
-            steps.append(pmis("generate", "--data", str(data), "--quiet"))  # also builds catalog.db
-        elif not (data / "catalog.db").exists():
-            steps.append([sys.executable, os.path.abspath(__file__), "build-catalog", str(data)])
+        steps = dataset_steps(data, environ)
         if "--data" not in rest and not any(a.startswith("--data=") for a in rest):
             rest = ["--data", str(data), *rest]
         return [*steps, pmis("train", "--quiet", *rest)]
     if what == "retrain":
-        return [pmis("retrain", "--if-needed", "--quiet", *rest)]
+        export = [export_step(data_dir(rest, environ))] if environ.get("PMIS_DATABASE_URL") else []
+        return [*export, pmis("retrain", "--if-needed", "--quiet", *rest)]
     if what == "pmis":
         return [pmis(*rest)]
     if what in ("copy-catalog", "build-catalog"):

