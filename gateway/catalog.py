@@ -23,7 +23,7 @@ from typing import Protocol
 import grpc
 import numpy as np
 
-from models.data.catalog import COUNTS_TABLE, LATEST, STATS_TABLE, ensure_counters
+from models.data.catalog import COUNTS_TABLE, LATEST, STATS_TABLE, ensure_counters, ensure_event_ids
 from services.common.errors import RpcError
 
 PROFILE_COLUMNS = ["skills", "education", "field", "cgpa", "college_tier", "district", "state", "latitude",
@@ -249,12 +249,3 @@ class SqliteCatalog:
             count = c.execute("SELECT COUNT(*) FROM interactions WHERE student_id = ?", (student_id,)).fetchone()[0]
             return stored, count
 
-
-def ensure_event_ids(c: sqlite3.Connection) -> None:
-    """The `event_id` column (unique where set) of a catalog built without it."""
-    if "event_id" in {r[1] for r in c.execute("PRAGMA table_info(interactions)")}:
-        return
-    with c:
-        c.execute("ALTER TABLE interactions ADD COLUMN event_id TEXT")
-        c.execute("CREATE UNIQUE INDEX IF NOT EXISTS idx_interactions_event_id ON interactions (event_id) "
-                  "WHERE event_id IS NOT NULL")

@@ -140,6 +140,8 @@ def build_catalog(data_dir: Path, db_path: Path, progress: bool = True) -> dict[
             if "internships" in counts and "interactions" in counts:
                 with conn:
                     build_counters(conn)
+            if "interactions" in counts:
+                ensure_event_ids(conn)
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:
@@ -248,6 +250,18 @@ def ensure_counters(conn: sqlite3.Connection) -> bool:
     except sqlite3.OperationalError:  # read-only database/file, locked past the timeout
         return False
     return True
+
+
+def ensure_event_ids(c: sqlite3.Connection) -> None:
+    """The `event_id` column of interactions: a client's id for one recorded event, unique where
+    set, so that a retried RecordInteraction is stored once. Built with every new catalog; added
+    to an older one on its first write."""
+    if "event_id" in {r[1] for r in c.execute("PRAGMA table_info(interactions)")}:
+        return
+    with c:
+        c.execute("ALTER TABLE interactions ADD COLUMN event_id TEXT")
+        c.execute("CREATE UNIQUE INDEX IF NOT EXISTS idx_interactions_event_id ON interactions (event_id) "
+                  "WHERE event_id IS NOT NULL")
 
 
 def _remove_db(path: Path) -> None:
