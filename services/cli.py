@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from models.components import COMPONENTS
+from services.db_commands import DATABASE_URL_ENV, cmd_db
 from services.lifecycle_commands import cmd_models, cmd_retrain
 
 
@@ -168,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_retrain(sub)
     _add_serving_commands(sub)
     _add_models(sub)
+    _add_db(sub)
     return p
 
 
@@ -310,6 +312,22 @@ def _add_models(sub) -> None:
     m.add_argument("--alias", default="champion")
     m.add_argument("--reason")
     m.set_defaults(func=cmd_models)
+
+
+def _add_db(sub) -> None:
+    db = sub.add_parser("db", help="the PostgreSQL catalog: migrate (create/upgrade the schema), load a dataset, "
+                                       "export a snapshot for training")
+    actions = db.add_subparsers(dest="action", required=True)
+    m = actions.add_parser("migrate", help="create or upgrade the catalog's schema; print its version")
+    lo = actions.add_parser("load", help="replace the catalog's tables with a dataset folder (parquet or csv)")
+    ex = actions.add_parser("export", help="write a consistent snapshot of the catalog to a dataset folder "
+                                           "(parquet; replaced) for training")
+    _common(lo)
+    _common(ex)
+    for sp in (m, lo, ex):
+        sp.add_argument("--database-url", metavar="URL",
+                        help=f"postgresql://... (default ${DATABASE_URL_ENV})")
+        sp.set_defaults(func=cmd_db)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -70,10 +70,13 @@ def is_database_url(value) -> bool:
     return str(value).startswith(("postgresql://", "postgres://"))
 
 
+CONNECT_TIMEOUT_S = 10  # a host that drops packets: fail, instead of waiting for the OS to give up
+
+
 def connect(url: str, **kwargs):
     import psycopg
 
-    return psycopg.connect(url, **kwargs)
+    return psycopg.connect(url, **{"connect_timeout": CONNECT_TIMEOUT_S, **kwargs})
 
 
 def table_ddl(table: str) -> str:

@@ -41,3 +41,15 @@ def test_a_snapshot_gives_back_the_loaded_dataset_and_names_it(pg_url, tmp_path)
     assert data_version(tmp_path / "snapshot") != version
     assert len(read_dataset(tmp_path / "snapshot").interactions) == counts["interactions"] + 1
     assert not (tmp_path / "snapshot.exporting").exists() and not (tmp_path / "snapshot.replaced").exists()
+
+
+def test_pmis_db_export_writes_a_dataset_that_trains_as_the_original(pg_url, tmp_path, capsys):
+    from services.cli import main
+
+    generate(tmp_path / "data", students=200, internships=40, seed=5, progress=False)
+    assert main(["db", "load", "--data", str(tmp_path / "data"), "--database-url", pg_url, "--quiet"]) == 0
+    assert main(["db", "export", "--data", str(tmp_path / "snapshot"), "--database-url", pg_url, "--quiet"]) == 0
+    out = capsys.readouterr().out
+    version = data_version(tmp_path / "snapshot")
+    assert f"(data version {version})" in out
+    assert main(["validate", "--data", str(tmp_path / "snapshot")]) == 0
