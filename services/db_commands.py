@@ -56,10 +56,12 @@ def cmd_db(args) -> int:
 
 def _migrate(args, url: str) -> int:
     from models.data.postgres import connect, migrate
+    from models.lifecycle.store import JobStore
 
     with connect(url) as conn:
         version = migrate(conn)
-    print(f"database schema at version {version}")
+    JobStore(url, bundles=args.bundles)  # the registry's and the job table's tables, created or upgraded on open
+    print(f"database schema at version {version} (catalog, registry and job table)")
     return 0
 
 

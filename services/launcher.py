@@ -219,12 +219,11 @@ def ensure_ready(home: Path, data: Path, bundles: Path, runs: Path, pmis: Callab
     if not (data / "catalog.db").exists():
         print(f"no dataset in {data}: generating the default one", flush=True)
         _step(pmis(["generate", "--data", str(data), "--quiet"]), "generating the dataset")
-    from models.bundle.registry import Registry
+    from models.bundle.registry import open_registry, registry_exists
 
-    registry = bundles / "registry.db"
     have = set()
-    if registry.exists():
-        reg = Registry(registry)
+    if registry_exists(bundles):
+        reg = open_registry(bundles)
         for c in COMPONENT_MODULES:
             try:
                 reg.resolve(c, "champion")
@@ -235,7 +234,7 @@ def ensure_ready(home: Path, data: Path, bundles: Path, runs: Path, pmis: Callab
         print("no champion bundles: training (about two minutes)", flush=True)
         _step(pmis(["train", "--data", str(data), "--bundles", str(bundles), "--runs", str(runs), "--quiet"]),
               "training")
-    elif (problem := _champion_problem(Registry(registry))) is not None:
+    elif (problem := _champion_problem(reg)) is not None:
         print(f"the champion bundles cannot be served ({problem}): retraining (about a minute)", flush=True)
         _step(pmis(["train", "--data", str(data), "--bundles", str(bundles), "--runs", str(runs), "--quiet"]),
               "training")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 def cmd_models(args) -> int:
     from models.bundle.format import BundleError
-    from models.bundle.registry import Registry, RegistryError
+    from models.bundle.registry import RegistryError, open_registry
     from models.lifecycle.versions import activate
 
     needs = {"show": ("component", "version"), "compare": ("component",), "activate": ("component", "version"),
@@ -21,7 +21,7 @@ def cmd_models(args) -> int:
     if missing:
         print(f"error: pmis models {args.action} needs {' and '.join(f'a {n}' for n in missing)}", file=sys.stderr)
         return 2
-    reg = Registry(Path(args.bundles) / "registry.db")
+    reg = open_registry(args.bundles)
     try:
         if args.action == "list":
             if args.component and args.component not in reg.components():
@@ -65,11 +65,11 @@ def cmd_retrain(args) -> int:
     when a retraining trigger fires (models/lifecycle/triggers.py). Every check is logged with its reasons."""
     from models.lifecycle.config import normalise_config
     from models.lifecycle.running import run_job
-    from models.lifecycle.store import JobStore
+    from models.lifecycle.store import open_job_store
     from models.lifecycle.triggers import check_and_record
 
     data, bundles = Path(args.data), Path(args.bundles)
-    store = JobStore(bundles / "registry.db")
+    store = open_job_store(bundles)
     decision = None
     if args.if_needed or args.dry_run:
         decision = check_and_record(store, data, "cli", min_new_interactions=args.min_new_interactions,
@@ -99,7 +99,7 @@ def cmd_retrain(args) -> int:
         if not args.quiet and p.kind != "metrics":
             print(f"  [{p.percent:5.1f}%] {p.message}", flush=True)
 
-    status = run_job(store.db_path, job["job_id"], bundles, Path(args.runs), echo=echo)
+    status = run_job(store.location, job["job_id"], bundles, Path(args.runs), echo=echo)
     job = store.get(job["job_id"])
     print(f"job {job['job_id']} {status}: {job['message']}")
     for d in job["activation"]:

@@ -1,29 +1,31 @@
-"""SQLite registry of bundle versions with named aliases (``champion`` ...) and their history.
+"""The registry of bundle versions with named aliases (``champion`` ...) and their history.
 
-The registry lives beside the bundles (``<bundles_root>/registry.db``). It records which
-versions exist and which version each alias points to; the bundles themselves stay on disk
-and are verified by :mod:`models.bundle.format` when loaded. Activation and rollback only move an
-alias, and every move is appended to ``alias_history`` (UPDATE/DELETE there are refused by
+The registry lives beside the bundles (``<bundles_root>/registry.db``), or in the shared PostgreSQL
+database when ``PMIS_DATABASE_URL`` names one (models/bundle/database.py; ``open_registry`` chooses).
+It records which versions exist and which version each alias points to; the bundles themselves stay
+on disk and are verified by :mod:`models.bundle.format` when loaded. Activation and rollback only
+move an alias, and every move is appended to ``alias_history`` (UPDATE/DELETE there are refused by
 triggers), so "who served what, when, and why" can always be answered.
 
 Every call opens its own short-lived connection, so one ``Registry`` can be shared across
-threads and several processes can use the same file; writes that read-then-modify run in
-``BEGIN IMMEDIATE`` transactions so concurrent writers serialise instead of racing.
+threads and several processes (or replicas) use the same database; writes that read-then-modify
+run in write transactions (SQLite's ``BEGIN IMMEDIATE``, PostgreSQL's write lock) so concurrent
+writers serialise instead of racing.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from models.bundle.database import Connection, Database, database_location
 from models.bundle.format import MANIFEST, BundleRef, json_default, utc_now_iso
-from models.bundle.registry_schema import SCHEMA, SCHEMA_VERSION
+from models.bundle.registry_schema import POSTGRES_ONLY, SCHEMA, SCHEMA_VERSION, SQLITE_ONLY
 
-__all__ = ["Registry", "RegistryError", "SCHEMA_VERSION"]
+__all__ = ["Registry", "RegistryError", "SCHEMA_VERSION", "open_registry", "registry_exists"]
 
 class RegistryError(KeyError):
     """Unknown component/version/alias, or an operation that cannot be done."""
@@ -53,81 +55,57 @@ def manifest_of(path: Path | str) -> dict[str, Any]:
     return manifest if isinstance(manifest, dict) else {}
 
 
+def open_registry(bundles_dir: Path | str, *, read_only: bool = False,
+                  database_url: str | None = None) -> "Registry":
+    """The registry of the bundles in ``bundles_dir``: in PostgreSQL when one is configured
+    ($PMIS_DATABASE_URL), else in ``<bundles_dir>/registry.db``."""
+    return Registry(database_location(bundles_dir, database_url), bundles=bundles_dir, read_only=read_only)
+
+
+def registry_exists(bundles_dir: Path | str) -> bool:
+    """Whether there is a registry to open read-only (PostgreSQL: when one is configured)."""
+    return Database(database_location(bundles_dir)).exists()
+
+
 class Registry:
     """Versions per component, aliases pointing at versions, and the aliases' history."""
 
-    def __init__(self, db_path: Path, *, read_only: bool = False) -> None:
-        self.db_path = Path(db_path).resolve()
-        self._base = self.db_path.parent
+    def __init__(self, location: Path | str, *, bundles: Path | str | None = None,
+                 read_only: bool = False) -> None:
+        """``location``: the SQLite file, or a postgresql:// URL (then ``bundles``, the folder the
+        stored bundle paths are relative to, is required; for a file it defaults to its folder)."""
+        self.db = Database(location, read_only=read_only)
+        self.db_path = None if self.db.postgres else self.db.location
+        if bundles is None and self.db.postgres:
+            raise ValueError("a registry in PostgreSQL needs the bundles folder its paths are relative to")
+        self._base = Path(bundles).resolve() if bundles is not None else self.db.location.parent
         # read_only: a reader (the component servers) that never creates, migrates or writes, and
         # works from a read-only volume (the registry as Kubernetes mounts it into serving pods).
         self.read_only = read_only
-        if read_only:
-            with self._transaction() as con:
-                found = con.execute("PRAGMA user_version").fetchone()[0]
-            if found > SCHEMA_VERSION:
-                raise RegistryError(f"{self.db_path}: schema version {found} is newer than this code "
-                                    f"understands ({SCHEMA_VERSION}); upgrade the code")
-            return
-        self.db_path.parent.mkdir(parents=True, exist_ok=True)
-        with self._transaction() as con:
-            # Persistent per database file; readers then never block the (single) writer.
-            con.execute("PRAGMA journal_mode = WAL")
-            found = con.execute("PRAGMA user_version").fetchone()[0]
-            if found > SCHEMA_VERSION:
-                raise RegistryError(
-                    f"{self.db_path}: schema version {found} is newer than this code "
-                    f"understands ({SCHEMA_VERSION}); upgrade the code"
-                )
-            if found < SCHEMA_VERSION:
-                # Idempotent (IF NOT EXISTS), so two processes initialising at once is harmless.
-                con.executescript(
-                    f"BEGIN IMMEDIATE;{SCHEMA}PRAGMA user_version = {SCHEMA_VERSION};COMMIT;"
-                )
+        if read_only and not self.db.exists():
+            raise RegistryError(f"no registry at {self.db}")
+        found = self.db.schema_version() if read_only else \
+            self.db.migrate(SCHEMA, POSTGRES_ONLY, SQLITE_ONLY, version=SCHEMA_VERSION)
+        if found > SCHEMA_VERSION:
+            raise RegistryError(f"{self.db}: schema version {found} is newer than this code "
+                                f"understands ({SCHEMA_VERSION}); upgrade the code")
+        if read_only and self.db.postgres and found == 0:
+            raise RegistryError(f"no registry in {self.db}; train first")
+
+    @property
+    def location(self) -> Path | str:
+        """What ``Registry(...)`` (or a JobStore) opens this database with again."""
+        return self.db.location
 
     # ------------------------------------------------------------------ connections
 
     @contextmanager
-    def _transaction(self, immediate: bool = False) -> Iterator[sqlite3.Connection]:
-        """A fresh connection in autocommit mode; ``immediate`` wraps a write transaction."""
+    def _transaction(self, immediate: bool = False) -> Iterator[Connection]:
+        """A fresh connection in one transaction; ``immediate`` makes it a write transaction."""
         if immediate and self.read_only:
-            raise RegistryError(f"{self.db_path} is opened read-only")
-        con = self._connect_read_only() if self.read_only else \
-            sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None)
-        try:
-            con.row_factory = sqlite3.Row
-            con.execute("PRAGMA foreign_keys = ON")
-            con.execute("PRAGMA busy_timeout = 30000")
-            if immediate:
-                # Take the write lock up front so read-then-write sequences cannot interleave.
-                con.execute("BEGIN IMMEDIATE")
-                try:
-                    yield con
-                except BaseException:
-                    con.execute("ROLLBACK")
-                    raise
-                con.execute("COMMIT")
-            else:
-                yield con
-        finally:
-            con.close()
-
-    def _connect_read_only(self) -> sqlite3.Connection:
-        # mode=ro reads everything committed, WAL included, but SQLite must be able to create (or
-        # find) the -shm/-wal files beside the database: on a read-only volume, after the writer's
-        # last connection closed (which checkpoints and removes them), it cannot open at all.
-        # Then read the file as immutable: everything up to the writer's last checkpoint, which
-        # with this class's short-lived connections is every finished write.
-        uri = self.db_path.as_uri()
-        if not self.db_path.exists():
-            raise RegistryError(f"no registry at {self.db_path}")
-        con = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=30.0, isolation_level=None)
-        try:
-            con.execute("SELECT 1 FROM sqlite_master LIMIT 1")  # opening is lazy: force it here
-            return con
-        except sqlite3.OperationalError:
-            con.close()
-        return sqlite3.connect(f"{uri}?immutable=1", uri=True, isolation_level=None)
+            raise RegistryError(f"{self.db} is opened read-only")
+        with self.db.transaction(write=immediate) as con:
+            yield con
 
     # ------------------------------------------------------------------ paths
 
@@ -145,7 +123,7 @@ class Registry:
 
     # ------------------------------------------------------------------ rows
 
-    def _row_to_dict(self, con: sqlite3.Connection, row: sqlite3.Row) -> dict[str, Any]:
+    def _row_to_dict(self, con: Connection, row) -> dict[str, Any]:
         aliases = [
             r["alias"]
             for r in con.execute(
@@ -166,7 +144,7 @@ class Registry:
             "aliases": aliases,
         }
 
-    def _get(self, con: sqlite3.Connection, component: str, version: int) -> dict[str, Any]:
+    def _get(self, con: Connection, component: str, version: int) -> dict[str, Any]:
         row = con.execute(
             "SELECT * FROM versions WHERE component = ? AND version = ?", (component, version)
         ).fetchone()
@@ -191,7 +169,7 @@ class Registry:
         *,
         alias: str | None = None,
         reason: str = "",
-        guard: Callable[[sqlite3.Connection, list[BundleRef]], None] | None = None,
+        guard: Callable[[Connection, list[BundleRef]], None] | None = None,
     ) -> None:
         """Register several bundles, and optionally point ``alias`` at each, in ONE transaction.
 
@@ -211,7 +189,7 @@ class Registry:
                     if previous != ref.version:
                         self._move_alias(con, ref.component, alias, ref.version, previous, "set", reason)
 
-    def _insert(self, con: sqlite3.Connection, ref: BundleRef, manifest: Mapping[str, Any],
+    def _insert(self, con: Connection, ref: BundleRef, manifest: Mapping[str, Any],
                 metrics: Mapping[str, Any] | None) -> None:
         if metrics is None:
             metrics = manifest.get("metadata", {}).get("metrics", {})
@@ -265,7 +243,7 @@ class Registry:
 
     # ------------------------------------------------------------------ aliases
 
-    def _current(self, con: sqlite3.Connection, component: str, alias: str) -> int | None:
+    def _current(self, con: Connection, component: str, alias: str) -> int | None:
         row = con.execute(
             "SELECT version FROM aliases WHERE component = ? AND alias = ?", (component, alias)
         ).fetchone()
@@ -273,7 +251,7 @@ class Registry:
 
     def _move_alias(
         self,
-        con: sqlite3.Connection,
+        con: Connection,
         component: str,
         alias: str,
         version: int,
@@ -319,7 +297,7 @@ class Registry:
                 raise RegistryError(f"{component}: alias {alias!r} is not set")
             return self._get(con, component, current)
 
-    def _lineage(self, con: sqlite3.Connection, component: str, alias: str) -> list[int]:
+    def _lineage(self, con: Connection, component: str, alias: str) -> list[int]:
         """Replay the history as a stack: ``set`` pushes, ``rollback`` pops.
 
         This makes repeated rollbacks walk further back (3 -> 2 -> 1) instead of bouncing

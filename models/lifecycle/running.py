@@ -28,16 +28,16 @@ from models.lifecycle.versions import auto_activate
 log = logging.getLogger("pmis.jobs")
 
 
-def run_job(db_path: Path, job_id: str, bundles_dir: Path, runs_dir: Path,
+def run_job(db_path: Path | str, job_id: str, bundles_dir: Path, runs_dir: Path,
             echo: Callable[[Any], None] | None = None, state: dict | None = None) -> str:
     """Run one queued job (or one this process created already claimed) here; returns its final
-    status.
+    status. ``db_path``: where the job table is (``JobStore.location``: a file or a database URL).
 
     ``state`` (shared with a watchdog) gets ``finishing=True`` once the outcome is being
     written, and ``run_id`` as soon as it is known.
     """
     state = state if state is not None else {}
-    store = JobStore(db_path)
+    store = JobStore(db_path, bundles=bundles_dir)
     if not _claim(store, job_id):
         return store.status(job_id)
     config = store.get(job_id)["config"]
@@ -192,17 +192,17 @@ def run_in_worker(db_path: str, job_id: str, bundles_dir: str, runs_dir: str, pa
         raise JobStopped("stopped by signal")
 
     signal.signal(signal.SIGTERM, on_term)
-    threading.Thread(target=_watchdog, args=(Path(db_path), job_id, parent_pid, state, Path(bundles_dir)),
+    threading.Thread(target=_watchdog, args=(db_path, job_id, parent_pid, state, Path(bundles_dir)),
                      daemon=True, name="job-watchdog").start()
     try:
-        run_job(Path(db_path), job_id, Path(bundles_dir), Path(runs_dir), state=state)
+        run_job(db_path, job_id, Path(bundles_dir), Path(runs_dir), state=state)
     except JobStopped:
         pass  # stopped before the job's own handling began; whoever stopped it recorded why
 
 
-def _watchdog(db_path: Path, job_id: str, parent_pid: int, state: dict, bundles_dir: Path,
+def _watchdog(db_path: Path | str, job_id: str, parent_pid: int, state: dict, bundles_dir: Path,
               every: float = 0.5, grace: float = 5.0) -> None:
-    store = JobStore(db_path)
+    store = JobStore(db_path, bundles=bundles_dir)
     started = time.time()
     while not state["finishing"]:
         time.sleep(every)

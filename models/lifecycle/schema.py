@@ -1,8 +1,10 @@
-"""The lifecycle's tables in ``registry.db``, next to the model registry's: the jobs, their progress
-events and the log of retraining-trigger checks; and the job statuses the ``jobs`` table allows.
+"""The lifecycle's tables in the registry's database (``registry.db`` or PostgreSQL), next to its
+own: the jobs, their progress events and the log of retraining-trigger checks; and the job statuses
+the ``jobs`` table allows.
 
 Every statement is ``IF NOT EXISTS``: opening a JobStore (models/lifecycle/store.py) on an existing
-file changes nothing.
+database changes nothing. Written once for SQLite and PostgreSQL, with ``{serial}``/``{real}`` where
+their column types differ (rendered by models/bundle/database.py).
 """
 
 STATUSES = ("QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
@@ -11,7 +13,7 @@ TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
-    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq          {serial},
     job_id       TEXT    NOT NULL UNIQUE,
     status       TEXT    NOT NULL CHECK (status IN ('QUEUED','RUNNING','SUCCEEDED','FAILED','CANCELLED')),
     config       TEXT    NOT NULL,              -- JSON, validated and normalised
@@ -21,7 +23,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     started_at   TEXT,
     finished_at  TEXT,
     stage        TEXT    NOT NULL DEFAULT '',
-    percent      REAL    NOT NULL DEFAULT 0,
+    percent      {real}  NOT NULL DEFAULT 0,
     message      TEXT    NOT NULL DEFAULT '',
     error        TEXT    NOT NULL DEFAULT '',
     run_id       TEXT,
@@ -35,19 +37,19 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, seq);
 CREATE TABLE IF NOT EXISTS job_events (
-    id       INTEGER PRIMARY KEY AUTOINCREMENT,
+    id       {serial},
     job_id   TEXT    NOT NULL,
     at       TEXT    NOT NULL,
     kind     TEXT    NOT NULL,
     status   TEXT    NOT NULL,
     stage    TEXT    NOT NULL DEFAULT '',
-    percent  REAL    NOT NULL DEFAULT 0,
+    percent  {real}  NOT NULL DEFAULT 0,
     message  TEXT    NOT NULL DEFAULT '',
     metrics  TEXT    NOT NULL DEFAULT '{}'
 );
 CREATE INDEX IF NOT EXISTS job_events_by_job ON job_events (job_id, id);
 CREATE TABLE IF NOT EXISTS trigger_checks (
-    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    id           {serial},
     checked_at   TEXT    NOT NULL,
     source       TEXT    NOT NULL,
     data_source  TEXT    NOT NULL,

@@ -1,7 +1,9 @@
 """The job table: jobs, their progress events and the trigger log, in the registry database.
 
-The job table lives in the same SQLite file as the model registry (``registry.db`` under the
-bundles root; its tables in models/lifecycle/schema.py). That is what makes the lifecycle honest:
+The job table lives in the same database as the model registry: the SQLite file ``registry.db``
+under the bundles root, or the shared PostgreSQL database when ``PMIS_DATABASE_URL`` names one
+(``open_job_store`` chooses; models/bundle/database.py; its tables in models/lifecycle/schema.py).
+That is what makes the lifecycle honest:
 
 - a job registers its versions in ONE registry transaction at its very end; the same
   transaction checks that the job is still RUNNING and marks it ``committed`` (``JobStore.guard``).
@@ -12,7 +14,9 @@ bundles root; its tables in models/lifecycle/schema.py). That is what makes the 
   trainer cannot register anything afterwards, because its job is no longer RUNNING, and it stops
   itself;
 - progress is written by the worker as rows of ``job_events``; watchers read them, from any
-  process, live or after the fact.
+  process, live or after the fact;
+- starting a job (QUEUED -> RUNNING) is a write transaction that checks the status first, so of
+  two trainers (processes or replicas on one PostgreSQL) that both try, exactly one runs it.
 
 How a job runs is models/lifecycle/running.py; what it is configured with, models/lifecycle/config.py.
 """
@@ -22,15 +26,14 @@ from __future__ import annotations
 import base64
 import json
 import shutil
-import sqlite3
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
 from models.bundle.format import utc_now_iso
-from models.bundle.registry import manifest_of
-from models.bundle.registry import Registry
+from models.bundle.database import Connection, database_location
+from models.bundle.registry import Registry, manifest_of
 from models.lifecycle.schema import ACTIVE, SCHEMA, STATUSES, TERMINAL
 
 RESTART_MESSAGE = "interrupted: trainer restarted"
@@ -75,38 +78,45 @@ def decode_token(token: str) -> int:
     return int(value)
 
 
+def open_job_store(bundles_dir: Path | str, database_url: str | None = None) -> "JobStore":
+    """The job table of the bundles in ``bundles_dir``: in PostgreSQL when one is configured
+    ($PMIS_DATABASE_URL), else in ``<bundles_dir>/registry.db``."""
+    return JobStore(database_location(bundles_dir, database_url), bundles=bundles_dir)
+
+
 class JobStore:
-    """The jobs, their events and the trigger log, in ``registry.db``.
+    """The jobs, their events and the trigger log, in the registry's database.
 
     Like the registry, every call opens a short-lived connection, so one store can be shared
-    by threads and several processes (server, workers, CLI) use the file at once.
+    by threads and several processes (server, workers, CLI, replicas) use the database at once.
     """
 
-    def __init__(self, db_path: Path) -> None:
-        self.registry = Registry(db_path)  # creates/validates the registry schema first
+    def __init__(self, location: Path | str, bundles: Path | str | None = None) -> None:
+        """``location``: the SQLite file or a postgresql:// URL (see ``Registry``)."""
+        self.registry = Registry(location, bundles=bundles)  # creates/validates the registry schema first
         self.db_path = self.registry.db_path
-        con = sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None)
-        try:
-            con.execute("PRAGMA busy_timeout = 30000")
-            con.executescript(f"BEGIN IMMEDIATE;{SCHEMA}COMMIT;")  # idempotent
-        finally:
-            con.close()
+        self.registry.db.migrate(SCHEMA)  # idempotent
+
+    @property
+    def location(self) -> Path | str:
+        """What a worker process opens this store with again (``JobStore(location, bundles)``)."""
+        return self.registry.location
 
     def _tx(self, immediate: bool = False):
-        """The registry's own short-lived connection and transaction (same file, same rules)."""
+        """The registry's own short-lived connection and transaction (same database, same rules)."""
         return self.registry._transaction(immediate)
 
     # ------------------------------------------------------------------ rows
 
     @staticmethod
-    def _job(row: sqlite3.Row) -> dict[str, Any]:
+    def _job(row) -> dict[str, Any]:
         out = dict(row)
         for key in ("config", "versions", "metrics", "activation"):
             out[key] = json.loads(out[key])
         out["committed"] = bool(out["committed"])
         return out
 
-    def _get(self, con: sqlite3.Connection, job_id: str) -> dict[str, Any]:
+    def _get(self, con: Connection, job_id: str) -> dict[str, Any]:
         row = con.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
         if row is None:
             raise JobNotFound(f"no job {job_id!r}")
@@ -205,9 +215,10 @@ class JobStore:
             if job["status"] != "RUNNING":
                 return job["status"]
             merged = {**job["metrics"], **(metrics or {})}
-            con.execute("UPDATE jobs SET stage = ?, percent = MAX(percent, ?), message = ?, metrics = ?"
+            percent = max(percent, job["percent"])  # never backwards; read in this write transaction
+            con.execute("UPDATE jobs SET stage = ?, percent = ?, message = ?, metrics = ?"
                         " WHERE job_id = ?", (stage, percent, message, json.dumps(merged, sort_keys=True), job_id))
-            self._event(con, job_id, kind, "RUNNING", stage, max(percent, job["percent"]), message, metrics)
+            self._event(con, job_id, kind, "RUNNING", stage, percent, message, metrics)
             return "RUNNING"
 
     def status(self, job_id: str) -> str:
@@ -272,9 +283,9 @@ class JobStore:
             job = self._get(con, job_id)
             self._event(con, job_id, "message", job["status"], job["stage"], job["percent"], message)
 
-    def guard(self, job_id: str) -> Callable[[sqlite3.Connection, list], None]:
+    def guard(self, job_id: str) -> Callable[[Connection, list], None]:
         """The registration guard: runs inside the registry's write transaction."""
-        def check(con: sqlite3.Connection, refs: list) -> None:
+        def check(con: Connection, refs: list) -> None:
             row = con.execute("SELECT status FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
             if row is None or row[0] != "RUNNING":
                 raise JobStopped(f"job {job_id} is {row[0] if row else 'gone'}: its versions are not registered")
@@ -294,10 +305,10 @@ class JobStore:
                        details: dict, job_id: str | None = None) -> int:
         with self._tx(immediate=True) as con:
             cur = con.execute("INSERT INTO trigger_checks (checked_at, source, data_source, should_train, reasons,"
-                              " details, job_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                              " details, job_id) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
                               (utc_now_iso(), source, data_source, int(should_train), json.dumps(reasons),
                                json.dumps(details, default=str), job_id))
-            return int(cur.lastrowid)
+            return int(cur.fetchone()[0])
 
     def link_trigger(self, check_id: int, job_id: str) -> None:
         with self._tx(immediate=True) as con:

@@ -3,9 +3,7 @@ verified bundle, and all of them registered in one transaction."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from models.bundle.registry import Registry
+from models.bundle.registry import open_registry
 from models.components.ranker import RankerModel
 from models.components.success import FEATURES as SUCCESS_FEATURES
 from models.components.success import SuccessModel
@@ -60,7 +58,7 @@ def write_bundles(tr, ds, collab_kind, collab_params, success_algo, success_para
                                      space.arrays())
         written("ranker")
     # One transaction for all of them: a run stopped here registers every version or none.
-    registry = Registry(Path(cfg.bundles_dir) / "registry.db")
+    registry = open_registry(cfg.bundles_dir)
     registry.register_many([(ref, manifest_metrics(tr, c)) for c, ref in refs.items()],
                            alias="champion" if cfg.activate else None,
                            reason=f"trained by run {tr.run_id}; rank stage serves: {tr.shipped()}",

@@ -22,7 +22,7 @@ from models.data.contract import DataError, ValidationReport, _check_table, _rea
 from models.training.evaluate import Components, evaluate_window
 from models.components.features import FeatureSpace
 from models.components.ranker import RankerModel
-from models.bundle.registry import Registry
+from models.bundle.registry import open_registry
 from models.components.success import SuccessModel
 from models.training.split import GROUP_ATTRIBUTES, positions
 
@@ -31,7 +31,7 @@ log = logging.getLogger("pmis.holdout")
 
 def load_champions(bundles_dir: Path) -> dict:
     """Verified champion bundles per component (missing components are simply absent)."""
-    registry = Registry(Path(bundles_dir) / "registry.db")
+    registry = open_registry(bundles_dir)
     out = {}
     for component in registry.components():
         try:

@@ -29,7 +29,7 @@ from grpc_reflection.v1alpha import reflection
 
 from models.bundle.format import Bundle, BundleError
 from models.bundle.reading import load_bundle
-from models.bundle.registry import Registry, RegistryError
+from models.bundle.registry import Registry, RegistryError, open_registry, registry_exists
 from pmis.v1 import common_pb2
 from services.common import admission, guard, listening, telemetry, tls
 from services.common.auth import admin_only
@@ -122,11 +122,11 @@ class ModelSlot:
     def resolve(self, *, version: int | None = None, alias: str | None = None, path: Path | None = None) -> Path:
         if path is not None:
             return Path(path)
-        registry_path = Path(self.cfg.bundles) / "registry.db"
-        if not registry_path.exists():
-            raise failed_precondition(f"no registry at {registry_path}; train first (`pmis train`)")
-        registry = self._registry = self._registry or Registry(registry_path, read_only=True)
+        if not registry_exists(self.cfg.bundles):
+            raise failed_precondition(f"no registry at {Path(self.cfg.bundles) / 'registry.db'}; "
+                                      "train first (`pmis train`)")
         try:
+            registry = self._registry = self._registry or open_registry(self.cfg.bundles, read_only=True)
             row = registry.get(self.component, version) if version is not None else registry.resolve(self.component, alias)
         except RegistryError as e:
             raise failed_precondition(str(e)) from None
@@ -170,11 +170,10 @@ class ModelSlot:
         version that fails to load is logged once and not retried until the alias moves again;
         the current model keeps serving. Returns True when a new version was swapped in.
         """
-        registry_path = Path(self.cfg.bundles) / "registry.db"
-        if not registry_path.exists():
+        if not registry_exists(self.cfg.bundles):
             return False
         try:
-            self._registry = self._registry or Registry(registry_path, read_only=True)
+            self._registry = self._registry or open_registry(self.cfg.bundles, read_only=True)
             version = int(self._registry.resolve(self.component, self.cfg.alias)["version"])
         except Exception as e:  # noqa: BLE001 - a busy or missing registry is retried next poll
             log.warning("registry poll failed: %s", e, extra={"fields": {"component": self.component}})

@@ -34,6 +34,8 @@ class TrainerConfig:
 
     @property
     def db(self) -> Path:
+        """The SQLite job table; the trainer opens ``open_job_store(bundles)``, which is PostgreSQL instead
+        when PMIS_DATABASE_URL names one."""
         return self.bundles / "registry.db"
 
 

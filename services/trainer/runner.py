@@ -84,7 +84,7 @@ class JobRunner:
             waiting = [j for j in self.store.queued(free + len(self.procs)) if j["job_id"] not in self.procs]
             for job in waiting[:free]:
                 proc = self.ctx.Process(target=worker_main, name=f"pmis-{job['job_id']}", daemon=True,
-                                        args=(str(self.cfg.db), job["job_id"], str(self.cfg.bundles),
+                                        args=(str(self.store.location), job["job_id"], str(self.cfg.bundles),
                                               str(self.cfg.runs), os.getpid()))
                 proc.start()
                 self.procs[job["job_id"]] = (proc, time.time())

@@ -2,8 +2,8 @@
 
 Training jobs run in worker processes (multiprocessing, spawn context: a fresh interpreter, no
 inherited gRPC threads or locks), never in the server's threads; at most ``--max-jobs`` at a
-time, the rest wait QUEUED. Everything durable is in ``registry.db`` under the bundles root
-(models/lifecycle/store.py): the job table, the progress events WatchJob streams, the trigger log, and
+time, the rest wait QUEUED. Everything durable is in ``registry.db`` under the bundles root, or in
+the PostgreSQL database that PMIS_DATABASE_URL names (models/lifecycle/store.py): the job table, the progress events WatchJob streams, the trigger log, and
 the registry whose ``champion`` alias the component servers follow (they poll it: see
 services/common/server.py, PMIS_WATCH_SECONDS). The server has no bundle of its own: it is
 SERVING once the job table is open and jobs a previous trainer left RUNNING are marked FAILED.

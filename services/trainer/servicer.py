@@ -20,7 +20,7 @@ from models.components import COMPONENTS
 from models.lifecycle import triggers, versions
 from models.lifecycle.config import normalise_config
 from models.lifecycle.schema import TERMINAL
-from models.lifecycle.store import JobNotFound, JobStore, decode_token, encode_token
+from models.lifecycle.store import JobNotFound, JobStore, decode_token, encode_token, open_job_store
 from pmis.v1 import trainer_pb2, trainer_pb2_grpc
 from services.common.auth import admin_only, check_admin
 from services.common.errors import failed_precondition, invalid_argument, not_found, unavailable
@@ -45,7 +45,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
     # ------------------------------------------------------------------ lifecycle
     def open(self) -> None:
         """Open (create) the job table and recover from a previous trainer; then start the runner."""
-        self.store = JobStore(self.cfg.db)
+        self.store = open_job_store(self.cfg.bundles)
         self.recovered = self.store.recover()
         if self.recovered:
             log.warning("jobs interrupted by a restart marked FAILED", extra={"fields": {"jobs": self.recovered}})

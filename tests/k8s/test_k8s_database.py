@@ -32,6 +32,10 @@ def test_prod_gateways_share_the_database_from_a_secret_and_copy_no_catalog():
         env = {e["name"]: e for e in container["env"]}
         assert env["PMIS_DATABASE_URL"]["valueFrom"]["secretKeyRef"]["name"] == "pmis-database"
         assert "PMIS_BUNDLE_SIGNING_KEY" in env  # the base's env is kept
+    deployments = by_kind(objs, "Deployment")
+    for name in ("content", "collaborative", "success", "ranker", "trainer"):  # the registry is there too
+        env = {e["name"]: e for e in deployments[name]["spec"]["template"]["spec"]["containers"][0]["env"]}
+        assert env["PMIS_DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {"name": "pmis-database", "key": "url"}
 
 
 def test_dev_keeps_the_single_node_sqlite_copy():

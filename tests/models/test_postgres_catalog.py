@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from models.data.generate import TABLES, generate
-from models.data.postgres import COUNTS_TABLE, INDEXES, SCHEMA_VERSION, load_dataset, migrate
+from models.data.postgres import COUNTS_TABLE, INDEXES, SCHEMA_VERSION, connect, load_dataset, migrate
 from services.cli import main as pmis
 
 SMALL = dict(students=300, internships=60, companies=12, seed=11, progress=False, catalog=False)
@@ -259,7 +259,10 @@ def test_event_id_is_unique_and_a_retry_is_stored_and_counted_once(pg_url):
 
 def test_cli_migrates_and_loads(pg_url, dataset, cli_env, capsys):
     assert pmis(["db", "migrate", "--database-url", pg_url]) == 0
-    assert capsys.readouterr().out == f"database schema at version {SCHEMA_VERSION}\n"
+    assert capsys.readouterr().out == f"database schema at version {SCHEMA_VERSION} (catalog, registry and job table)\n"
+    with connect(pg_url) as conn:  # the registry's and the job table's tables too
+        tables = {r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")}
+    assert {"internships", "interactions", "jobs"} <= tables and any("alias" in t for t in tables), tables
     assert pmis(["db", "load", "--data", str(dataset), "--database-url", pg_url, "--quiet"]) == 0
     out = capsys.readouterr()
     printed = {m[1]: int(m[2].replace(",", "")) for m in re.finditer(r"^(\w+) +([\d,]+) rows$", out.out, re.M)}
