@@ -23,10 +23,12 @@ A refusal is answered in the polling thread itself, with no hand-over to another
 hand-over waits for a core and for the GIL, and under overload both are scarce): its handler is
 request-streaming, so grpcio calls it without first waiting for the request message (which only
 the polling thread could deliver), and its "pool" runs it on the spot (`_Inline`); it reads
-nothing and only starts the sending of its status. The slot of an admitted call is released as soon as its handler returns, before
-grpcio sends the answer: a client that sends its next request the moment it has the answer must
-find the slot free (released only when grpcio's task ended, a closed loop at exactly the limit
-was now and then refused). A done-callback on the pool future (how grpcio's own
+nothing and only starts the sending of its status.
+
+The slot of an admitted call is released as soon as its handler returns, before grpcio sends the
+answer: a client that sends its next request the moment it has the answer must find the slot
+free (released only when grpcio's task ended, a closed loop at exactly the limit was now and
+then refused). A done-callback on the pool future (how grpcio's own
 `maximum_concurrent_rpcs` counts, `_on_call_completed`) releases it too, once at most, so a call
 whose client gave up while it sat in the queue -- grpcio then never calls the handler -- cannot
 leak its slot.
