@@ -50,6 +50,12 @@ class InternshipTable:
     selected: np.ndarray      # offers made so far (an internship with selected >= slots is full)
     msme: np.ndarray          # company is Micro/Small/Medium
 
+    def count_application(self, internship_id: str) -> None:
+        """An application this replica just stored: counted at once, before the next refresh."""
+        p = self.position.get(internship_id)
+        if p is not None:
+            self.applicants[p] += 1
+
 
 INTERNSHIP_COLUMNS = ["internship_id", "title", "company_id", "sector", "district", "state", "latitude", "longitude",
                       "remote", "stipend", "slots", "deadline"]
@@ -243,9 +249,7 @@ class SqliteCatalog:
                                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                                    (student_id, internship_id, event, timestamp, event_id)).rowcount == 1
             if stored and event == "apply":
-                p = self.internships.position.get(internship_id)
-                if p is not None:
-                    self.internships.applicants[p] += 1
+                self.internships.count_application(internship_id)
             count = c.execute("SELECT COUNT(*) FROM interactions WHERE student_id = ?", (student_id,)).fetchone()[0]
             return stored, count
 

@@ -24,7 +24,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from gateway.catalog import (INTERNSHIP_COLUMNS, MSME_SIZES, PROFILE_COLUMNS, CatalogUnavailable, _split,
                              internship_table, student_row)
-from models.data.postgres import COUNTS_TABLE, schema_version
+from models.data.postgres import COUNTS_TABLE, redacted, schema_version
 
 log = logging.getLogger("pmis.gateway")
 
@@ -43,7 +43,7 @@ class PostgresCatalog:
         self._pool.open(wait=True, timeout=30)
         with self._pool.connection() as conn:
             if schema_version(conn) == 0:
-                raise RuntimeError(f"the database at {_redacted(url)} has no catalog: run `pmis db migrate` "
+                raise RuntimeError(f"the database at {redacted(url)} has no catalog: run `pmis db migrate` "
                                    f"and `pmis db load --data DIR`")
         self.refresh()
 
@@ -134,18 +134,6 @@ class PostgresCatalog:
 
         stored, count = self._run("record interaction", write)
         if stored and event == "apply":
-            p = self.internships.position.get(internship_id)
-            if p is not None:
-                self.internships.applicants[p] += 1
+            self.internships.count_application(internship_id)
         return stored, int(count)
-
-
-def _redacted(url: str) -> str:
-    """The URL without its password, for messages and logs."""
-    try:
-        info = psycopg.conninfo.conninfo_to_dict(url)
-    except psycopg.ProgrammingError:
-        return "(unparseable database URL)"
-    info.pop("password", None)
-    return " ".join(f"{k}={v}" for k, v in sorted(info.items()))
 

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-DATABASE_URL_ENV = "PMIS_DATABASE_URL"
+from models.data.postgres import DATABASE_URL_ENV
 
 
 def _url(args) -> str | None:

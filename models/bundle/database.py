@@ -30,9 +30,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Iterator
 
-from models.data.postgres import connect, is_database_url
+from models.data.postgres import DATABASE_URL_ENV, connect, is_database_url, redacted
 
-DATABASE_URL_ENV = "PMIS_DATABASE_URL"
 REGISTRY_FILE = "registry.db"
 # One advisory lock for every write transaction of the registry and the job table (see above).
 WRITE_LOCK = "SELECT pg_advisory_xact_lock(hashtext('pmis_registry_write'))"
@@ -115,12 +114,7 @@ class Database:
         self.read_only = read_only
 
     def __str__(self) -> str:
-        if not self.postgres:
-            return str(self.location)
-        from psycopg.conninfo import conninfo_to_dict
-
-        info = conninfo_to_dict(self.location)  # never the password
-        return f"postgresql://{info.get('host', '')}:{info.get('port', '5432')}/{info.get('dbname', '')}"
+        return redacted(self.location) if self.postgres else str(self.location)
 
     @contextmanager
     def transaction(self, write: bool = False) -> Iterator[Connection]:
@@ -134,7 +128,7 @@ class Database:
 
     @contextmanager
     def _postgres(self, write: bool) -> Iterator[Connection]:
-        with connect(self.location, autocommit=True, connect_timeout=10, row_factory=_row_factory) as raw:
+        with connect(self.location, autocommit=True, row_factory=_row_factory) as raw:
             raw.read_only = self.read_only  # the server refuses any write of a reader
             with raw.transaction():
                 if write:

@@ -70,7 +70,19 @@ def is_database_url(value) -> bool:
     return str(value).startswith(("postgresql://", "postgres://"))
 
 
+DATABASE_URL_ENV = "PMIS_DATABASE_URL"  # the one setting: a postgresql:// URL moves catalog, registry and jobs here
 CONNECT_TIMEOUT_S = 10  # a host that drops packets: fail, instead of waiting for the OS to give up
+
+
+def redacted(url: str) -> str:
+    """`postgresql://host:port/db` of a URL, never its password: for messages and logs."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        info = conninfo_to_dict(url)
+    except Exception:  # noqa: BLE001 - a malformed URL is reported without its text
+        return "(unparseable database URL)"
+    return f"postgresql://{info.get('host', '')}:{info.get('port', '5432')}/{info.get('dbname', '')}"
 
 
 def connect(url: str, **kwargs):
