@@ -132,4 +132,4 @@ def content_server(trainer):
         yield stub
 
 
-from tests.support.postgres import pg_url  # noqa: E402,F401  (fixture: a fresh schema on the real PostgreSQL)
+from tests.support.postgres import pg_url, registry_location  # noqa: E402,F401  (fixtures on the real PostgreSQL)

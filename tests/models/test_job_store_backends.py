@@ -31,14 +31,9 @@ def bundles(tmp_path: Path) -> Path:
     return tmp_path / "bundles"
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def location(request, bundles: Path):
-    return bundles / "registry.db" if request.param == "sqlite" else request.getfixturevalue("pg_url")
-
-
 @pytest.fixture
-def store(location, bundles: Path) -> JobStore:
-    return JobStore(location, bundles=bundles)
+def store(registry_location, bundles: Path) -> JobStore:
+    return JobStore(registry_location, bundles=bundles)
 
 
 def test_a_job_from_queued_to_succeeded(store: JobStore) -> None:
@@ -85,11 +80,11 @@ def test_created_already_claimed_and_stopped_from_outside(store: JobStore) -> No
     assert store.events(job["job_id"])[-1]["message"] == "cleaned up"
 
 
-def test_recovery_after_a_restart(store: JobStore, location, bundles: Path) -> None:
+def test_recovery_after_a_restart(store: JobStore, registry_location, bundles: Path) -> None:
     running, queued = (store.create(CONFIG)["job_id"] for _ in range(2))
     store.start(running, 5, "old-pod")
     store.progress(running, "stage_started", "ranker", 21.0, "ranker")
-    again = JobStore(location, bundles=bundles)  # the new trainer
+    again = JobStore(registry_location, bundles=bundles)  # the new trainer
     assert again.recover() == [running]
     assert again.get(running)["message"] == f"{RESTART_MESSAGE} during 'ranker' at 21%"
     assert again.get(queued)["status"] == "QUEUED" and again.recover() == []
@@ -122,9 +117,9 @@ def test_trigger_log(store: JobStore) -> None:
     assert checks[0]["reasons"] == ["old"] and checks[0]["details"] == {"age_hours": 30}
 
 
-def test_two_trainers_never_start_the_same_job(location, bundles: Path) -> None:
+def test_two_trainers_never_start_the_same_job(registry_location, bundles: Path) -> None:
     """Two stores (two trainers: their own connections) race to start the same 30 queued jobs."""
-    first, second = JobStore(location, bundles=bundles), JobStore(location, bundles=bundles)
+    first, second = JobStore(registry_location, bundles=bundles), JobStore(registry_location, bundles=bundles)
     ids = [first.create(CONFIG)["job_id"] for _ in range(30)]
     won: dict[str, list[str]] = {"a": [], "b": []}
     errors: list[BaseException] = []

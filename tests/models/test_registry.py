@@ -28,15 +28,9 @@ def root(tmp_path: Path) -> Path:
     return tmp_path / "bundles"
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def location(request, root: Path):
-    """Where the registry's tables are: the file beside the bundles, or a PostgreSQL URL."""
-    return root / "registry.db" if request.param == "sqlite" else request.getfixturevalue("pg_url")
-
-
 @pytest.fixture
-def registry(location, root: Path) -> Registry:
-    return Registry(location, bundles=root)
+def registry(registry_location, root: Path) -> Registry:
+    return Registry(registry_location, bundles=root)
 
 
 def _rows(registry: Registry, sql: str) -> list:
@@ -196,9 +190,9 @@ def test_compare_flattens_metrics(root: Path, registry: Registry) -> None:
         registry.compare("ranker", [1, 7])
 
 
-def test_two_registries_see_each_others_writes(root: Path, location) -> None:
-    a = Registry(location, bundles=root)
-    b = Registry(location, bundles=root)
+def test_two_registries_see_each_others_writes(root: Path, registry_location) -> None:
+    a = Registry(registry_location, bundles=root)
+    b = Registry(registry_location, bundles=root)
     ref = write_bundle(root, "cf", documents={"x": 1})
     a.register(ref)
     assert [r["version"] for r in b.versions("cf")] == [1]

@@ -57,6 +57,15 @@ class Scratch:
             conn.execute(f"DROP SCHEMA IF EXISTS {self.schema} CASCADE")
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def registry_location(request, tmp_path):
+    """Where a test's registry and job table live, once per backend: the file beside the bundles
+    (`tmp_path / "bundles"`), or a fresh PostgreSQL schema."""
+    if request.param == "sqlite":
+        return tmp_path / "bundles" / "registry.db"
+    return request.getfixturevalue("pg_url")
+
+
 @pytest.fixture
 def pg_url():
     """A database URL whose connections see only a fresh schema of their own."""
