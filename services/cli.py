@@ -294,6 +294,12 @@ def _add_bench(sub) -> None:
     b.add_argument("--metrics-ports", nargs="+", metavar="NAME=PORT", help="override single metrics ports")
     b.add_argument("--metrics-host", help="host of the metrics endpoints (default: the target's host)")
     b.add_argument("--no-echo", action="store_true", help="skip the echo fan-out reference")
+    b.add_argument("--probes", action="store_true",
+                   help="during each open-loop rate, probe every server's health as the kubelet does (a new "
+                        "connection per probe) at pmis up's ports: the target's port and the next five")
+    b.add_argument("--probe-period", type=float, default=0.5, help="seconds between probes of one server")
+    b.add_argument("--probe-timeout", type=float, default=1.0,
+                   help="seconds a probe may take, dial included (the manifests' timeoutSeconds)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--json", type=Path, metavar="FILE", help="also write every number here as JSON")
     b.add_argument("--catalog", type=Path, help="catalog to draw student ids from (default $PMIS_HOME/data/catalog.db)")

@@ -7,9 +7,12 @@ import sys
 from pathlib import Path
 
 from gateway.bench.cpu import SERVERS
+from gateway.bench.probes import ProbeTarget
 from gateway.bench.report import json_safe, report
 from gateway.bench.run import BenchConfig, run_bench
 from services.common.tls import ClientTLS
+from services.components import SERVICE_NAMES
+from services.launcher import Ports
 
 
 def metrics_ports(base: int, overrides: list[str] | None) -> dict[str, int]:
@@ -38,7 +41,9 @@ def main_bench(args) -> int:
                       explain=not args.no_explain, profile_only=args.profile_only, shortlist=args.shortlist,
                       metrics_host=args.metrics_host or args.target.rsplit(":", 1)[0], metrics_ports=ports,
                       echo=not args.no_echo, seed=args.seed,
-                      tls=ClientTLS(args.tls_ca, args.tls_client_cert, args.tls_client_key, args.tls_server_name))
+                      tls=ClientTLS(args.tls_ca, args.tls_client_cert, args.tls_client_key, args.tls_server_name),
+                      probes=probe_targets(args.target) if args.probes else [], probe_period=args.probe_period,
+                      probe_timeout=args.probe_timeout)
     result = run_bench(cfg, log=lambda *a, **k: print(*a, file=sys.stderr, **k))
     print(report(result))
     if args.json:
@@ -47,6 +52,13 @@ def main_bench(args) -> int:
         print(f"error: the gateway at {cfg.target} answered no request", file=sys.stderr)
         return 1
     return 0
+
+
+def probe_targets(gateway_target: str) -> list[ProbeTarget]:
+    """Every server of `pmis up --port P` (gateway on P, the others on consecutive ports)."""
+    host, _, port = gateway_target.rpartition(":")
+    ports = Ports.consecutive(int(port))
+    return [ProbeTarget(name, f"{host}:{p}", SERVICE_NAMES[name]) for name, p in ports.grpc.items()]
 
 
 def answered_any(result: dict) -> bool:

@@ -61,6 +61,12 @@ def open_table(rows: list[dict]) -> str:
                   "OK p50 ms", "OK p99 ms", "sent/s", "lag p99 ms"], out, first_left=0)
 
 
+def probes_table(r: dict) -> str:
+    return table(["server", "probes", "failed", "longest failure run", "p50 ms", "p99 ms", "max ms"],
+                 [[p["server"], p["probes"], p["failed"], p["longest_failure_run"], p["p50_ms"], p["p99_ms"],
+                   p["max_ms"]] for p in r["probes"]])
+
+
 def shortlist_table(s: dict) -> str:
     errors = ", ".join(f"{k} {v}" for k, v in s["errors"].items()) or "0"
     return table(["calls", "OK", "errors", "p50 ms", "p99 ms", "mean pool", "candidates", "no match",
@@ -89,6 +95,11 @@ def report(result: dict) -> str:
                            f"(send lag p99 {r['send_lag_p99_ms']:.0f} ms): the client, not the server, set the pace.")
             if r["other_codes"]:
                 out.append(f"other errors at {r['rate']:g}/s: " + ", ".join(f"{k} {v}" for k, v in r["other_codes"].items()))
+        for r in result["open"]:
+            if r.get("probes"):
+                out += ["", f"Health probes during the open loop at {r['rate']:g}/s (kubelet-style: a new connection "
+                            f"per probe, every {cfg['probe_period']:g}s, timeout {cfg['probe_timeout']:g}s, dial included).",
+                        probes_table(r)]
     if result["closed"] or result["open"]:
         ports = ", ".join(f"{n}={p}" for n, p in cfg["metrics_ports"].items())
         out += ["", f"CPU ms per OK answer (process_cpu_seconds_total from {cfg['metrics_host']}: {ports}; "

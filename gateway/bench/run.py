@@ -17,6 +17,7 @@ from gateway.bench.cpu import SERVERS, Meter, ProcCpu, PrometheusCpu
 from gateway.bench.echo import start_echo, stop_process
 from gateway.bench.load import closed_loop, gateway_channel, open_loop, recommend_sender, warm_up
 from gateway.bench.outcomes import summarize_closed, summarize_open, summarize_shortlist
+from gateway.bench.probes import Prober, ProbeTarget
 from gateway.bench.workload import build_requests, shortlist_internships
 from pmis.v1 import gateway_pb2, gateway_pb2_grpc
 from services.common.tls import ClientTLS
@@ -40,6 +41,9 @@ class BenchConfig:
     echo: bool = True
     seed: int = 0
     tls: ClientTLS = field(default_factory=ClientTLS)  # how the gateway is dialled
+    probes: list[ProbeTarget] = field(default_factory=list)  # probed kubelet-style during each open-loop rate
+    probe_period: float = 0.5
+    probe_timeout: float = 1.0
 
 
 async def closed_level(target: str, requests: list, c: int, cfg: BenchConfig, meter: Meter) -> dict:
@@ -106,7 +110,12 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
             stop_process(echo)
     for rate in cfg.rates:
         log(f"open loop, {rate:g}/s for {cfg.open_duration:g}s ...", flush=True)
-        result["open"].append(asyncio.run(open_level(cfg, requests, rate, real)))
+        prober = Prober(cfg.probes, cfg.probe_period, cfg.probe_timeout) if cfg.probes else None
+        if prober:
+            prober.start()
+        row = asyncio.run(open_level(cfg, requests, rate, real))
+        row["probes"] = prober.stop() if prober else []
+        result["open"].append(row)
     if cfg.shortlist:
         log(f"shortlist, {cfg.shortlist} calls ...", flush=True)
         result["shortlist"] = asyncio.run(shortlist_run(cfg.target, shortlist_internships(cfg.catalog, cfg.shortlist),
@@ -123,5 +132,6 @@ def config_json(cfg: BenchConfig) -> dict:
     d = dict(vars(cfg))
     d["catalog"] = str(cfg.catalog)
     d["tls"] = "TLS" if cfg.tls.enabled else "plaintext"
+    d["probes"] = [t.arg() for t in cfg.probes]
     d["echo_processes"] = "one subprocess: echo gateway and its backend on one event loop"
     return d

@@ -11,6 +11,7 @@ import sqlite3
 import threading
 import time
 from collections import Counter
+from concurrent import futures
 
 import grpc
 import pytest
@@ -297,3 +298,44 @@ def test_cli_parses_bench_flags():
                                    "--metrics-base", "9150", "--metrics-ports", "ranker=9999", "--shortlist", "5"])
     assert a.concurrency == [1, 8] and a.rate == [10, 20] and a.no_explain and a.shortlist == 5
     assert a.deadline_ms == 2000 and a.k == 10 and not a.profile_only and a.metrics_base == 9150
+
+
+def test_probe_failure_runs_targets_and_summary():
+    from gateway.bench.cli import probe_targets
+    from gateway.bench.probes import ProbeLog, ProbeTarget, longest_failure_run
+
+    assert longest_failure_run([True, False, False, True, False]) == 2
+    assert longest_failure_run([]) == 0
+    targets = probe_targets("127.0.0.1:51150")
+    assert [t.address for t in targets][:2] == ["127.0.0.1:51150", "127.0.0.1:51151"]
+    assert targets[0].service == "pmis.v1.RecommendationGateway" and len(targets) == 6
+    assert ProbeTarget.parse(targets[1].arg()) == targets[1]
+    log = ProbeLog(targets[0], [(True, 0.002), (False, 1.0), (True, 0.004)])
+    s = log.summary()
+    assert (s["probes"], s["failed"], s["longest_failure_run"], s["max_ms"]) == (3, 1, 1, 1000.0)
+
+
+def test_probes_fail_against_nothing_listening_and_pass_against_a_serving_health():
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+    from gateway.bench.probes import Prober, ProbeTarget, probe_once
+
+    server = grpc.server(futures.ThreadPoolExecutor(2))
+    servicer = health.HealthServicer()
+    servicer.set("svc", health_pb2.HealthCheckResponse.SERVING)
+    servicer.set("down", health_pb2.HealthCheckResponse.NOT_SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        assert probe_once(ProbeTarget("s", f"127.0.0.1:{port}", "svc"), 1.0)[0]
+        assert not probe_once(ProbeTarget("s", f"127.0.0.1:{port}", "down"), 1.0)[0]
+        ok, seconds = probe_once(ProbeTarget("s", "127.0.0.1:1", "svc"), 0.3)  # nothing listens: fails in time
+        assert not ok and seconds < 1.0
+        prober = Prober([ProbeTarget("s", f"127.0.0.1:{port}", "svc")], period=0.05, timeout=1.0)
+        prober.start()
+        time.sleep(0.5)
+        [summary] = prober.stop()
+        assert summary["server"] == "s" and summary["probes"] >= 3 and summary["failed"] == 0
+    finally:
+        server.stop(None)
