@@ -151,7 +151,7 @@ class ModelSlot:
             previous, self._current = self._current, loaded  # the swap: one reference assignment
             if target.get("alias") == self.cfg.alias:
                 self._alias_seen = bundle.ref.version
-            telemetry.bundle_loaded(self.component, bundle.ref)
+            telemetry.bundle_loaded(self.component, bundle.ref, bundle.manifest.get("created_at"))
             log.info("bundle loaded", extra={"fields": {"component": self.component, "version": bundle.ref.version,
                                                         "content_hash": bundle.ref.content_hash[:12],
                                                         "build_ms": round(1000 * (time.perf_counter() - started), 1)}})
