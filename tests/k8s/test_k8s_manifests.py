@@ -9,8 +9,6 @@ plain base files do.
 
 from __future__ import annotations
 
-import copy
-import json
 import re
 import shutil
 
@@ -18,7 +16,8 @@ import pytest
 
 from services.components import COMPONENT_MODULES, SERVICE_NAMES
 from services.launcher import Ports
-from tests.support.k8s import KUBECTL, by_kind, needs_kubectl, rendered, validate
+from tests.support.k8s import (KUBECTL, by_kind, container_env, needs_kubectl, pod_templates, rendered, selects,
+                               target_objects, validate)
 
 COMPONENTS = list(COMPONENT_MODULES)
 SERVERS = [*COMPONENTS, "gateway", "trainer"]
@@ -30,46 +29,11 @@ HEALTH_NAMES = {**{"trainer": "pmis.v1.TrainerService"}, **SERVICE_NAMES}
 @pytest.fixture(params=["base", "overlays/dev", "overlays/prod"])
 def objects(request) -> list[dict]:
     """Rendered objects of each target; the plain base files when there is no kubectl."""
-    if KUBECTL is None:
-        if request.param != "base":
-            pytest.skip("no kubectl: overlays cannot be rendered here")
-        objs = copy.deepcopy(validate.plain_objects("base"))
-        namespace = validate.kustomization(validate.K8S_DIR / "base")["namespace"]
-        for o in objs:
-            if o["kind"] != "Namespace":
-                o["metadata"]["namespace"] = namespace
-        return objs
-    return rendered(request.param)
-
-
-def pod_templates(objs: list[dict]):
-    """(owner name, pod spec, pod metadata) of every Deployment, Job and CronJob."""
-    for o in objs:
-        if o["kind"] in ("Deployment", "Job"):
-            yield o["metadata"]["name"], o["spec"]["template"]["spec"], o["spec"]["template"]["metadata"]
-        elif o["kind"] == "CronJob":
-            t = o["spec"]["jobTemplate"]["spec"]["template"]
-            yield o["metadata"]["name"], t["spec"], t["metadata"]
-
-
-def container_env(objs: list[dict], container: dict) -> dict[str, str]:
-    """The container's environment as the kubelet builds it: envFrom ConfigMaps, then env."""
-    configmaps = by_kind(objs, "ConfigMap")
-    env: dict[str, str] = {}
-    for ref in container.get("envFrom", []):
-        env.update(configmaps[ref["configMapRef"]["name"]]["data"])
-    for e in container.get("env", []):
-        env[e["name"]] = e.get("value", "<from %s>" % json.dumps(e.get("valueFrom")))
-    return env
+    return target_objects(request.param)
 
 
 def port_of(container: dict, name: str) -> int:
     return next(p["containerPort"] for p in container["ports"] if p["name"] == name)
-
-
-def selects(selector: dict, labels: dict) -> bool:
-    return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items()) and all(
-        (labels.get(e["key"]) in e["values"]) == (e["operator"] == "In") for e in selector.get("matchExpressions", []))
 
 
 # ---------------------------------------------------------------------------- what breaks real deployments
@@ -169,7 +133,8 @@ def test_rollouts_surge_first_and_every_server_scales_and_has_a_disruption_budge
         assert d["spec"]["minReadySeconds"] >= 10
         hpa = hpas[name]
         assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": name}
-        assert hpa["spec"]["minReplicas"] <= d["spec"]["replicas"] <= hpa["spec"]["maxReplicas"]
+        assert "replicas" not in d["spec"]  # the HPA owns the count (test_k8s_operations.py)
+        assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
         assert selects(pdbs[name]["spec"]["selector"], d["spec"]["template"]["metadata"]["labels"])
     # the trainer is the registry's single writer
     assert deployments["trainer"]["spec"]["replicas"] == 1
@@ -253,13 +218,13 @@ def test_secret_is_a_documented_placeholder_and_prod_brings_its_own():
     secret = by_kind(base, "Secret")["pmis-secrets"]
     assert set(secret["stringData"]) == {"bundle-signing-key", "admin-token"}
     assert all(v.startswith("REPLACE-ME") for v in secret["stringData"].values())
-    for _, spec, _ in pod_templates(base):
-        for c in spec["containers"]:
-            for e in c.get("env", []):
-                ref = e.get("valueFrom", {}).get("secretKeyRef")
-                if ref:
-                    assert ref["name"] == "pmis-secrets" and ref["key"] in secret["stringData"]
-                    assert e["name"] == "PMIS_BUNDLE_SIGNING_KEY"
+    for owner, spec, _ in pod_templates(base):
+        for c in spec["containers"]:  # the Secret reaches pods as files, never as env (test_k8s_operations.py)
+            assert not any(e.get("valueFrom", {}).get("secretKeyRef") for e in c.get("env", [])), owner
+        for v in spec["volumes"]:
+            if "secret" in v:
+                assert v["secret"]["secretName"] == "pmis-secrets", owner
+                assert {i["key"] for i in v["secret"]["items"]} <= set(secret["stringData"]), owner
     if KUBECTL is not None:
         assert "Secret" not in {o["kind"] for o in rendered("overlays/prod")}
         assert "pmis-secrets" in by_kind(rendered("overlays/dev"), "Secret")
@@ -270,8 +235,10 @@ def test_overlays_differ_where_they_should():
     dev, prod = by_kind(rendered("overlays/dev"), "Deployment"), by_kind(rendered("overlays/prod"), "Deployment")
     assert {d["metadata"]["namespace"] for d in dev.values()} == {"pmis-dev"}
     assert {d["metadata"]["namespace"] for d in prod.values()} == {"pmis"}
+    dev_hpas = by_kind(rendered("overlays/dev"), "HorizontalPodAutoscaler")
+    prod_hpas = by_kind(rendered("overlays/prod"), "HorizontalPodAutoscaler")
     for name in [*COMPONENTS, "gateway"]:
-        assert dev[name]["spec"]["replicas"] == 1 and prod[name]["spec"]["replicas"] >= 3
+        assert dev_hpas[name]["spec"]["minReplicas"] == 1 and prod_hpas[name]["spec"]["minReplicas"] >= 3
     training = {o["metadata"]["name"]: o for o in rendered("overlays/dev") if o["kind"] == "ConfigMap"}
     assert training["pmis-training-config"]["data"]["PMIS_GENERATE_IF_EMPTY"] == "1"
     training = {o["metadata"]["name"]: o for o in rendered("overlays/prod") if o["kind"] == "ConfigMap"}

@@ -52,8 +52,12 @@ def test_make_k8s_validate_script_passes(tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "k8s-validate: OK" in out.stdout
+    assert re.search(r"^rollout pins: (OK|SKIPPED)", out.stdout, re.M)  # k8s/rollout_check.py, after rendering
+    assert re.search(r"^rules-check: OK", out.stdout, re.M)  # k8s/rules_check.py: promtool, or SKIPPED in its line
     if KUBECTL is not None:
-        assert {p.name for p in tmp_path.iterdir()} == {"base.yaml", "dev.yaml", "prod.yaml"}
+        optional = {f"prod+{c}.yaml" for c in validate.OPTIONAL_COMPONENTS}
+        assert {p.name for p in tmp_path.iterdir()} == {"base.yaml", "dev.yaml", "prod.yaml", *optional}
+        assert "rendered overlays/prod+monitoring: " in out.stdout
 
 
 def test_validation_tools_are_pinned():
