@@ -56,6 +56,22 @@ def test_every_server_has_a_deployment_whose_ports_and_probes_match_the_server(o
         assert ann["prometheus.io/scrape"] == "true" and ann["prometheus.io/port"] == str(metrics_port)
 
 
+def test_probes_tolerate_a_saturated_pod_and_liveness_is_the_most_patient(objects):
+    """A busy pod must neither leave its Service nor be restarted: probes wait well beyond what
+    health takes under overload (tests/e2e/test_probes_under_load.py: tens of ms), and liveness
+    gives up only long after readiness has taken the pod out of rotation."""
+    def window(probe: dict) -> int:  # seconds of failing before the kubelet acts
+        return probe.get("periodSeconds", 10) * probe.get("failureThreshold", 3)
+
+    for name, d in by_kind(objects, "Deployment").items():
+        (c,) = d["spec"]["template"]["spec"]["containers"]
+        ready, live = c["readinessProbe"], c["livenessProbe"]
+        assert ready.get("timeoutSeconds", 1) >= 2 and window(ready) >= 15, (name, ready)
+        assert live.get("timeoutSeconds", 1) >= 5 and window(live) >= 60, (name, live)
+        assert window(live) > window(ready), name
+        assert window(c["startupProbe"]) >= 120, (name, c["startupProbe"])
+
+
 def test_every_container_has_resources_and_the_security_context(objects):
     seen = 0
     for owner, spec, _ in pod_templates(objects):
