@@ -11,7 +11,7 @@ from collections import Counter
 
 import pytest
 
-from gateway.bench.load import gateway_channel, open_loop, recommend_sender
+from gateway.bench.load import closed_loop, gateway_channel, open_loop, recommend_sender
 from gateway.bench.probes import Prober, ProbeTarget
 from gateway.bench.workload import build_requests
 from pmis.v1 import gateway_pb2_grpc
@@ -20,7 +20,7 @@ from services.components import SERVICE_NAMES, SERVERS
 from services.launcher import Cluster, Ports
 from tests.support.k8s import validate
 
-OVERLOAD_RATE = 600  # requests/s: about 2.5x what the small system answers on 2 cores
+OVERLOAD = 2.5  # x the rate the system answers in a closed loop on this machine
 SECONDS = 8
 KUBELET_DEFAULT_TIMEOUT = 1  # seconds, when a probe sets no timeoutSeconds
 
@@ -48,10 +48,18 @@ def cluster(small_system, tmp_path):
         c.stop_all()
 
 
-async def overload(target: str, requests: list) -> Counter:
+async def capacity(target: str, requests: list) -> float:
+    """Answers per second of a short closed loop at concurrency 16: what this machine serves."""
     async with gateway_channel(target, ClientTLS()) as channel:
         send = recommend_sender(gateway_pb2_grpc.RecommendationGatewayStub(channel), deadline=2.0)
-        outcomes, _, _ = await open_loop(send, itertools.cycle(requests).__next__, OVERLOAD_RATE, SECONDS)
+        outcomes, elapsed = await closed_loop(send, itertools.cycle(requests).__next__, 16, 2.0)
+    return sum(o.code == "OK" for o in outcomes) / elapsed
+
+
+async def overload(target: str, requests: list, rate: float) -> Counter:
+    async with gateway_channel(target, ClientTLS()) as channel:
+        send = recommend_sender(gateway_pb2_grpc.RecommendationGatewayStub(channel), deadline=2.0)
+        outcomes, _, _ = await open_loop(send, itertools.cycle(requests).__next__, rate, SECONDS)
     return Counter(o.code for o in outcomes)
 
 
@@ -63,12 +71,14 @@ def test_probes_pass_on_every_server_while_the_gateway_sheds_load(cluster, small
     prober = Prober(targets, period=0.25, timeout=timeout)
     requests = build_requests(small_system.catalog, k=10, explain=True, profile_only=False)
 
+    gateway = cluster.ports.target("gateway")
+    rate = OVERLOAD * asyncio.run(capacity(gateway, requests))
     prober.start()
-    codes = asyncio.run(overload(cluster.ports.target("gateway"), requests))
+    codes = asyncio.run(overload(gateway, requests, rate))
     summaries = {s["server"]: s for s in prober.stop()}
 
     # saturated: the gateway refused part of the load (and answered the rest)
-    assert codes["RESOURCE_EXHAUSTED"] > 0 and codes["OK"] > 0, codes
+    assert codes["RESOURCE_EXHAUSTED"] > 0 and codes["OK"] > 0, (rate, codes)
     for name, s in summaries.items():
         assert s["probes"] >= SECONDS * 2, s  # probed throughout
         assert s["failed"] == 0, (name, s, codes)
