@@ -40,7 +40,16 @@ class LoopBridge(gateway_pb2_grpc.RecommendationGatewayServicer):
     def _run(self, coro, context):
         future = asyncio.run_coroutine_threadsafe(coro, self.loop)
         context.add_callback(future.cancel)  # the client went away: stop the work
-        return future.result()
+        try:
+            return future.result()
+        except futures.CancelledError:
+            # Cancelled by that callback: the client cancelled or its deadline passed. Its own
+            # doing, so its own status -- not an unhandled error (INTERNAL, logged, counted
+            # against the availability SLO).
+            remaining = context.time_remaining()
+            expired = remaining is not None and remaining <= 0
+            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED,
+                          "the deadline passed before the answer" if expired else "the client cancelled the call")
 
     def Recommend(self, request, context):
         return self._run(self.gateway.Recommend(request, context), context)

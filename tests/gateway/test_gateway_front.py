@@ -81,3 +81,26 @@ def test_a_saturated_gateway_refuses_at_once_says_why_and_keeps_answering_health
     for f in held:
         assert f.exception(10).code() == grpc.StatusCode.UNAVAILABLE
     wait_until(lambda: runner.front.limiter.in_flight == 0, 10, "slots released")
+
+
+def test_a_call_the_client_gave_up_on_is_counted_as_such_not_as_a_server_error(held_gateway, caplog):
+    """A client cancels (or its deadline passes) while its Recommend waits on the components: the
+    bridge's cancelled future must end the call as CANCELLED, not as an unhandled INTERNAL error (an
+    error log per call, and an availability SLO burning on what the client did)."""
+    from prometheus_client import REGISTRY
+
+    def count(code: str) -> float:
+        return REGISTRY.get_sample_value("pmis_grpc_requests_total",
+                                         {"component": "gateway", "method": "Recommend", "code": code}) or 0.0
+
+    runner, _ = held_gateway
+    internal, cancelled = count("INTERNAL"), count("CANCELLED")
+    request = gateway_pb2.RecommendRequest(profile=common_pb2.StudentProfile(skills=["python"]))
+    with caplog.at_level("ERROR"):
+        call = runner.stub.Recommend.future(request, timeout=10)
+        wait_until(lambda: runner.front.limiter.in_flight == 1, 10, "the Recommend admitted")
+        call.cancel()
+        wait_until(lambda: count("CANCELLED") == cancelled + 1, 10, "the cancelled call counted")
+    assert count("INTERNAL") == internal
+    assert not [r for r in caplog.records if r.levelname == "ERROR"], [r.getMessage() for r in caplog.records]
+    wait_until(lambda: runner.front.limiter.in_flight == 0, 10, "slot released")
