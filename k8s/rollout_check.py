@@ -32,7 +32,6 @@ component, which rule (c) would otherwise hold back).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import io
 import os
 import subprocess
@@ -42,6 +41,9 @@ import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the scripts beside this one
+import validate  # noqa: E402  (rendering, kubectl discovery)
 
 
 K8S_DIR = Path(__file__).resolve().parent
@@ -107,7 +109,7 @@ def check(before, after) -> list[str]:
         if not p.run:
             errors.append(f"{p.deployment}: no {RUN_ANNOTATION} annotation on the pod template beside "
                           f"{VERSION_ENV}={p.version} (`pmis models list` prints the run of every version)")
-    moved = [p for name, p in sorted(after.items()) if name not in before or before[name].version != p.version]
+    moved = [p for _, p in _moved(before, after)]
     if not moved:
         return errors
     runs = sorted({p.run or "?" for p in moved})
@@ -130,25 +132,19 @@ def check(before, after) -> list[str]:
     return errors
 
 
+def _moved(before: dict[str, Pin], after: dict[str, Pin]) -> list[tuple[str, Pin]]:
+    """(Deployment, new pin) of every pin whose version changed or whose Deployment is new."""
+    return [(name, p) for name, p in sorted(after.items()) if name not in before or before[name].version != p.version]
+
+
 def describe(before, after) -> str:
     before, after = _as_pins(before), _as_pins(after)
     moved = [f"{name} {f'v{before[name].version} -> ' if name in before else 'new, '}v{p.version} (run {p.run})"
-             for name, p in sorted(after.items()) if name not in before or before[name].version != p.version]
+             for name, p in _moved(before, after)]
     return ", ".join(moved) or "no pin moved"
 
 
 # ---------------------------------------------------------------------------- against git
-
-def _validate():
-    """k8s/validate.py as a module (rendering and kubectl discovery)."""
-    name = "k8s_validate_for_rollout"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, K8S_DIR / "validate.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        sys.modules[name] = module
-    return sys.modules[name]
-
 
 def _git(cwd: Path, *args: str, binary: bool = False):
     return subprocess.run(["git", "-C", str(cwd), *args], capture_output=True, text=not binary, timeout=120)
@@ -161,7 +157,7 @@ def default_base(cwd: Path) -> str:
     return "HEAD"
 
 
-def overlay_objects(k8s_dir: Path, overlay: str, kubectl: str | None, validate) -> list[dict]:
+def overlay_objects(k8s_dir: Path, overlay: str, kubectl: str | None) -> list[dict]:
     if kubectl is not None:
         return validate.render(overlay, kubectl, k8s_dir)
     path = k8s_dir / overlay / "bundle-versions.yaml"
@@ -194,7 +190,6 @@ def run(k8s_dir: Path = K8S_DIR, base: str | None = None, overlays=OVERLAYS, kub
         why = archive.stderr.decode(errors="replace").strip().splitlines()
         out(f"rollout pins: SKIPPED (nothing to compare with: no {prefix}/ at {base}; {why[-1] if why else ''})")
         return 0
-    validate = _validate()
     failed, verdicts = False, []
     with tempfile.TemporaryDirectory() as tmp:
         with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
@@ -205,11 +200,11 @@ def run(k8s_dir: Path = K8S_DIR, base: str | None = None, overlays=OVERLAYS, kub
                 verdicts.append(f"{overlay}: new at {base}")
                 continue
             try:
-                before = overlay_objects(old_dir, overlay, kubectl, validate)
+                before = overlay_objects(old_dir, overlay, kubectl)
             except RuntimeError as e:  # the base's own manifests do not render: nothing to compare with
                 verdicts.append(f"{overlay}: not compared ({base} does not render: {str(e).splitlines()[0]})")
                 continue
-            after = overlay_objects(k8s_dir, overlay, kubectl, validate)
+            after = overlay_objects(k8s_dir, overlay, kubectl)
             errors = check(before, after)
             for e in errors:
                 out(f"ROLLOUT REFUSED {overlay}: {e}")
@@ -225,7 +220,7 @@ def main(argv=None) -> int:
     p.add_argument("--base", help="git ref to compare with (default: $PMIS_ROLLOUT_BASE, origin/main, HEAD)")
     p.add_argument("--k8s", type=Path, default=K8S_DIR, help="the k8s/ directory of a git work tree")
     a = p.parse_args(argv)
-    return run(a.k8s.resolve(), a.base, kubectl=_validate().find_kubectl())
+    return run(a.k8s.resolve(), a.base, kubectl=validate.find_kubectl())
 
 
 if __name__ == "__main__":

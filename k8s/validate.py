@@ -27,6 +27,9 @@ from pathlib import Path
 
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the scripts beside this one
+import rules_check  # noqa: E402
+
 K8S_VERSION = "1.33.0"  # the cluster version the manifests are written for (native gRPC probes: >= 1.27)
 K8S_DIR = Path(__file__).resolve().parent
 ROOT = K8S_DIR.parent
@@ -124,10 +127,13 @@ def validate_objects(objects: list[dict], version: str = K8S_VERSION) -> list[st
     import kubernetes_validate
 
     # kubernetes-validate knows no Prometheus Operator kinds: k8s/rules_check.py checks those.
-    monitoring = [o for o in objects if str(o.get("apiVersion", "")).startswith("monitoring.coreos.com/")]
-    errors = rules_check().structure_errors(monitoring) if monitoring else []
+    def monitoring(obj: dict) -> bool:
+        return str(obj.get("apiVersion", "")).startswith("monitoring.coreos.com/")
+
+    crds = [o for o in objects if monitoring(o)]
+    errors = rules_check.structure_errors(crds) if crds else []
     for obj in objects:
-        if obj in monitoring:
+        if monitoring(obj):
             continue
         try:
             kubernetes_validate.validate(obj, version, strict=True)
@@ -137,16 +143,6 @@ def validate_objects(objects: list[dict], version: str = K8S_VERSION) -> list[st
         except (kubernetes_validate.SchemaNotFoundError, kubernetes_validate.InvalidSchemaError) as e:
             errors.append(f"{object_name(obj)}: {e}")
     return errors
-
-
-def rules_check():
-    """k8s/rules_check.py as a module (a script beside this one, not a package)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("k8s_rules_check", K8S_DIR / "rules_check.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def find_hadolint() -> str | None:
