@@ -26,6 +26,9 @@ import jsonschema
 import yaml
 
 K8S_DIR = Path(__file__).resolve().parent
+sys.path.insert(0, str(K8S_DIR))  # the scripts beside this one
+from validate import load_documents  # noqa: E402
+
 COMPONENT = K8S_DIR / "components" / "monitoring"
 RULES_FILE = "pmis-rules.yaml"  # the name the unit tests' rule_files give
 README_PREFIX = "k8s/README.md#"
@@ -85,8 +88,9 @@ SCHEMAS = {
 }
 
 
-def load_documents(path: Path) -> list[dict]:
-    return [d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d]
+def is_monitoring(obj: dict) -> bool:
+    """A Prometheus Operator object (checked here, not by kubernetes-validate)."""
+    return str(obj.get("apiVersion", "")).startswith("monitoring.coreos.com/")
 
 
 def component_objects(component: Path = COMPONENT) -> list[dict]:
@@ -99,7 +103,7 @@ def structure_errors(objects: list[dict]) -> list[str]:
     """Schema errors of the monitoring.coreos.com objects among `objects` (others are ignored)."""
     errors = []
     for obj in objects:
-        if not str(obj.get("apiVersion", "")).startswith("monitoring.coreos.com/"):
+        if not is_monitoring(obj):
             continue
         name = f"{obj.get('kind')}/{obj.get('metadata', {}).get('name')}"
         schema = SCHEMAS.get(obj.get("kind"))

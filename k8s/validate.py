@@ -28,7 +28,6 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the scripts beside this one
-import rules_check  # noqa: E402
 
 K8S_VERSION = "1.33.0"  # the cluster version the manifests are written for (native gRPC probes: >= 1.27)
 K8S_DIR = Path(__file__).resolve().parent
@@ -126,14 +125,12 @@ def validate_objects(objects: list[dict], version: str = K8S_VERSION) -> list[st
     """Strict schema validation; returns one message per invalid object (empty: all valid)."""
     import kubernetes_validate
 
-    # kubernetes-validate knows no Prometheus Operator kinds: k8s/rules_check.py checks those.
-    def monitoring(obj: dict) -> bool:
-        return str(obj.get("apiVersion", "")).startswith("monitoring.coreos.com/")
+    import rules_check  # it imports this module: not at the top
 
-    crds = [o for o in objects if monitoring(o)]
-    errors = rules_check.structure_errors(crds) if crds else []
+    # kubernetes-validate knows no Prometheus Operator kinds: k8s/rules_check.py checks those.
+    errors = rules_check.structure_errors(objects)
     for obj in objects:
-        if monitoring(obj):
+        if rules_check.is_monitoring(obj):
             continue
         try:
             kubernetes_validate.validate(obj, version, strict=True)
