@@ -12,24 +12,17 @@ from __future__ import annotations
 import re
 import shutil
 
-import pytest
 
 from services.components import COMPONENT_MODULES, SERVICE_NAMES
 from services.launcher import Ports
-from tests.support.k8s import (KUBECTL, by_kind, container_env, needs_kubectl, pod_templates, rendered, selects,
-                               target_objects, validate)
+from tests.support.k8s import (KUBECTL, byte_count, by_kind, container_env, cores, needs_kubectl, pod_templates, rendered,
+                               selects, validate)
 
 COMPONENTS = list(COMPONENT_MODULES)
 SERVERS = [*COMPONENTS, "gateway", "trainer"]
 DEFAULT_PORTS = Ports.consecutive()  # 50050.. / 9100..: gateway, content, collaborative, success, ranker, trainer
 # The trainer is written alongside this deployment; its service name as the launcher knows it, if it does.
 HEALTH_NAMES = {**{"trainer": "pmis.v1.TrainerService"}, **SERVICE_NAMES}
-
-
-@pytest.fixture(params=["base", "overlays/dev", "overlays/prod"])
-def objects(request) -> list[dict]:
-    """Rendered objects of each target; the plain base files when there is no kubectl."""
-    return target_objects(request.param)
 
 
 def port_of(container: dict, name: str) -> int:
@@ -91,20 +84,9 @@ def test_every_container_has_resources_and_the_security_context(objects):
             res = c["resources"]
             for kind in ("cpu", "memory"):
                 assert res["requests"][kind] and res["limits"][kind], (owner, c["name"], kind)
-            assert _bytes(res["requests"]["memory"]) <= _bytes(res["limits"]["memory"]), (owner, c["name"])
-            assert _cores(res["requests"]["cpu"]) <= _cores(res["limits"]["cpu"]), (owner, c["name"])
+            assert byte_count(res["requests"]["memory"]) <= byte_count(res["limits"]["memory"]), (owner, c["name"])
+            assert cores(res["requests"]["cpu"]) <= cores(res["limits"]["cpu"]), (owner, c["name"])
     assert seen >= 9  # 6 servers + the gateway's initContainer + train + retrain
-
-
-def _bytes(q: str) -> float:
-    units = {"Ki": 2 ** 10, "Mi": 2 ** 20, "Gi": 2 ** 30, "": 1}
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)(Ki|Mi|Gi|)", str(q))
-    return float(m.group(1)) * units[m.group(2)]
-
-
-def _cores(q) -> float:
-    q = str(q)
-    return float(q[:-1]) / 1000 if q.endswith("m") else float(q)
 
 
 def test_gateway_targets_are_the_headless_services(objects):

@@ -18,8 +18,8 @@ import yaml
 
 from services.components import COMPONENT_MODULES
 from services.common import admission
-from tests.support.k8s import (KUBECTL, ROOT, by_kind, container_env, copy_k8s, load_module, needs_kubectl,
-                               pod_templates, render_with_components, rendered, selects, target_objects, validate)
+from tests.support.k8s import (KUBECTL, ROOT, byte_count, by_kind, container_env, copy_k8s, cores, load_module,
+                               needs_kubectl, pod_templates, render_with_components, rendered, selects, validate)
 
 COMPONENTS = list(COMPONENT_MODULES)
 SERVING = [*COMPONENTS, "gateway"]
@@ -31,26 +31,10 @@ set_image = load_module("k8s_set_image", ROOT / "k8s" / "set_image.py")
 entrypoint = load_module("docker_entrypoint_ops", ROOT / "docker" / "entrypoint.py")
 
 
-@pytest.fixture(params=validate.TARGETS)
-def objects(request) -> list[dict]:
-    return target_objects(request.param)
-
-
 def hpa_targets(objs: list[dict]) -> dict[str, dict]:
     """The HPA of every Deployment an HPA scales, by Deployment name."""
     return {h["spec"]["scaleTargetRef"]["name"]: h for h in by_kind(objs, "HorizontalPodAutoscaler").values()
             if h["spec"]["scaleTargetRef"]["kind"] == "Deployment"}
-
-
-def cores(q) -> float:
-    q = str(q)
-    return float(q[:-1]) / 1000 if q.endswith("m") else float(q)
-
-
-def quantity(q) -> float:
-    units = {"Ki": 2 ** 10, "Mi": 2 ** 20, "Gi": 2 ** 30, "": 1}
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)(Ki|Mi|Gi|)", str(q))
-    return float(m.group(1)) * units[m.group(2)]
 
 
 # ---------------------------------------------------------------------------- autoscaling
@@ -312,11 +296,11 @@ def test_every_container_bounds_its_ephemeral_storage(objects):
         for c in [*spec.get("initContainers", []), *spec["containers"]]:
             res = c["resources"]
             request, limit = res["requests"]["ephemeral-storage"], res["limits"]["ephemeral-storage"]
-            assert quantity(request) <= quantity(limit), (owner, c["name"])
+            assert byte_count(request) <= byte_count(limit), (owner, c["name"])
             if c in spec["containers"]:
-                limits.append(quantity(limit))
+                limits.append(byte_count(limit))
         # the pod is evicted past the sum of its containers' limits: its emptyDirs must fit below it
-        empty = sum(quantity(v["emptyDir"].get("sizeLimit", "0")) for v in spec["volumes"] if "emptyDir" in v)
+        empty = sum(byte_count(v["emptyDir"].get("sizeLimit", "0")) for v in spec["volumes"] if "emptyDir" in v)
         assert sum(limits) > empty, (owner, sum(limits), empty)
 
 

@@ -4,6 +4,7 @@ kubectl if there is one, rendered targets (cached for the session) and objects b
 from __future__ import annotations
 
 import importlib.util
+import re
 import sys
 from pathlib import Path
 
@@ -99,3 +100,17 @@ def copy_k8s(tmp_path: Path) -> Path:
 
 def render_with_components(work: Path, overlay: str, components: list[str], *, first: bool = True) -> list[dict]:
     return validate.render_with_components(work, overlay, components, KUBECTL, first=first)
+
+
+def cores(q) -> float:
+    """A CPU quantity ("250m", "2", 1) in cores."""
+    q = str(q)
+    return float(q[:-1]) / 1000 if q.endswith("m") else float(q)
+
+
+def byte_count(q) -> float:
+    """A memory or storage quantity ("256Mi", "1Gi", ...) in bytes."""
+    units = {"Ki": 2 ** 10, "Mi": 2 ** 20, "Gi": 2 ** 30, "": 1}
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)(Ki|Mi|Gi|)", str(q))
+    return float(m.group(1)) * units[m.group(2)]
+
