@@ -44,12 +44,8 @@ def promtool() -> str:
     return PROMTOOL
 
 
-def component_objects() -> list[dict]:
-    return rules_check.component_objects()
-
-
 def prometheus_rule() -> dict:
-    (rule,) = [o for o in component_objects() if o["kind"] == "PrometheusRule"]
+    (rule,) = [o for o in rules_check.component_objects() if o["kind"] == "PrometheusRule"]
     return rule
 
 
@@ -126,7 +122,7 @@ def admits(policies, pod_labels: dict, port: str, source_namespace: dict, source
 
 
 def test_network_policy_admits_prometheus_pods_to_the_metrics_ports_only():
-    (policy,) = [o for o in component_objects() if o["kind"] == "NetworkPolicy"]
+    (policy,) = [o for o in rules_check.component_objects() if o["kind"] == "NetworkPolicy"]
     monitoring = {"kubernetes.io/metadata.name": "observability", "pmis.io/monitoring": "true"}
     elsewhere = {"kubernetes.io/metadata.name": "shop"}
     prometheus = {"app.kubernetes.io/name": "prometheus", "prometheus": "k8s"}
