@@ -9,10 +9,12 @@ static blend's terms (weight x z-score per component) play the same part.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from models.data.domain import DISTANCE_CLASS_NAMES, distance_class, haversine_km
-from pmis.v1 import common_pb2, gateway_pb2, success_pb2
+from pmis.v1 import gateway_pb2
 
 MIN_EVIDENCE = 5          # applicants needed before collaborative evidence is shown (no one is exposed)
 HIGHER, LOWER = 1.25, 0.8  # success band: ratio to the base rate
@@ -75,15 +77,15 @@ def skill_rows(resp, ids) -> dict[str, tuple[list[str], list[str], list[float]]]
     return out
 
 
-def factor_rows(resp, ids) -> dict[str, list[success_pb2.Factor]]:
-    """internship id -> its success factors, for `ids` only, from success's packed answer."""
+def factor_rows(resp, ids) -> dict[str, list[tuple[str, float, float]]]:
+    """internship id -> its success factors as (name, value, contribution), for `ids` only, from
+    success's packed answer."""
     if resp is None or not resp.factor_counts:
         return {}
     at = _offsets(resp.factor_counts)
-    return {i: [success_pb2.Factor(name=n, value=v, contribution=c) for n, v, c in zip(
-        resp.factor_names[at[j]:at[j + 1]], resp.factor_values[at[j]:at[j + 1]],
-        resp.factor_contributions[at[j]:at[j + 1]])]
-        for i, j in _rows_of(resp.internship_ids, ids)}
+    return {i: list(zip(resp.factor_names[at[j]:at[j + 1]], resp.factor_values[at[j]:at[j + 1]],
+                        resp.factor_contributions[at[j]:at[j + 1]]))
+            for i, j in _rows_of(resp.internship_ids, ids)}
 
 
 def _offsets(counts) -> list[int]:
@@ -106,14 +108,16 @@ def reason_contributions(by_feature: dict[str, float]) -> dict[str, float]:
     return out
 
 
-def _sentences(e: gateway_pb2.Explanation, table, p: int, probability: float | None) -> dict[str, str]:
-    """One sentence per reason that has something to say."""
+def _sentences(e: gateway_pb2.Explanation, table, p: int, probability: float | None, *, matched: list,
+               to_learn: list) -> dict[str, str]:
+    """One sentence per reason that has something to say. `matched` and `to_learn` are the lists
+    `e` was filled from (reading a message's fields back costs more than keeping the lists)."""
     out = {}
     skills = []
-    if e.matched_skills:
-        skills.append("you have " + ", ".join(e.matched_skills[:4]))
-    if e.skills_to_learn:
-        skills.append("learning " + ", ".join(e.skills_to_learn) + " would strengthen the match")
+    if matched:
+        skills.append("you have " + ", ".join(matched[:4]))
+    if to_learn:
+        skills.append("learning " + ", ".join(to_learn) + " would strengthen the match")
     if skills:
         out["skills"] = "; ".join(skills)
     out["location"] = f"location: {e.location_fit}"
@@ -124,36 +128,45 @@ def _sentences(e: gateway_pb2.Explanation, table, p: int, probability: float | N
     if e.success_band:
         out["success"] = f"chance of selection {e.success_band} ({percent(probability)})"
     stipend, slots = float(table.stipend[p]), float(table.slots[p])
-    if np.isfinite(stipend):
-        out["terms"] = f"stipend {stipend:,.0f} a month" + (f", {slots:.0f} openings" if np.isfinite(slots) else "")
+    if math.isfinite(stipend):
+        out["terms"] = f"stipend {stipend:,.0f} a month" + (f", {slots:.0f} openings" if math.isfinite(slots) else "")
     return out
+
+
+def preferred_sectors(profile) -> set[str]:
+    return {s.lower() for s in profile.preferred_sectors}
 
 
 def explanation(profile, table, p: int, *, matched, missing, probability, base_rate, factors,
                 collab_basis: str, promoted: bool, matched_weights=(), contributions: dict[str, float] | None = None,
-                location: str | None = None, into: gateway_pb2.Explanation | None = None) -> gateway_pb2.Explanation:
-    """`contributions`: feature (or blend term) -> additive share of this item's ranking score;
-    `location`: the item's `location_fits` when the caller computed them for a whole list;
-    `into`: fill this (empty) message in place instead of a new one."""
+                location: str | None = None, preferred: set[str] | None = None,
+                into: gateway_pb2.Explanation | None = None) -> gateway_pb2.Explanation:
+    """`factors`: (name, value, contribution) triples (`factor_rows`);
+    `contributions`: feature (or blend term) -> additive share of this item's ranking score;
+    `location`: the item's `location_fits` and `preferred`: `preferred_sectors(profile)`, when the
+    caller computed them once for a whole list; `into`: fill this (empty) message in place."""
     e = gateway_pb2.Explanation() if into is None else into
+    matched, to_learn = list(matched), list(missing)[:3]
     e.matched_skills.extend(matched)
-    e.skills_to_learn.extend(list(missing)[:3])
+    e.skills_to_learn.extend(to_learn)
     e.matched_skill_weights.extend(matched_weights)
     e.location_fit = location or location_fit(profile, table, p)
     e.promoted_by_fairness = promoted
     sector = str(table.sector[p]).lower()
-    e.preferred_sector = sector in {s.lower() for s in profile.preferred_sectors}
+    e.preferred_sector = sector in (preferred if preferred is not None else preferred_sectors(profile))
     e.success_band = success_band(probability, base_rate)
-    e.success_factors.extend(factors or [])
+    for name, value, contribution in factors or ():
+        e.success_factors.add(name=name, value=value, contribution=contribution)
     applicants = int(table.applicants[p])
     if collab_basis in ("history", "fold_in") and applicants >= MIN_EVIDENCE:
         e.collaborative_evidence = f"students with applications like yours applied here ({applicants} applications so far)"
-    sentences = _sentences(e, table, p, probability)
+    sentences = _sentences(e, table, p, probability, matched=matched, to_learn=to_learn)
     if contributions:
         weight = reason_contributions(contributions)
         kinds = sorted((k for k in sentences if k in weight), key=lambda k: -weight[k])
         e.reasons.extend(sentences[k] for k in kinds)
-        e.contributions.extend(common_pb2.Contribution(name=k, value=weight[k]) for k in kinds)
+        for k in kinds:
+            e.contributions.add(name=k, value=weight[k])
     else:  # nothing ranked this item (e.g. the ranker was down for Explain): fixed order, no numbers
         e.reasons.extend(sentences[k] for k in REASONS if k in sentences)
     if promoted:

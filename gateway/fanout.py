@@ -67,6 +67,8 @@ class Fanout:
             (c, m): Batcher(partial(self._send_batch, c, m), max_outstanding=cfg.batch_outstanding,
                             max_batch=cfg.max_batch)
             for c, methods in BATCHED_METHODS.items() for m in methods}
+        self.batch_sizes = {(c, m): telemetry.BATCH_SIZE.labels(c, m)  # labelled once, not per batch
+                            for c, methods in BATCHED_METHODS.items() for m in methods}
 
     @staticmethod
     def _channel(cfg, component: str) -> grpc.aio.Channel:
@@ -100,7 +102,7 @@ class Fanout:
     async def _send_batch(self, component: str, method: str, requests: list, deadline: float) -> list:
         """One batch RPC for `requests`: one (answer, None) or (None, reason) each, in order."""
         batch_method, batch_message = BATCHES[method]
-        telemetry.BATCH_SIZE.labels(component, method).observe(len(requests))
+        self.batch_sizes[component, method].observe(len(requests))
         resp, reason = await self.unary(component, batch_method, batch_message(requests=requests), deadline)
         if reason == "UNIMPLEMENTED":  # a component from before batch RPCs: single calls from now on
             log.warning("component has no batch RPCs; calling it one request at a time",

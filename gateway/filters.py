@@ -15,7 +15,8 @@ def allowed(table: InternshipTable, positions: np.ndarray, *, now: int, applied:
     keep = table.deadline[p] >= now
     keep &= ~((table.slots[p] > 0) & (table.selected[p] >= np.nan_to_num(table.slots[p], nan=np.inf)))
     if applied:
-        keep &= ~np.isin(table.ids[p], list(applied))
+        applied_positions = {table.position.get(i) for i in applied}
+        keep &= np.array([q not in applied_positions for q in p.tolist()], dtype=bool)
     if filters is None:
         return keep
     remote = table.remote[p]

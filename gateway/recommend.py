@@ -52,6 +52,7 @@ class InFlight:
     final: np.ndarray | None = None
     ranking: str = ""
     ranker_answer: object = None    # the Rank answer, with every candidate's contributions when cheap
+    row_of: dict = field(default_factory=dict)  # internship id -> candidate row (index_rows)
 
     @property
     def positions(self) -> np.ndarray:
@@ -68,30 +69,39 @@ class InFlight:
         self.versions[name] = resp.model
         return True
 
-    def fill(self, column: int, ids, values) -> None:
-        """Put a component's answer (ids and values) into its column of the score array."""
-        positions = table_positions(self.table, ids)
+    def index_rows(self) -> None:
+        """Map each candidate's id to its row, once the candidate list is final (after filtering)."""
+        self.row_of = {i: row for row, i in enumerate(self.ids())}
+
+    def rows(self, ids) -> np.ndarray:
+        """The candidate row of each of `ids` (-1 for an id that is not a candidate)."""
+        row_of = self.row_of
+        return np.array([row_of.get(i, -1) for i in ids], dtype=np.int64)
+
+    def rows_at(self, positions: np.ndarray) -> np.ndarray:
+        """The candidate row of each catalogue position (-1 for one that is not a candidate);
+        the candidates are sorted by position."""
         items = self.positions
-        at = np.minimum(np.searchsorted(items, positions), max(len(items) - 1, 0))
-        hit = (positions >= 0) & (items[at] == positions) if len(items) else np.zeros(len(positions), bool)
-        self.candidates.scores[0, at[hit], column] = np.asarray(values, dtype=np.float32)[hit]
+        if not len(items):
+            return np.full(len(positions), -1, dtype=np.int64)
+        at = np.minimum(np.searchsorted(items, positions), len(items) - 1)
+        return np.where(items[at] == positions, at, -1)
+
+    def fill(self, rows: np.ndarray, columns: dict) -> None:
+        """Put a component's answer into the score array: the candidate row of each value
+        (`rows`/`rows_at`, -1 = not a candidate), {column: values}."""
+        hit = rows >= 0
+        for column, values in columns.items():
+            self.candidates.scores[0, rows[hit], column] = np.asarray(values, dtype=np.float32)[hit]
 
     def missing(self, column: int) -> list[str]:
         return self.ids(np.isnan(self.candidates.scores[0, :, column]))
 
 
 def table_positions(table, ids) -> np.ndarray:
-    """Catalogue positions of `ids` (-1 for ids the catalog does not hold). The catalogue is held
-    sorted by id, so a vectorised binary search finds them; whatever it misses is looked up by id."""
-    query = np.asarray(list(ids), dtype=table.ids.dtype)
-    if not len(query) or not len(table.ids):
-        return np.full(len(query), -1, dtype=np.int64)
-    at = np.minimum(np.searchsorted(table.ids, query), len(table.ids) - 1)
-    found = table.ids[at] == query
-    if not found.all():
-        position = table.position
-        at[~found] = [position.get(i, -1) for i in query[~found].tolist()]
-    return at.astype(np.int64)
+    """Catalogue positions of `ids` (-1 for ids the catalog does not hold)."""
+    position = table.position
+    return np.array([position.get(i, -1) for i in ids], dtype=np.int64)
 
 
 async def retrieve(gw, r: InFlight, request) -> None:
@@ -111,27 +121,28 @@ async def retrieve(gw, r: InFlight, request) -> None:
     found = {name: resp for name, resp in answers.items() if r.answered(name, resp)}
     if not found:
         raise unavailable("no retrieval component answered: " + ", ".join(r.degraded))
-    r.candidates = Candidates.union(*(table_positions(r.table, resp.internship_ids)[None, :]
-                                      for resp in found.values()))
+    positions = {name: table_positions(r.table, resp.internship_ids) for name, resp in found.items()}
+    r.candidates = Candidates.union(*(p[None, :] for p in positions.values()))
     keep = filters.allowed(r.table, r.candidates.items[0], now=now, applied=set(s.seen),
                            filters=request.filters if request.HasField("filters") else None,
                            student_lat=s.profile.latitude if s.profile.HasField("latitude") else None,
                            student_lon=s.profile.longitude if s.profile.HasField("longitude") else None)
     r.candidates.valid[0] &= keep
     r.candidates = r.candidates.compact()
+    r.index_rows()
     for name, resp in found.items():
         r.vectors[name] = resp.student_vector
+        rows = r.rows_at(positions[name])
         if name == "content":
-            r.fill(CONTENT, resp.internship_ids, resp.scores)
+            r.fill(rows, {CONTENT: resp.scores})
         else:
-            absorb_collaborative(r, resp)
+            absorb_collaborative(r, resp, rows)
 
 
-def absorb_collaborative(r: InFlight, resp) -> None:
+def absorb_collaborative(r: InFlight, resp, rows: np.ndarray) -> None:
     r.collab_basis = resp.basis
-    if collaborative_known(resp.basis):
-        r.fill(COLLABORATIVE, resp.internship_ids, resp.scores)
-    r.fill(POPULARITY, resp.internship_ids, resp.popularity)
+    known = {COLLABORATIVE: resp.scores} if collaborative_known(resp.basis) else {}
+    r.fill(rows, {**known, POPULARITY: resp.popularity})
 
 
 async def score(gw, r: InFlight) -> None:
@@ -160,14 +171,14 @@ async def score(gw, r: InFlight) -> None:
         if not r.answered(name, resp):
             continue
         if name == "content":
-            r.fill(CONTENT, resp.internship_ids, resp.scores)
+            r.fill(r.rows(resp.internship_ids), {CONTENT: resp.scores})
             r.content_details = resp if explain_ else None
         elif name == "success":
             r.success_answer = resp
             r.base_rate = resp.base_rate
-            r.fill(SUCCESS, resp.internship_ids, resp.probabilities)
+            r.fill(r.rows(resp.internship_ids), {SUCCESS: resp.probabilities})
         else:
-            absorb_collaborative(r, resp)
+            absorb_collaborative(r, resp, r.rows(resp.internship_ids))
 
 
 async def rank_candidates(gw, r: InFlight) -> None:
@@ -234,6 +245,7 @@ def answer(r: InFlight, order: np.ndarray, moved: np.ndarray, details: dict | No
     columns = zip(r.ids(order), table.title[p].tolist(), table.company_id[p].tolist(), table.sector[p].tolist(),
                   table.district[p].tolist(), table.remote[p].tolist(), np.nan_to_num(table.stipend[p]).tolist())
     locations = explain.location_fits(profile, table, p) if details is not None else ()
+    preferred = explain.preferred_sectors(profile)
     for at, (i, title, company, sector, district, remote, stipend) in enumerate(columns):
         component = {name: v for name, v in zip(SCORE_COLUMNS, scores[at]) if v == v}
         if r.ranking == "ranker":
@@ -248,7 +260,7 @@ def answer(r: InFlight, order: np.ndarray, moved: np.ndarray, details: dict | No
                 probability=component.get("success_probability"), base_rate=r.base_rate,
                 factors=details["factors"].get(i), collab_basis=r.collab_basis, promoted=bool(moved[at]),
                 matched_weights=weights, contributions=details["contributions"].get(int(order[at])),
-                location=locations[at], into=item.explanation)
+                location=locations[at], preferred=preferred, into=item.explanation)
 
 
 def fair_order(gw, r: InFlight, strength: float | None) -> tuple[np.ndarray, np.ndarray]:

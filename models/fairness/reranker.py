@@ -106,7 +106,7 @@ def item_groups(groups: list[dict], *, item_district, item_lat, item_lon, item_r
                 student_district: str, student_lat: float, student_lon: float) -> np.ndarray:
     """Group id per candidate: the first definition in `groups` it matches, len(groups) = "other"."""
     n = len(item_msme)
-    lower = lambda v: np.char.lower(np.asarray(v, dtype=str))  # noqa: E731
+    lower = lambda v: np.array([x.lower() for x in np.asarray(v, dtype=str).tolist()], dtype=str)  # noqa: E731
     local = None
     out = np.full(n, len(groups), dtype=np.int64)
     for gid in range(len(groups) - 1, -1, -1):  # the first match wins: assign from last to first
