@@ -278,7 +278,10 @@ def _add_bench(sub) -> None:
                                      "server CPU per request, Shortlist latency)")
     b.add_argument("--target", default="127.0.0.1:50050")
     b.add_argument("--concurrency", type=int, nargs="*", default=[1, 32], help="closed-loop levels (none: skip)")
-    b.add_argument("--duration", type=float, default=10.0, help="seconds per concurrency level")
+    b.add_argument("--duration", type=float, default=10.0, help="seconds per concurrency level and system")
+    b.add_argument("--slices", type=int, default=5,
+                   help="the gateway and the echo take turns, this many each per concurrency level, so that a noisy "
+                        "machine's drift affects both alike")
     b.add_argument("--rate", type=float, nargs="*", default=[40.0],
                    help="open loop: requests per second, one run per rate (none: skip)")
     b.add_argument("--open-duration", type=float, default=20.0, help="seconds per open-loop rate")

@@ -36,7 +36,7 @@ def main_bench(args) -> int:
         print(f"error: no catalog at {catalog} (pmis generate writes one; or pass --catalog)", file=sys.stderr)
         return 2
     cfg = BenchConfig(target=args.target, catalog=catalog,
-                      concurrency=args.concurrency, duration=args.duration, rates=args.rate or [],
+                      concurrency=args.concurrency, duration=args.duration, slices=args.slices, rates=args.rate or [],
                       open_duration=args.open_duration, deadline=args.deadline_ms / 1000, k=args.k,
                       explain=not args.no_explain, profile_only=args.profile_only, shortlist=args.shortlist,
                       metrics_host=args.metrics_host or args.target.rsplit(":", 1)[0], metrics_ports=ports,

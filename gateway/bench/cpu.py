@@ -83,28 +83,56 @@ class ProcCpu:
 
 def cpu_ms_per_request(before: dict[str, CpuSample], after: dict[str, CpuSample], requests: int) -> dict:
     """Per-process CPU ms per request (None: unknown), their sum over the known ones, and which are missing."""
-    per: dict[str, float | None] = {}
+    return per_request(spent_seconds(before, after), requests)
+
+
+def spent_seconds(before: dict[str, CpuSample], after: dict[str, CpuSample]) -> dict[str, float | None]:
+    """CPU seconds each process spent between two samples (None: unknown, or it restarted)."""
+    spent: dict[str, float | None] = {}
     for name, b in before.items():
         a = after.get(name, CpuSample(None))
-        ok = (b.seconds is not None and a.seconds is not None and b.start == a.start and a.seconds >= b.seconds
-              and requests > 0)
-        per[name] = (a.seconds - b.seconds) * 1000 / requests if ok else None
+        ok = b.seconds is not None and a.seconds is not None and b.start == a.start and a.seconds >= b.seconds
+        spent[name] = a.seconds - b.seconds if ok else None
+    return spent
+
+
+def per_request(spent: dict[str, float | None], requests: int) -> dict:
+    per = {name: s * 1000 / requests if s is not None and requests > 0 else None for name, s in spent.items()}
     known = [v for v in per.values() if v is not None]
     return {"per_server": per, "sum": sum(known) if known else None,
             "missing": [n for n, v in per.items() if v is None]}
 
 
 class Meter:
-    """Samples the server CPU probes and this process's own CPU around one phase."""
+    """Samples the server CPU probes and this process's own CPU around one phase. A phase may be
+    metered in slices (start/pause, start/pause, ...; stop): the slices add up."""
 
     def __init__(self, probe):
         self.probe = probe
+        self._reset()
+
+    def _reset(self) -> None:
+        self.spent: dict[str, float | None] = {}
+        self.client = 0.0
+        self.running = False
 
     def start(self) -> None:
         self.before, self.client_before = self.probe.sample(), time.process_time()
+        self.running = True
+
+    def pause(self) -> None:
+        if not self.running:
+            return
+        for name, s in spent_seconds(self.before, self.probe.sample()).items():
+            total = self.spent.get(name, 0.0)
+            self.spent[name] = None if s is None or total is None else total + s
+        self.client += time.process_time() - self.client_before
+        self.running = False
 
     def stop(self, requests: int) -> dict:
-        cpu = cpu_ms_per_request(self.before, self.probe.sample(), requests)
-        client = time.process_time() - self.client_before
-        cpu["client"] = client * 1000 / requests if requests else None
+        """CPU ms per request over every slice since the last stop."""
+        self.pause()
+        cpu = per_request(self.spent, requests)
+        cpu["client"] = self.client * 1000 / requests if requests else None
+        self._reset()
         return cpu

@@ -81,7 +81,8 @@ def report(result: dict) -> str:
              f"{'inline profiles' if cfg['profile_only'] else 'known student ids'}, deadline {cfg['deadline'] * 1000:.0f} ms")
     out = [f"Recommend ({shape}) at {cfg['target']}"]
     if result["closed"]:
-        out += ["", f"Closed loop, {cfg['duration']:g}s per level and system. OK = answers (degraded ones "
+        out += ["", f"Closed loop, {cfg['duration']:g}s per level and system, in {cfg.get('slices', 1)} alternating "
+                    "turns. OK = answers (degraded ones "
                     "included); echo = fan-out reference (2, 3, 1 health Checks, one subprocess).",
                 closed_table(result["closed"])]
     if result["open"]:

@@ -4,6 +4,7 @@ loop, then Shortlist, each phase metered for CPU; its result is the dict the rep
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import random
 import time
@@ -29,6 +30,7 @@ class BenchConfig:
     catalog: Path
     concurrency: list[int] = field(default_factory=lambda: [1, 32])
     duration: float = 10.0
+    slices: int = 5  # closed loop: the gateway and the echo take turns, this many each per concurrency
     rates: list[float] = field(default_factory=list)
     open_duration: float = 30.0
     deadline: float = 2.0
@@ -47,15 +49,38 @@ class BenchConfig:
 
 
 async def closed_level(target: str, requests: list, c: int, cfg: BenchConfig, meter: Meter) -> dict:
-    rng = random.Random(cfg.seed)
-    async with gateway_channel(target, cfg.tls) as channel:
-        send = recommend_sender(gateway_pb2_grpc.RecommendationGatewayStub(channel), cfg.deadline)
-        await warm_up(send, requests[0])
-        meter.start()
-        outcomes, elapsed = await closed_loop(send, lambda: rng.choice(requests), c, cfg.duration)
-    row = {"concurrency": c, **summarize_closed(outcomes, elapsed)}
-    row["cpu_ms_per_request"] = meter.stop(row["requests"])
-    return row
+    """One system's closed loop at concurrency `c` for `cfg.duration` seconds."""
+    return (await closed_levels({"system": (target, meter)}, requests, c, cfg))["system"]
+
+
+async def closed_levels(systems: dict[str, tuple[str, Meter]], requests: list, c: int, cfg: BenchConfig) -> dict:
+    """name -> its closed-loop row at concurrency `c`. The systems take turns, `cfg.slices` slices
+    each of `cfg.duration / cfg.slices` seconds, so that a machine whose speed drifts (shared,
+    noisy) drifts under all of them alike and their ratio stays fair."""
+    outcomes: dict[str, list] = {name: [] for name in systems}
+    elapsed = dict.fromkeys(systems, 0.0)
+    slices = max(cfg.slices, 1)
+    async with contextlib.AsyncExitStack() as stack:
+        senders = {}
+        for name, (target, _) in systems.items():
+            channel = await stack.enter_async_context(gateway_channel(target, cfg.tls))
+            senders[name] = recommend_sender(gateway_pb2_grpc.RecommendationGatewayStub(channel), cfg.deadline)
+            await warm_up(senders[name], requests[0])
+        rngs = {name: random.Random(cfg.seed) for name in systems}
+        for _ in range(slices):
+            for name, (_, meter) in systems.items():
+                meter.start()
+                more, spent = await closed_loop(senders[name], lambda rng=rngs[name]: rng.choice(requests), c,
+                                                cfg.duration / slices)
+                meter.pause()
+                outcomes[name] += more
+                elapsed[name] += spent
+    rows = {}
+    for name, (_, meter) in systems.items():
+        row = {"concurrency": c, **summarize_closed(outcomes[name], elapsed[name])}
+        row["cpu_ms_per_request"] = meter.stop(row["requests"])
+        rows[name] = row
+    return rows
 
 
 async def open_level(cfg: BenchConfig, requests: list, rate: float, meter: Meter) -> dict:
@@ -97,12 +122,11 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
     echo, echo_target = start_echo() if cfg.echo and cfg.concurrency else (None, None)
     try:
         echo_meter = Meter(ProcCpu({"echo": echo.pid})) if echo else None
+        systems = {"gateway": (cfg.target, real), **({"echo": (echo_target, echo_meter)} if echo else {})}
         for c in cfg.concurrency:
-            log(f"closed loop, concurrency {c}: gateway ...", flush=True)
-            row = {"concurrency": c, "gateway": asyncio.run(closed_level(cfg.target, requests, c, cfg, real))}
+            log(f"closed loop, concurrency {c}: {' and '.join(systems)}, {cfg.slices} turns each ...", flush=True)
+            row = {"concurrency": c, **asyncio.run(closed_levels(systems, requests, c, cfg))}
             if echo:
-                log(f"closed loop, concurrency {c}: echo fan-out ...", flush=True)
-                row["echo"] = asyncio.run(closed_level(echo_target, requests, c, cfg, echo_meter))
                 row.update(ratios(row["gateway"], row["echo"]))
             result["closed"].append(row)
     finally:

@@ -21,7 +21,7 @@ from gateway.bench.cpu import CpuSample, Meter, cpu_ms_per_request, parse_metric
 from gateway.bench.load import open_loop
 from gateway.bench.outcomes import Outcome, count_codes, percentiles_ms, summarize_closed, summarize_open
 from gateway.bench.report import json_safe, report
-from gateway.bench.run import BenchConfig, closed_level, open_level, run_bench
+from gateway.bench.run import BenchConfig, closed_level, closed_levels, open_level, run_bench
 from gateway.bench.workload import build_requests, shortlist_internships
 from pmis.v1 import gateway_pb2, gateway_pb2_grpc
 
@@ -206,6 +206,37 @@ def test_open_and_closed_loop_count_codes_against_a_fake_gateway():
             check_counts(fake, c["requests"] - c["degraded"], c["degraded"], codes.get("RESOURCE_EXHAUSTED", 0),
                          codes.get("DEADLINE_EXCEEDED", 0), codes.get("INVALID_ARGUMENT", 0))
             assert c["errors"] == sum(codes.values()) and c["requests"] > 10
+        finally:
+            await server.stop(None)
+
+    asyncio.run(main())
+
+
+class CountingProbe(StepProbe):
+    def __init__(self, name: str, log: list):
+        super().__init__()
+        self.name, self.log = name, log
+
+    def sample(self):
+        self.log.append(self.name)
+        return super().sample()
+
+
+def test_closed_levels_take_turns_and_meter_every_slice():
+    async def main():
+        server, fake, target = await start_fake()
+        try:
+            cfg = BenchConfig(target=target, catalog=None, duration=0.6, slices=3, deadline=0.2)
+            log = []
+            systems = {name: (target, Meter(CountingProbe(name, log))) for name in ("a", "b")}
+            rows = await closed_levels(systems, requests_pool(), 2, cfg)
+            # each slice samples its system's probe twice (start, pause); the systems alternate
+            assert log == ["a", "a", "b", "b"] * 3
+            for row in rows.values():
+                assert row["elapsed_s"] == pytest.approx(0.6, abs=0.15)
+                # three slices of 0.1 s each (StepProbe) add up
+                assert row["cpu_ms_per_request"]["per_server"]["gateway"] == pytest.approx(
+                    300 / row["requests"])
         finally:
             await server.stop(None)
 
