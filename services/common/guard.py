@@ -152,14 +152,22 @@ class ServerGuard(grpc.ServerInterceptor):
 
     def __init__(self, component: str, allowed_callers: frozenset = frozenset()):
         self.component, self.allowed_callers = component, frozenset(allowed_callers)
+        self._guarded: dict[str, tuple] = {}  # method -> (the handler, its guarded form)
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
         if handler is None:
             return None
+        # A method's guarded handler holds no per-call state: wrap each handler once, not per call.
+        method = handler_call_details.method
+        known = self._guarded.get(method)
+        if known is None or known[0] is not handler:
+            known = self._guarded[method] = (handler, self._wrap(handler, method))
+        return known[1]
+
+    def _wrap(self, handler, method: str):
         kind = _kind(handler)
-        guarded = _Guarded(self.component, handler_call_details.method, self.allowed_callers,
-                           _request_type(handler.request_deserializer))
+        guarded = _Guarded(self.component, method, self.allowed_callers, _request_type(handler.request_deserializer))
         inner = getattr(handler, kind)
         if kind == "unary_stream" and getattr(inner, "experimental_non_blocking", False):
             return _rewrap(handler, kind, guarded.non_blocking(inner))
