@@ -89,7 +89,7 @@ def test_bench_prints_its_tables_and_writes_every_number(home, served, tmp_path)
         assert heading in text, heading
     assert re.search(r"^1\s+gateway\s+[1-9]\d*\s+0\s", text, re.M), text  # answers, no errors
     assert re.search(r"^1\s+echo\s+[1-9]\d*\s+0\s", text, re.M), text
-    assert "closed loop, concurrency 1: gateway ..." in out.stderr  # progress goes to stderr
+    assert "closed loop, concurrency 1: gateway and echo" in out.stderr  # progress goes to stderr
 
     result = json.loads((tmp_path / "bench.json").read_text())
     (closed,) = result["closed"]
