@@ -3,7 +3,7 @@
 Interactions become confidences by event type (a view says less than an application). Two
 candidate models are fitted and the trainer keeps whichever wins on the validation window:
 - ALS from `implicit`: user and item factors; a student's fresh interactions are folded in with
-  implicit's own least-squares `recalculate_user` against the stored item factors.
+  implicit's own least-squares solve (`recalculate_user`'s kernel) against the stored item factors.
 - EASE (Steck 2019): a closed-form item-item model B = I - P / diag(P), P = (X'X + lambda I)^-1.
   Exact and strong on small catalogues; O(items^2) memory, so only tried below MAX_EASE_ITEMS.
 - item-kNN from `implicit` (BM25Recommender): each internship's K nearest by cosine over
@@ -26,6 +26,7 @@ import warnings
 import numpy as np
 import scipy.sparse as sp
 from implicit.als import AlternatingLeastSquares
+from implicit.cpu import _als as implicit_solver
 from implicit.nearest_neighbours import BM25Recommender
 from threadpoolctl import threadpool_limits
 
@@ -34,6 +35,7 @@ from models.bundle.writing import write_bundle
 
 COMPONENT = "collaborative"
 EVENT_WEIGHTS = {"view": 1.0, "save": 3.0, "apply": 5.0}
+MAX_CONFIDENCE = max(EVENT_WEIGHTS.values())
 MAX_EASE_ITEMS = 20_000
 ROW_KINDS = ("ease", "knn")  # scored from the student's interaction row, no factors
 
@@ -76,8 +78,25 @@ def interaction_matrix(u_idx, i_idx, events, n_users: int, n_items: int) -> sp.c
     m.sum_duplicates()
     # Repeated events on one pair add up; cap at the strongest single weight so one noisy
     # student clicking ten times does not dominate an item's factors.
-    m.data = np.minimum(m.data, max(EVENT_WEIGHTS.values())).astype(np.float32)
+    m.data = np.minimum(m.data, MAX_CONFIDENCE).astype(np.float32)
     return m
+
+
+def history(item_pos: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One student's interactions (catalogue positions and their event weights) as the columns
+    (ascending, int32) and capped confidences (float32) of their row: `interaction_matrix` for
+    one student."""
+    item_pos = np.asarray(item_pos, dtype=np.int64)
+    columns = np.unique(item_pos)
+    which = np.searchsorted(columns, item_pos)  # np.unique's own return_inverse costs more
+    confidences = np.minimum(np.bincount(which, weights=weights), MAX_CONFIDENCE)
+    return columns.astype(np.int32), confidences.astype(np.float32)
+
+
+def _plain(array: np.ndarray | None) -> np.ndarray | None:
+    """A plain ndarray over a bundle's memmap (the same pages, no copy): numpy's memmap subclass
+    adds bookkeeping to every product and slice taken from it, on every request."""
+    return None if array is None else np.asarray(array)
 
 
 class CollaborativeModel:
@@ -89,13 +108,13 @@ class CollaborativeModel:
         self.kind, self.params = kind, params
         self.user_ids, self.item_ids = user_ids, item_ids
         self.user_index = {u: i for i, u in enumerate(user_ids.tolist())}
-        self.popularity = popularity      # (n_items,) normalised weighted interaction counts
+        self.popularity = _plain(popularity)  # (n_items,) normalised weighted interaction counts
         self.user_items = user_items      # training confidences, for EASE scoring and exclusion
-        self.user_factors, self.item_factors, self.ease_b = user_factors, item_factors, ease_b
+        self.user_factors, self.item_factors, self.ease_b = _plain(user_factors), _plain(item_factors), _plain(ease_b)
         self.similarity = similarity      # item-kNN: (items, items), each row an item's neighbours
         # Epoch seconds per item (int64 max = none), so retrieval can leave out closed internships;
         # None in bundles written before it was stored.
-        self.item_deadline = item_deadline
+        self.item_deadline = _plain(item_deadline)
         self._als = None
         if kind == "als":
             # An implicit model around the stored item factors, used only for fold-in.
@@ -161,9 +180,11 @@ class CollaborativeModel:
     def history_row(self, item_pos: np.ndarray, events) -> sp.csr_matrix:
         """One student's interactions as a (1, n_items) confidence row: `interaction_matrix` for
         one student, built directly (a request's history is a few dozen events)."""
-        columns, which = np.unique(np.asarray(item_pos, dtype=np.int64), return_inverse=True)
-        data = np.minimum(np.bincount(which, weights=event_weights(events)), max(EVENT_WEIGHTS.values()))
-        return sp.csr_matrix((data.astype(np.float32), columns.astype(np.int32), np.array([0, len(columns)])),
+        return self.row_of(*history(item_pos, event_weights(events)))
+
+    def row_of(self, columns: np.ndarray, confidences: np.ndarray) -> sp.csr_matrix:
+        """A (1, n_items) row from one student's `history`."""
+        return sp.csr_matrix((confidences, columns, np.array([0, len(columns)], dtype=columns.dtype)),
                              shape=(1, len(self.item_ids)))
 
     def fold_in_rows(self, rows: sp.csr_matrix) -> np.ndarray | None:
@@ -172,7 +193,27 @@ class CollaborativeModel:
         if self.kind in ROW_KINDS:
             return None
         rows = sp.csr_matrix(rows, dtype=np.float32)
-        return np.asarray(self._als.recalculate_user(np.arange(rows.shape[0]), rows), dtype=np.float32)
+        return self._recalculate_users(rows.indptr, rows.indices, rows.data)
+
+    def fold_in_history(self, columns: np.ndarray, confidences: np.ndarray) -> np.ndarray | None:
+        """`fold_in_rows` for one student's `history`, without building their row."""
+        if self.kind in ROW_KINDS:
+            return None
+        return self._recalculate_users(np.array([0, len(columns)], dtype=columns.dtype), columns, confidences)
+
+    def _recalculate_users(self, indptr: np.ndarray, columns: np.ndarray, confidences: np.ndarray) -> np.ndarray:
+        """implicit's `recalculate_user` on the CSR arrays of the students' rows: the same
+        least-squares kernel with the same inputs (confidences scaled by alpha in float32), minus
+        the sparse-matrix copies and checks around it, which cost more than the solve for one
+        student. implicit is pinned (pyproject.toml); a test holds the two equal."""
+        als = self._als
+        confidences = np.asarray(confidences, dtype=np.float32)
+        if als.alpha != 1.0:
+            confidences = confidences * als.alpha
+        factors = np.zeros((len(indptr) - 1, als.factors), dtype=als.dtype)
+        implicit_solver._least_squares(als.YtY, indptr, columns, confidences.astype(np.float32), factors,
+                                       als.item_factors, als.regularization, num_threads=als.num_threads)
+        return factors
 
     def scores_of(self, rows: sp.csr_matrix, vectors: np.ndarray | None, item_pos: np.ndarray | None = None
                   ) -> np.ndarray:
@@ -185,8 +226,8 @@ class CollaborativeModel:
 
     def fold_in(self, item_pos: np.ndarray, events) -> np.ndarray:
         """Scores (n_items,) for one student from fresh interactions only (no retraining)."""
-        row = self.history_row(item_pos, events)
-        return self.scores_of(row, self.fold_in_rows(row))[0]
+        columns, confidences = history(item_pos, event_weights(events))
+        return self.scores_of(self.row_of(columns, confidences), self.fold_in_history(columns, confidences))[0]
 
     def popularity_scores(self, n: int = 1) -> np.ndarray:
         return np.broadcast_to(self.popularity, (n, len(self.popularity)))

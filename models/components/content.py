@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
@@ -26,6 +27,32 @@ from models.bundle.writing import write_bundle
 from models.components.features import Vocabulary
 
 COMPONENT = "content"
+
+
+class Embedding(NamedTuple):
+    """TF-IDF rows (float32, L2-normalised) as the arrays of a CSR matrix, without the matrix: what
+    `ContentModel.similarity` and `SkillExplainer.table` read, and what a server returns as the
+    student vector. Building a scipy matrix validates its arrays, which costs more than embedding
+    one profile."""
+    data: np.ndarray
+    indices: np.ndarray
+    indptr: np.ndarray
+    shape: tuple[int, int]
+
+    def matrix(self) -> sp.csr_matrix:
+        return sp.csr_matrix((self.data, self.indices, self.indptr), shape=self.shape)
+
+
+def _csr_arrays(rows: sp.spmatrix | Embedding) -> sp.csr_matrix | Embedding:
+    """`rows` as something with CSR arrays: an `Embedding` as it is, a scipy matrix as CSR."""
+    return rows.tocsr() if sp.issparse(rows) else rows
+
+
+def _dense_row(rows: sp.csr_matrix | Embedding, r: int = 0) -> np.ndarray:
+    """Row `r` of CSR rows as a dense vector; repeated terms add up, as in scipy's `toarray`."""
+    dense = np.zeros(rows.shape[1], dtype=rows.data.dtype)
+    np.add.at(dense, rows.indices[rows.indptr[r]:rows.indptr[r + 1]], rows.data[rows.indptr[r]:rows.indptr[r + 1]])
+    return dense
 
 
 @dataclass
@@ -59,31 +86,82 @@ class SkillExplainer:
     def __init__(self, model: "ContentModel", skills: Vocabulary, item_bits: np.ndarray):
         """`skills`: the feature space's skill vocabulary; `item_bits`: each internship's skills as
         its bitset row, in the model's internship order."""
-        self.skills, self.tokens, self.item_bits = skills, skills.tokens, item_bits
+        self.skills, self.tokens = skills, skills.tokens
+        self.names = self.tokens.astype(object)  # the tokens as Python strings, listed without conversion
         columns = model.skill_columns(self.tokens.tolist())
         known = np.flatnonzero(columns >= 0)
         self.columns = columns
+        self.known_tokens, self.known_columns = known, columns[known]  # the skills with a phrase token
         # (internships, skills): each internship's weight of each skill's phrase token.
         sub = model.item_matrix[:, columns[known]].tocsr()
         self.weights = sp.csr_matrix((sub.data, known[sub.indices], sub.indptr),
                                      shape=(model.item_matrix.shape[0], len(self.tokens)))
+        # Each internship's skills as CSR arrays, strongest first (equal weights in vocabulary
+        # order): a call gathers its internships' few skills instead of slicing matrices, and
+        # their missing skills come out already in order.
+        items, tokens, weights = self._skills_of_items(item_bits)
+        order = np.lexsort((tokens, -weights, items))
+        self.item_skills, self.item_weights = tokens[order], weights[order]
+        self.item_indptr = np.searchsorted(items[order], np.arange(len(item_bits) + 1)).astype(np.int64)
 
-    def table(self, profile_vector: sp.csr_matrix, skills, positions) -> SkillTable:
+    def table(self, profile_vector: sp.csr_matrix | Embedding, skills, positions) -> SkillTable:
         positions = np.asarray(positions, dtype=np.int64)
-        n_tokens = len(self.tokens)
-        have = self.skills.flags(self.skills.bitsets([[str(s).strip().lower() for s in skills]]))[0]
-        flags = self.skills.flags(self.item_bits[positions])
-        in_item = self.weights[positions].toarray().astype(np.float64)
-        query = np.zeros(n_tokens)
-        known = self.columns >= 0
-        query[known] = profile_vector.toarray()[0, self.columns[known]].astype(np.float64)
-        rows, cols = np.nonzero(flags & have)
-        w = in_item[rows, cols] * query[cols]
-        order = np.lexsort((-w, rows))  # stable: equal weights keep the vocabulary's order
-        lack_rows, lack_cols = np.nonzero(flags & ~have)
-        lack_order = np.lexsort((-in_item[lack_rows, lack_cols], lack_rows))
-        return SkillTable(np.bincount(rows, minlength=len(positions)), self.tokens[cols[order]], w[order],
-                          np.bincount(lack_rows, minlength=len(positions)), self.tokens[lack_cols[lack_order]])
+        at, lengths = _rows_entries(self.item_indptr, positions)  # each internship's skills, strongest first
+        rows, skill = np.repeat(np.arange(len(positions)), lengths), self.item_skills[at]
+        matched = self.flags_of(skills)[skill]
+        rows_m, skill_m = rows[matched], skill[matched]
+        w = self.item_weights[at][matched] * self.profile_weights(profile_vector)[skill_m]
+        order = np.lexsort((skill_m, -w, rows_m))  # by internship, strongest first, ties in vocabulary order
+        missing = ~matched
+        return SkillTable(np.bincount(rows_m, minlength=len(positions)), self.names[skill_m[order]], w[order],
+                          np.bincount(rows[missing], minlength=len(positions)), self.names[skill[missing]])
+
+    def profile_weights(self, profile_vector: sp.csr_matrix | Embedding) -> np.ndarray:
+        """(tokens,) the profile's weight of each skill's phrase token (0 where it has none)."""
+        weights = np.zeros(len(self.tokens))
+        weights[self.known_tokens] = _dense_row(_csr_arrays(profile_vector))[self.known_columns]
+        return weights
+
+    def _skills_of_items(self, item_bits: np.ndarray, chunk: int = 4096) -> tuple[np.ndarray, ...]:
+        """(internship, skill, weight) of every internship's every skill, row-major; a chunk of
+        internships at a time, so a large catalogue never exists as one dense table."""
+        parts = [(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0))]
+        for start in range(0, len(item_bits), chunk):
+            items, tokens = np.nonzero(self.skills.flags(item_bits[start:start + chunk]))
+            weights = self.weights[start:start + chunk].toarray()[items, tokens].astype(np.float64)
+            parts.append((items + start, tokens, weights))
+        return tuple(np.concatenate(column) for column in zip(*parts))
+
+    def flags_of(self, skills) -> np.ndarray:
+        """(tokens,) booleans: the vocabulary's skills among `skills` (normalised like it)."""
+        found = (self.skills.index.get(str(s).strip().lower()) for s in skills)
+        flags = np.zeros(len(self.tokens), dtype=bool)
+        flags[[i for i in found if i is not None]] = True
+        return flags
+
+
+def _rows_entries(indptr: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where the entries of some rows of a CSR matrix are in its arrays, concatenated in the order
+    of `rows`; and how many each row has."""
+    starts, lengths = indptr[rows], indptr[rows + 1] - indptr[rows]
+    at = np.arange(lengths.sum()) + np.repeat(starts - np.cumsum(lengths) + lengths, lengths)
+    return at, lengths
+
+
+def _analyser(vectorizer: TfidfVectorizer):
+    """The fitted vectoriser's analyser. For the word uni- and bigrams `ContentModel.fit` asks for
+    (no stop words), its own preprocessor and tokenizer with the bigrams joined in one pass, as
+    scikit-learn's n-gram loop cost more than the rest of a profile's embedding; any other
+    configuration gets scikit-learn's. Equal to `build_analyzer()` (tested)."""
+    v = vectorizer
+    if v.analyzer != "word" or v.input != "content" or tuple(v.ngram_range) != (1, 2) or v.get_stop_words():
+        return v.build_analyzer()
+    preprocess, tokenize = v.build_preprocessor(), v.build_tokenizer()
+
+    def analyse(text: str) -> list[str]:
+        words = tokenize(preprocess(text))
+        return words + list(map(" ".join, zip(words, words[1:])))
+    return analyse
 
 
 def _skill_tokens(skills) -> str:
@@ -92,17 +170,19 @@ def _skill_tokens(skills) -> str:
 
 def internship_text(title, description, sector, skills) -> str:
     skills = list(skills) if skills is not None else []
+    tokens = _skill_tokens(skills)
     return " ".join([
         str(title or ""), str(description or ""), f"sector {sector or ''}",
-        " ".join(map(str, skills)), _skill_tokens(skills), _skill_tokens(skills),
+        " ".join(map(str, skills)), tokens, tokens,
     ])
 
 
 def profile_text(skills, field=None, preferred_sectors=None) -> str:
     skills = list(skills) if skills is not None else []
     sectors = list(preferred_sectors) if preferred_sectors is not None else []
+    tokens = _skill_tokens(skills)
     return " ".join([
-        " ".join(map(str, skills)), _skill_tokens(skills), _skill_tokens(skills),
+        " ".join(map(str, skills)), tokens, tokens,
         str(field or ""),
         " ".join(f"sector {s}" for s in sectors),
     ])
@@ -133,18 +213,23 @@ class ContentModel:
         """TF-IDF rows (float32, L2-normalised) of `texts`: the fitted vectoriser's own analyser,
         vocabulary and idf, applied without its per-call input validation, which cost more than
         the arithmetic for one profile. Equal to `vectorizer.transform` (tested)."""
+        return self.embed_rows(texts).matrix()
+
+    def embed_rows(self, texts: list[str]) -> Embedding:
+        """`embed`, as bare CSR arrays (what a server needs for one profile)."""
         if self._embedding is None:
             v = self.vectorizer
             if not (v.sublinear_tf and v.use_idf and v.norm == "l2" and not v.binary):
                 raise ValueError("the content model embeds with sublinear tf, idf and l2 norm only")
-            self._embedding = (v.build_analyzer(), v.vocabulary_, np.asarray(v.idf_, dtype=np.float32))
+            self._embedding = (_analyser(v), v.vocabulary_, np.asarray(v.idf_, dtype=np.float32))
         analyse, vocabulary, idf = self._embedding
         indptr, indices, counts = [0], [], []
         for text in texts:
-            row = Counter(c for c in map(vocabulary.get, analyse(text)) if c is not None)
+            row = Counter(map(vocabulary.get, analyse(text)))
+            row.pop(None, None)  # terms outside the vocabulary
             columns = sorted(row)
             indices.extend(columns)
-            counts.extend(row[c] for c in columns)
+            counts.extend(map(row.__getitem__, columns))
             indptr.append(len(indices))
         columns = np.asarray(indices, dtype=np.int32)
         data = np.log(np.asarray(counts, dtype=np.float32)) + np.float32(1.0)
@@ -152,14 +237,13 @@ class ContentModel:
         rows = np.repeat(np.arange(len(texts)), np.diff(indptr))
         norms = np.sqrt(np.bincount(rows, weights=data * data, minlength=len(texts)))
         data /= norms[rows].astype(np.float32)
-        return sp.csr_matrix((data, columns, np.asarray(indptr, dtype=np.int32)),
-                             shape=(len(texts), len(vocabulary)))
+        return Embedding(data, columns, np.asarray(indptr, dtype=np.int32), (len(texts), len(vocabulary)))
 
     def score(self, profile_texts: list[str], item_pos: np.ndarray | None = None) -> np.ndarray:
         """Cosine similarity (n_profiles, n_items) — or (n_profiles, len(item_pos)) for given items."""
         return self.similarity(self.embed(profile_texts), item_pos)
 
-    def similarity(self, q: sp.csr_matrix, item_pos: np.ndarray | None = None) -> np.ndarray:
+    def similarity(self, q: sp.csr_matrix | Embedding, item_pos: np.ndarray | None = None) -> np.ndarray:
         """`score` for profiles already embedded (a server embeds once, then scores and explains).
 
         Through an inverted index: a profile's few terms pick their postings (the internships that
@@ -167,7 +251,7 @@ class ContentModel:
         this arithmetic. One code path for every caller, so retrieval, scoring of given items and
         the evaluation agree to the bit.
         """
-        q = q.tocsr()
+        q = _csr_arrays(q)
         few = item_pos is not None and len(item_pos) * 20 < self.item_matrix.shape[0]
         if few and self.item_matrix.has_sorted_indices:  # a few items of a large catalogue: their rows
             return self._similarity_of_rows(q, np.asarray(item_pos, dtype=np.int64))
@@ -177,21 +261,19 @@ class ContentModel:
         out = np.empty((q.shape[0], n_items), dtype=np.float32)
         for r in range(q.shape[0]):
             terms = q.indices[q.indptr[r]:q.indptr[r + 1]]
-            starts, lengths = post.indptr[terms], np.diff(post.indptr)[terms]
-            at = np.arange(lengths.sum()) + np.repeat(starts - np.cumsum(lengths) + lengths, lengths)
-            weights = np.repeat(q.data[q.indptr[r]:q.indptr[r + 1]].astype(np.float64), lengths) * post.data[at]
-            out[r] = np.bincount(post.indices[at], weights=weights, minlength=n_items)
+            weights = q.data[q.indptr[r]:q.indptr[r + 1]].astype(np.float64)
+            at, lengths = _rows_entries(post.indptr, terms)
+            contributions = np.repeat(weights, lengths) * post.data[at]
+            out[r] = np.bincount(post.indices[at], weights=contributions, minlength=n_items)
         return out if item_pos is None else out[:, np.asarray(item_pos, dtype=np.int64)]
 
-    def _similarity_of_rows(self, q: sp.csr_matrix, item_pos: np.ndarray) -> np.ndarray:
+    def _similarity_of_rows(self, q: sp.csr_matrix | Embedding, item_pos: np.ndarray) -> np.ndarray:
         """`similarity` for a few given internships: their own rows, not the whole catalogue's
         postings. Each internship's terms are added in ascending term order, as through the
         postings, so the two agree to the bit."""
         m = self.item_matrix
-        starts, lengths = m.indptr[item_pos], m.indptr[item_pos + 1] - m.indptr[item_pos]
-        at = np.arange(lengths.sum()) + np.repeat(starts - np.cumsum(lengths) + lengths, lengths)
-        columns, values = m.indices[at], m.data[at]
-        rows = np.repeat(np.arange(len(item_pos)), lengths)
+        at, lengths = _rows_entries(m.indptr, item_pos)
+        rows, columns, values = np.repeat(np.arange(len(item_pos)), lengths), m.indices[at], m.data[at]
         out = np.zeros((q.shape[0], len(item_pos)), dtype=np.float32)
         for r in range(q.shape[0]):
             terms, weights = q.indices[q.indptr[r]:q.indptr[r + 1]], q.data[q.indptr[r]:q.indptr[r + 1]]

@@ -4,21 +4,27 @@ scores; closed and excluded internships."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
 
-from models.components.collaborative import CollaborativeModel
+from models.components.collaborative import CollaborativeModel, EVENT_WEIGHTS, history, ROW_KINDS
 from pmis.v1 import common_pb2
 from services.common import items
 from services.common.items import ItemIndex
 from services.common.profiles import EVENT_NAMES
 
 
+# Each event type's confidence (EVENT_WEIGHTS), indexed by its proto enum value: a request's
+# events become confidences in one array lookup.
+EVENT_CONFIDENCE = np.zeros(max(EVENT_NAMES) + 1, dtype=np.float32)
+EVENT_CONFIDENCE[list(EVENT_NAMES)] = [EVENT_WEIGHTS[name] for name in EVENT_NAMES.values()]
+
+
 @dataclass
 class Student:
-    """One student as the model scores them: an interaction row (EASE) and factors (ALS)."""
+    """One student as the model scores them: an interaction row (EASE, item-kNN) or factors (ALS)."""
     row: sp.csr_matrix | None
     vector: np.ndarray | None
     basis: str  # "fold_in", "history" or "popularity"
@@ -29,6 +35,11 @@ class CollaborativeRuntime:
     model: CollaborativeModel
     index: ItemIndex
     content_hash: str = ""
+    # The internship ids as Python strings: a response lists them without converting each one.
+    id_names: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self):
+        self.id_names = self.index.ids.astype(object)
 
     @classmethod
     def from_bundle(cls, bundle) -> "CollaborativeRuntime":
@@ -42,21 +53,27 @@ class CollaborativeRuntime:
         m = self.model
         if given.content_hash == self.content_hash and given.values and m.kind == "als":
             return Student(None, np.asarray(given.values, dtype=np.float32)[None, :], "fold_in")
+        from_rows = m.kind in ROW_KINDS  # only these score from the interaction row
         if interactions:
-            positions, events = [], []
-            for it in interactions:
-                p = self.index.position.get(it.internship_id)
-                if p is not None:
-                    positions.append(p)
-                    events.append(EVENT_NAMES[it.event])
-            if positions:
-                row = m.history_row(np.asarray(positions), events)
-                return Student(row, m.fold_in_rows(row), "fold_in")
+            positions, weights = self.known_interactions(interactions)
+            if len(positions):
+                columns, confidences = history(positions, weights)
+                row = m.row_of(columns, confidences) if from_rows else None
+                return Student(row, m.fold_in_history(columns, confidences), "fold_in")
         r = m.user_index.get(student_id) if student_id else None
-        if r is not None and m.user_items[r].nnz > 0:
+        if r is not None and m.user_items.indptr[r + 1] > m.user_items.indptr[r]:  # has interactions
             vector = None if m.user_factors is None else m.user_factors[r][None, :]
-            return Student(m.user_items[r], vector, "history")
+            return Student(m.user_items[r] if from_rows else None, vector, "history")
         return Student(None, None, "popularity")
+
+    def known_interactions(self, interactions) -> tuple[np.ndarray, np.ndarray]:
+        """Catalogue positions and event weights of the interactions with internships this bundle
+        knows (those posted after training are left out)."""
+        position = self.index.position
+        pairs = np.array([(position.get(it.internship_id, -1), it.event) for it in interactions],
+                         dtype=np.int64).reshape(-1, 2)
+        known = pairs[pairs[:, 0] >= 0]
+        return known[:, 0], EVENT_CONFIDENCE[known[:, 1]]
 
     def scores(self, s: Student, positions: np.ndarray | None = None) -> np.ndarray:
         if s.basis == "popularity":

@@ -4,12 +4,11 @@ internships."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
-import scipy.sparse as sp
 
-from models.components.content import ContentModel, SkillExplainer, profile_text
+from models.components.content import ContentModel, Embedding, SkillExplainer, profile_text
 from models.components.features import FeatureSpace
 from pmis.v1 import common_pb2
 from services.common import items
@@ -24,6 +23,11 @@ class ContentRuntime:
     index: ItemIndex
     skills: SkillExplainer
     content_hash: str = ""
+    # The internship ids as Python strings: a response lists them without converting each one.
+    id_names: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self):
+        self.id_names = self.index.ids.astype(object)
 
     @classmethod
     def from_bundle(cls, bundle) -> "ContentRuntime":
@@ -33,11 +37,11 @@ class ContentRuntime:
         runtime.model.score(["warm up"])  # first call pays the vectoriser's lazy set-up, not a client
         return runtime
 
-    def vector(self, profile, given: common_pb2.StudentVector, v: Violations) -> sp.csr_matrix:
+    def vector(self, profile, given: common_pb2.StudentVector, v: Violations) -> Embedding:
         """The profile's TF-IDF vector: the one a previous Retrieve of this bundle returned, or a
         new embedding."""
         if given.content_hash != self.content_hash or not given.values:
-            return self.model.embed([text_of(profile)])
+            return self.model.embed_rows([text_of(profile)])
         width = self.model.item_matrix.shape[1]
         indices = np.asarray(given.indices, dtype=np.int32)
         values = np.asarray(given.values, dtype=np.float32)
@@ -45,9 +49,9 @@ class ContentRuntime:
                 or not np.isfinite(values).all():
             v.add("student_vector", "indices and values must pair up, within the vocabulary, finite")
             v.raise_if_any()
-        return sp.csr_matrix((values, indices, np.array([0, len(values)])), shape=(1, width))
+        return Embedding(values, indices, np.array([0, len(values)]), (1, width))
 
-    def vector_message(self, vector: sp.csr_matrix) -> common_pb2.StudentVector:
+    def vector_message(self, vector: Embedding) -> common_pb2.StudentVector:
         return common_pb2.StudentVector(content_hash=self.content_hash, indices=vector.indices.tolist(),
                                         values=vector.data.tolist())
 

@@ -9,7 +9,8 @@ import pytest
 from implicit.als import AlternatingLeastSquares
 
 from models.bundle.reading import load_bundle
-from models.components.collaborative import EVENT_WEIGHTS, CollaborativeModel, interaction_matrix
+from models.components.collaborative import (EVENT_WEIGHTS, CollaborativeModel, event_weights, history,
+                                             interaction_matrix)
 from tests.support.bundles import no_signing_key  # noqa: F401 - autouse fixture
 from tests.support.components import one_thread  # noqa: F401 - autouse fixture
 
@@ -191,3 +192,31 @@ def test_history_row_equals_the_interaction_matrix():
     expected = interaction_matrix(np.zeros(len(pos), int), pos, events, 1, 50)
     got = Items().history_row(pos, events)
     assert got.dtype == expected.dtype and (got != expected).nnz == 0
+
+
+@pytest.mark.parametrize("alpha", [1.0, 2.0, 0.37])
+def test_fold_in_solves_exactly_as_implicit_recalculate_user(interactions, alpha):
+    """The fold-in calls implicit's least-squares kernel on the rows' arrays directly; the factors
+    must be recalculate_user's, to the bit, whatever alpha does to the confidences."""
+    m, user_ids, item_ids = interactions
+    model = CollaborativeModel.fit("als", {**ALS_PARAMS, "alpha": alpha}, m, user_ids, item_ids)
+    rows = m[:7]
+    expected = model._als.recalculate_user(np.arange(7), rows)
+    np.testing.assert_array_equal(model.fold_in_rows(rows), expected)
+    np.testing.assert_array_equal(model.fold_in_rows(rows.astype(np.float64)), expected)
+
+
+def test_fold_in_of_a_history_equals_fold_in_of_its_row(interactions):
+    m, user_ids, item_ids = interactions
+    pos = np.array([3, 7, 3, 3, 9, 49, 0])
+    events = ["view", "apply", "save", "apply", "view", "save", "view"]
+    columns, confidences = history(pos, event_weights(events))
+    row = interaction_matrix(np.zeros(len(pos), int), pos, events, 1, len(item_ids))
+    for kind, params in (("als", ALS_PARAMS), ("ease", {"lambda": 10.0}), ("knn", KNN_PARAMS)):
+        model = CollaborativeModel.fit(kind, params, m, user_ids, item_ids)
+        assert (model.row_of(columns, confidences) != row).nnz == 0
+        folded, expected = model.fold_in_history(columns, confidences), model.fold_in_rows(row)
+        assert (folded is None) == (expected is None) == (kind != "als")
+        if folded is not None:
+            np.testing.assert_array_equal(folded, expected)
+        np.testing.assert_array_equal(model.fold_in(pos, events), model.scores_of(row, expected)[0])

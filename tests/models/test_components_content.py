@@ -5,9 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.feature_extraction.text import TfidfVectorizer
 
 from models.bundle.reading import load_bundle
-from models.components.content import ContentModel, SkillExplainer, internship_text, profile_text
+from models.components.content import (ContentModel, Embedding, SkillExplainer, _analyser, internship_text,
+                                       profile_text)
 from models.components.features import Vocabulary
 from tests.support.bundles import no_signing_key  # noqa: F401 - autouse fixture
 from tests.support.components import one_thread  # noqa: F401 - autouse fixture
@@ -118,3 +120,34 @@ def test_content_embedding_and_cosine_equal_the_library(content_model):
                                   content_model.similarity(ours)[:, [3, 0]])
     np.testing.assert_array_equal(content_model._similarity_of_rows(ours, np.array([3, 0, 2])),
                                   content_model.similarity(ours)[:, [3, 0, 2]])
+
+
+def test_content_analyser_equals_the_library(content_model):
+    analyse = _analyser(content_model.vectorizer)
+    library = content_model.vectorizer.build_analyzer()
+    for text in ["", "one", "Two WORDS", "skill_machine_learning skill_sql, Data-Analysis!  ünïcode café x y",
+                 profile_text(["Python", "sql"], "Computer Applications", ["Information Technology"]), "a b c"]:
+        assert analyse(text) == library(text)
+    # any configuration the shortcut does not cover falls back to scikit-learn's own analyser
+    for other in (TfidfVectorizer(ngram_range=(1, 3)), TfidfVectorizer(ngram_range=(1, 2), stop_words=["bb"])):
+        other.fit(["aa bb cc dd"])
+        assert _analyser(other)("aa bb cc dd") == other.build_analyzer()("aa bb cc dd")
+
+
+def test_content_embedding_arrays_equal_the_matrix(content_model):
+    """What a server passes around (`Embedding`) scores and explains as the scipy matrix does."""
+    student = ["python", "sql", "welding"]
+    rows = content_model.embed_rows([profile_text(student)])
+    matrix = content_model.embed([profile_text(student)])
+    assert isinstance(rows, Embedding) and (rows.matrix() != matrix).nnz == 0
+    np.testing.assert_array_equal(content_model.similarity(rows), content_model.similarity(matrix))
+    np.testing.assert_array_equal(content_model.similarity(rows, np.array([2, 0])),
+                                  content_model.similarity(matrix, np.array([2, 0])))
+    np.testing.assert_array_equal(content_model._similarity_of_rows(rows, np.array([1, 0])),
+                                  content_model._similarity_of_rows(matrix, np.array([1, 0])))
+    explainer = _explainer(content_model)
+    assert explainer.table(rows, student, [0, 1, 0]).rows() == explainer.table(matrix, student, [0, 1, 0]).rows()
+    # a vector passed back with repeated terms weighs them together, as scipy's toarray does
+    twice = Embedding(np.repeat(rows.data, 2), np.repeat(rows.indices, 2), np.array([0, 2 * len(rows.data)]),
+                      rows.shape)
+    np.testing.assert_array_equal(explainer.profile_weights(twice), explainer.profile_weights(twice.matrix()))

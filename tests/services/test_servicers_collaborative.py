@@ -100,3 +100,11 @@ def test_collaborative_score_history_matches_retrieve(loaded, known_student, cat
 ])
 def test_collaborative_invalid_arguments(loaded, method, request_, fields):
     assert bad_fields(loaded["collaborative"], method, request_) == fields
+
+
+def test_event_confidence_is_the_event_weights():
+    from models.components.collaborative import event_weights
+    from services.collaborative.runtime import EVENT_CONFIDENCE
+    from services.common.profiles import EVENT_NAMES
+
+    np.testing.assert_array_equal(EVENT_CONFIDENCE[list(EVENT_NAMES)], event_weights(list(EVENT_NAMES.values())))
