@@ -9,6 +9,7 @@ few vectorised AND + popcount operations. Protected attributes never enter these
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from functools import cached_property
 
 import numpy as np
 
@@ -24,6 +25,10 @@ PAIR_FEATURES = [
     "preferred_sector", "preferred_district", "log_stipend", "remote", "duration_months",
     "log_slots", "competition", "cgpa", "college_tier", "education_level",
 ]
+# The pair features that depend on the internship alone (ItemTable.own_features), a run of columns.
+ITEM_FEATURES = ["log_stipend", "remote", "duration_months", "log_slots", "competition"]
+_ITEM_COLUMNS = slice(PAIR_FEATURES.index(ITEM_FEATURES[0]), PAIR_FEATURES.index(ITEM_FEATURES[-1]) + 1)
+assert PAIR_FEATURES[_ITEM_COLUMNS] == ITEM_FEATURES
 
 
 class Vocabulary:
@@ -38,19 +43,18 @@ class Vocabulary:
 
     def bitsets(self, lists) -> np.ndarray:
         """Encode a sequence of token lists as an (n, words) uint64 bitset matrix."""
-        n, words = len(lists), max(1, (len(self.tokens) + 63) // 64)
-        rows, cols = [], []
-        for r, tokens in enumerate(lists):
+        words = max(1, (len(self.tokens) + 63) // 64)
+        # Each token is a dict lookup in Python anyway; setting its bit in a Python int there
+        # costs less than collecting (row, column) pairs for a numpy scatter afterwards.
+        flat: list[int] = []
+        for tokens in lists:
+            row = [0] * words
             for t in tokens:
                 c = self.index.get(str(t).lower())
                 if c is not None:
-                    rows.append(r)
-                    cols.append(c)
-        out = np.zeros((n, words), dtype=np.uint64)
-        if rows:
-            rows_a, cols_a = np.asarray(rows), np.asarray(cols)
-            np.bitwise_or.at(out, (rows_a, cols_a // 64), np.left_shift(np.uint64(1), (cols_a % 64).astype(np.uint64)))
-        return out
+                    row[c >> 6] |= 1 << (c & 63)
+            flat += row
+        return np.array(flat, dtype=np.uint64).reshape(len(lists), words)
 
     def decode(self, bits: np.ndarray) -> list[str]:
         """Tokens whose bits are set in one bitset row."""
@@ -98,6 +102,25 @@ try:  # pandas' NA must count as missing when columns come from a DataFrame
     from pandas import NA as _NA
 except ImportError:  # pragma: no cover
     _NA = object()
+
+
+@dataclass(frozen=True)
+class BitLocations:
+    """Where each of a table's vocabulary indexes sits in a bitset row: its word, and its bit as a
+    mask. An unknown index (-1) gets mask 0: never set."""
+    word: np.ndarray
+    mask: np.ndarray
+
+    @classmethod
+    def of(cls, codes: np.ndarray) -> "BitLocations":
+        codes = np.asarray(codes, dtype=np.int64)
+        known = codes >= 0
+        bit = np.left_shift(np.uint64(1), (np.where(known, codes, 0) % 64).astype(np.uint64))
+        return cls(np.where(known, codes // 64, 0), np.where(known, bit, np.uint64(0)))
+
+    def is_set(self, bitsets: np.ndarray, rows: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """bitsets[rows] has the bit of entries `positions` set; vectorised over pairs."""
+        return (bitsets[rows, self.word[positions]] & self.mask[positions]) != 0
 
 
 @dataclass
@@ -199,47 +222,79 @@ class ItemTable:
     def __len__(self) -> int:
         return len(self.ids)
 
+    # Per-internship parts of the pair features, computed once per table instead of once per pair
+    # (a new table, e.g. from `dataclasses.replace`, computes its own).
 
-def _bit_is_set(bitsets: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """bitsets[rows] has bit cols set (cols < 0 -> False); vectorised over pairs."""
-    ok = cols >= 0
-    c = np.where(ok, cols, 0).astype(np.int64)
-    words = bitsets[rows, c // 64]
-    return ok & ((words >> (c % 64).astype(np.uint64)) & np.uint64(1)).astype(bool)
+    def warm(self) -> "ItemTable":
+        """Compute the cached columns now (a server: at load, not on a client's call)."""
+        for cached in ("skill_counts", "sector_bits", "district_bits", "own_features"):
+            getattr(self, cached)
+        return self
+
+    @cached_property
+    def skill_counts(self) -> np.ndarray:
+        """Skills each internship asks for, float32."""
+        return popcount(self.skills)
+
+    @cached_property
+    def sector_bits(self) -> BitLocations:
+        return BitLocations.of(self.sector)
+
+    @cached_property
+    def district_bits(self) -> BitLocations:
+        return BitLocations.of(self.district_code)
+
+    @cached_property
+    def own_features(self) -> np.ndarray:
+        """(n, len(ITEM_FEATURES)) float32: the pair features that depend on the internship alone."""
+        slots = self.slots
+        cols = [
+            np.log(np.maximum(self.stipend, 1.0)),
+            self.remote,
+            self.duration_months,
+            np.log(np.maximum(slots, 1.0)),
+            np.log1p(self.applicants / np.maximum(np.nan_to_num(slots, nan=1.0), 1.0)),
+        ]
+        return np.column_stack([np.asarray(c, dtype=np.float32) for c in cols])
+
+
+_COLUMN = {name: j for j, name in enumerate(PAIR_FEATURES)}
 
 
 def pair_features(students: StudentTable, s_pos: np.ndarray, items: ItemTable, i_pos: np.ndarray) -> np.ndarray:
     """Feature matrix (n_pairs, len(PAIR_FEATURES)) float32 for pairs (students[s_pos], items[i_pos])."""
     s_pos = np.asarray(s_pos, dtype=np.int64)
     i_pos = np.asarray(i_pos, dtype=np.int64)
-    s_sk, i_sk = students.skills[s_pos], items.skills[i_pos]
-    required = popcount(i_sk)
-    matched = popcount(s_sk & i_sk)
-    s_dist, i_dist = students.district[s_pos], items.district[i_pos]
-    s_state, i_state = students.state[s_pos], items.state[i_pos]
+    if len(students) == 1:
+        # One student (every serving call): its row broadcasts against the items' columns
+        # instead of being copied once per pair.
+        s_pos = s_pos[:1]
+    out = np.empty((len(i_pos), len(PAIR_FEATURES)), dtype=np.float32)
+
+    def put(name: str, values) -> None:
+        out[:, _COLUMN[name]] = values
+
+    required = items.skill_counts[i_pos]
+    matched = popcount(students.skills[s_pos] & items.skills[i_pos])
+    put("skill_overlap", matched / np.maximum(required, 1.0))
+    put("skills_matched", matched)
+    put("skills_missing", required - matched)
+
+    s_district, s_state = students.district[s_pos], students.state[s_pos]
     km = haversine_km(students.latitude[s_pos], students.longitude[s_pos],
                       items.latitude[i_pos], items.longitude[i_pos])
     remote = items.remote[i_pos]
-    dclass = distance_class((s_dist == i_dist) & (s_dist != ""), (s_state == i_state) & (s_state != ""), km, remote)
-    slots = items.slots[i_pos]
-    cols = [
-        matched / np.maximum(required, 1.0),
-        matched,
-        required - matched,
-        dclass,
-        np.where(remote, 0.0, np.log1p(km)),
-        _bit_is_set(students.preferred_sectors, s_pos, items.sector[i_pos]),
-        _bit_is_set(students.preferred_districts, s_pos, items.district_code[i_pos]),
-        np.log(np.maximum(items.stipend[i_pos], 1.0)),
-        remote,
-        items.duration_months[i_pos],
-        np.log(np.maximum(slots, 1.0)),
-        np.log1p(items.applicants[i_pos] / np.maximum(np.nan_to_num(slots, nan=1.0), 1.0)),
-        students.cgpa[s_pos],
-        students.college_tier[s_pos],
-        students.education_level[s_pos],
-    ]
-    return np.column_stack([np.asarray(c, dtype=np.float32) for c in cols])
+    put("distance_class", distance_class((s_district == items.district[i_pos]) & (s_district != ""),
+                                         (s_state == items.state[i_pos]) & (s_state != ""), km, remote))
+    put("log_distance_km", np.where(remote, 0.0, np.log1p(km)))
+    put("preferred_sector", items.sector_bits.is_set(students.preferred_sectors, s_pos, i_pos))
+    put("preferred_district", items.district_bits.is_set(students.preferred_districts, s_pos, i_pos))
+
+    out[:, _ITEM_COLUMNS] = items.own_features[i_pos]
+    put("cgpa", students.cgpa[s_pos])
+    put("college_tier", students.college_tier[s_pos])
+    put("education_level", students.education_level[s_pos])
+    return out
 
 
 def matched_missing(students: StudentTable, s: int, items: ItemTable, i: int, vocab: Vocabulary):

@@ -44,6 +44,7 @@ N_DISTANCE_CLASSES = 5
 # The pair feature each column of `design_matrix` comes from (the distance class: its one-hot).
 DESIGN_FEATURE = np.array([j for j in range(len(FEATURES)) if j != DISTANCE_COLUMN]
                           + [DISTANCE_COLUMN] * N_DISTANCE_CLASSES)
+_DISTANCE_CLASSES = np.arange(N_DISTANCE_CLASSES, dtype=np.float32)
 
 
 def design_matrix(x: np.ndarray) -> np.ndarray:
@@ -53,9 +54,12 @@ def design_matrix(x: np.ndarray) -> np.ndarray:
     dominated serving latency for a few hundred candidates.
     """
     x = np.asarray(x, dtype=np.float32)
-    code = x[:, DISTANCE_COLUMN]
-    onehot = (code[:, None] == np.arange(N_DISTANCE_CLASSES, dtype=np.float32)[None, :]).astype(np.float32)
-    return np.hstack([np.delete(x, DISTANCE_COLUMN, axis=1), onehot])
+    out = np.empty((len(x), len(DESIGN_FEATURE)), dtype=np.float32)
+    others = len(FEATURES) - 1  # the other features' columns come first, in order
+    out[:, :DISTANCE_COLUMN] = x[:, :DISTANCE_COLUMN]
+    out[:, DISTANCE_COLUMN:others] = x[:, DISTANCE_COLUMN + 1:]
+    np.equal(x[:, DISTANCE_COLUMN, None], _DISTANCE_CLASSES, out=out[:, others:])  # NaN: no class
+    return out
 
 
 def _pipeline(clf) -> Pipeline:
@@ -147,8 +151,10 @@ class LinearLogit:
         reference pair's value. The log-odds are linear in the design columns, so that is each
         feature's columns' weighted difference to the reference, exactly."""
         terms = -self.a * (self._filled(design) - self._filled(reference)) * self.weights
-        out = np.zeros((len(terms), len(FEATURES)))
-        np.add.at(out.T, DESIGN_FEATURE, terms.T)
+        out = np.empty((len(terms), len(FEATURES)))
+        # Every feature but the distance class has one design column; the class, its one-hot (last).
+        out[:, DESIGN_FEATURE[:-N_DISTANCE_CLASSES]] = terms[:, :-N_DISTANCE_CLASSES]
+        out[:, DISTANCE_COLUMN] = terms[:, -N_DISTANCE_CLASSES:].sum(axis=1)
         return out
 
     def _filled(self, design: np.ndarray) -> np.ndarray:
@@ -168,6 +174,7 @@ class SuccessModel:
         self.serves_base_rate = bool(serves_base_rate)
         # A logistic regression is served as its arithmetic; other algorithms through the library.
         self.linear = LinearLogit.of(calibrated)
+        self._reference_design = design_matrix(self.reference[None, :])
 
     @classmethod
     def fit(cls, x: np.ndarray, y: np.ndarray, algorithm: str, params: dict, *, folds: int = 3,
@@ -211,7 +218,7 @@ class SuccessModel:
         if self.serves_base_rate:  # nothing moves a constant
             contrib = np.zeros((n, width))
         elif self.linear is not None:
-            contrib = self.linear.swap_effects(design_matrix(x), design_matrix(self.reference[None, :]))
+            contrib = self.linear.swap_effects(design_matrix(x), self._reference_design)
         else:  # any model: one batch of rows per feature, each with that feature swapped
             base = self._log_odds(x)
             stacked = np.repeat(x[None, :, :], width, axis=0)  # (features, rows, features)
@@ -219,9 +226,9 @@ class SuccessModel:
             swapped = self._log_odds(stacked.reshape(-1, width)).reshape(width, n)
             contrib = (base[None, :] - swapped).T  # (rows, features)
         order = np.argsort(-np.abs(contrib), axis=1, kind="stable")[:, :top]
-        strongest = np.take_along_axis(contrib, order, axis=1)
+        strongest = contrib[np.arange(n)[:, None], order]
         keep = np.abs(strongest) > 1e-6
-        rows = np.broadcast_to(np.arange(n)[:, None], order.shape)[keep]
+        rows = np.nonzero(keep)[0]
         features = order[keep]
         return (keep.sum(axis=1), features, x[rows, features].astype(np.float64),
                 strongest[keep].astype(np.float64))

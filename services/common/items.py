@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import compress, repeat
+
 import numpy as np
 
 from models.pipeline import open_items
@@ -14,16 +16,15 @@ class ItemIndex:
         self.ids = np.asarray(ids)
         self.position = {str(i): p for p, i in enumerate(self.ids.tolist())}
 
+    def lookup(self, ids) -> np.ndarray:
+        """Position of each id in request order, -1 for an id this bundle does not know."""
+        return np.fromiter(map(self.position.get, ids, repeat(-1)), dtype=np.int64, count=len(ids))
+
     def positions(self, ids) -> tuple[np.ndarray, list[str]]:
         """Positions of the known ids (in request order) and the ids this bundle does not know."""
-        known, unknown = [], []
-        for i in ids:
-            p = self.position.get(i)
-            if p is None:
-                unknown.append(i)
-            else:
-                known.append(p)
-        return np.asarray(known, dtype=np.int64), unknown
+        found = self.lookup(ids)
+        unknown = found < 0
+        return found[~unknown], list(compress(ids, unknown.tolist()))
 
     def mask_of(self, ids) -> np.ndarray:
         mask = np.zeros(len(self.ids), dtype=bool)

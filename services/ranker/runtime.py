@@ -26,6 +26,7 @@ class RankerRuntime:
         warm = np.zeros((1, len(runtime.model.model.feature_name_)), dtype=np.float32)
         runtime.model.predict(warm)
         runtime.model.contributions(warm, contributions)  # any set-up now, not on a client's call
+        space.items.warm()
         return runtime
 
     @property
@@ -40,17 +41,25 @@ class RankerRuntime:
         the bias). `component` is the (n, 4) component scores (NaN = unavailable). Internships this
         bundle has never seen rank last rather than failing the call: no features, only the
         fallback score."""
-        positions = np.array([self.index.position.get(i, -1) for i in ids], dtype=np.int64)
+        positions = self.index.lookup(ids)
         known = positions >= 0
+        if known.all():  # the usual call: nothing to place after the ranked candidates
+            return self._rank_known(student_columns, positions, component, explain)
         scores = np.full(len(ids), np.nan, dtype=np.float32)
         contrib = np.zeros((len(ids), len(self.model.split_names) + 1))
         if known.any():
-            student = self.space.students(student_columns)
-            pair = pair_features(student, np.zeros(int(known.sum()), dtype=np.int64), self.space.items,
-                                 positions[known])
-            scores[known], split = self.model.rank_list(component[known], pair, self.contributions if explain else None)
-            if explain:
-                contrib[known] = split
+            scores[known], contrib[known] = self._rank_known(student_columns, positions[known], component[known],
+                                                             explain)
         scores[~known] = (float(np.nanmin(scores)) if known.any() else 0.0) - 1.0
         contrib[~known, -1] = scores[~known]
         return scores, contrib
+
+    def _rank_known(self, student_columns, positions: np.ndarray, component: np.ndarray,
+                    explain: bool) -> tuple[np.ndarray, np.ndarray]:
+        """`rank` for candidates that are all in this bundle (`positions` into its arrays)."""
+        student = self.space.students(student_columns)
+        pair = pair_features(student, np.zeros(len(positions), dtype=np.int64), self.space.items, positions)
+        scores, split = self.model.rank_list(component, pair, self.contributions if explain else None)
+        if split is None:
+            split = np.zeros((len(positions), len(self.model.split_names) + 1))
+        return scores, split

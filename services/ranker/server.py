@@ -9,6 +9,7 @@ import numpy as np
 from models.components.scores import COMPONENT_SCORES
 from pmis.v1 import common_pb2, ranker_pb2, ranker_pb2_grpc
 from services.common.batch import answer_each
+from services.common.packed import extend_floats
 from services.common.profiles import profile_columns
 from services.common.config import env
 from services.common.server import ModelAdmin, ModelSlot, run_component
@@ -25,13 +26,11 @@ CANDIDATE_FIELDS = dict(zip(COMPONENT_SCORES, ["content_score", "collab_score", 
 def candidate_arrays(request, v: Violations) -> tuple[list[str], np.ndarray]:
     """Ids and the (n, 4) component scores (NaN = unavailable) from either request form."""
     if request.candidates:
-        ids = [c.internship_id for c in request.candidates]
-        scores = np.full((len(ids), len(COMPONENT_SCORES)), np.nan, dtype=np.float32)
-        for j, name in enumerate(COMPONENT_SCORES):
-            field = CANDIDATE_FIELDS[name]
-            for row, c in enumerate(request.candidates):
-                if c.HasField(field):
-                    scores[row, j] = getattr(c, field)
+        candidates = list(request.candidates)
+        ids = [c.internship_id for c in candidates]
+        fields = [CANDIDATE_FIELDS[name] for name in COMPONENT_SCORES]
+        scores = np.array([[getattr(c, f) if c.HasField(f) else np.nan for f in fields] for c in candidates],
+                          dtype=np.float32).reshape(len(ids), len(COMPONENT_SCORES))
         v.check_ids("candidates", ids, 1, MAX_CANDIDATES)
     else:
         ids = list(request.internship_ids)
@@ -64,8 +63,8 @@ class RankerServicer(ModelAdmin, ranker_pb2_grpc.RankerServiceServicer):
         explain = request.contributions or (request.contributions_if_cheap and rt.cheap_to_explain)
         scores, contrib = rt.rank(profile_columns(request.profile), ids, component, explain)
         names = rt.model.split_names
-        response = ranker_pb2.RankResponse(scores=scores.tolist(), model=loaded.version_message(),
-                                           ranking=rt.model.ranking)
+        response = ranker_pb2.RankResponse(model=loaded.version_message(), ranking=rt.model.ranking)
+        extend_floats(response, "scores", scores)
         if request.candidates:
             response.items.extend(common_pb2.ScoredItem(internship_id=i, score=s) for i, s in zip(ids, scores.tolist()))
         if explain:
@@ -76,7 +75,7 @@ class RankerServicer(ModelAdmin, ranker_pb2_grpc.RankerServiceServicer):
                         bias=row[-1])
             else:
                 response.contribution_features.extend(names)
-                response.contribution_values.extend(contrib.ravel().tolist())
+                extend_floats(response, "contribution_values", contrib.ravel())
         return response
 
 

@@ -22,4 +22,5 @@ class SuccessRuntime:
         space = FeatureSpace.from_arrays(bundle.arrays)
         runtime = cls(SuccessModel.from_bundle(bundle), space, ItemIndex(space.items.ids))
         runtime.model.predict(np.zeros((1, len(runtime.model.reference)), dtype=np.float32))  # warm up
+        space.items.warm()
         return runtime

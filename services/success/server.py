@@ -10,6 +10,7 @@ from models.components.features import pair_features
 from models.components.success import FEATURES
 from pmis.v1 import common_pb2, success_pb2, success_pb2_grpc
 from services.common.batch import answer_each
+from services.common.packed import extend_floats
 from services.common.profiles import profile_columns, profiles_columns
 from services.common.server import ModelAdmin, ModelSlot, run_component
 from services.common.validation import Violations
@@ -29,14 +30,15 @@ class SuccessServicer(ModelAdmin, success_pb2_grpc.SuccessServiceServicer):
         return answer_each(self.Predict, request, context, success_pb2.PredictBatchResponse())
 
     def Predict(self, request, context):
+        requested = list(request.internship_ids)  # read twice: a list is cheaper to walk than the field
         v = Violations()
         v.check_profile("profile", request.profile, require_skills=False)
-        v.check_ids("internship_ids", request.internship_ids, 1, MAX_ITEMS)
+        v.check_ids("internship_ids", requested, 1, MAX_ITEMS)
         v.check_range("top_factors", request.top_factors, 0, 10)
         v.raise_if_any()
         loaded = self.slot.get()
         rt: SuccessRuntime = loaded.model
-        positions, _ = rt.index.positions(request.internship_ids)
+        positions, _ = rt.index.positions(requested)
         response = success_pb2.PredictResponse(base_rate=rt.model.base_rate, model=loaded.version_message())
         if not len(positions):
             return response
@@ -45,14 +47,14 @@ class SuccessServicer(ModelAdmin, success_pb2_grpc.SuccessServiceServicer):
         probabilities = rt.model.predict(x)
         ids = rt.index.ids[positions].tolist()
         response.internship_ids.extend(ids)
-        response.probabilities.extend(probabilities.tolist())
+        extend_floats(response, "probabilities", probabilities)
         if request.top_factors:
             counts, features, values, contributions = rt.model.factor_table(x, request.top_factors)
             if request.packed_factors:
                 response.factor_counts.extend(counts.tolist())
                 response.factor_names.extend(FEATURE_NAMES[features].tolist())
-                response.factor_values.extend(values.tolist())
-                response.factor_contributions.extend(contributions.tolist())
+                extend_floats(response, "factor_values", values)
+                extend_floats(response, "factor_contributions", contributions)
             else:  # one message per item and factor: for callers that ask about a few items
                 response.predictions.extend(predictions(ids, probabilities, counts, features, values, contributions))
         return response

@@ -11,7 +11,8 @@ from models.data.contract import load_dataset
 from models.data.domain import ELSEWHERE, NEIGHBOURING, REMOTE, SAME_DISTRICT, SAME_STATE
 from models.data.generate import generate
 from models.data.schema import PROTECTED_ATTRIBUTES
-from models.components.features import PAIR_FEATURES, FeatureSpace, Vocabulary, matched_missing, pair_features
+from models.components.features import (PAIR_FEATURES, BitLocations, FeatureSpace, Vocabulary, matched_missing,
+                                         pair_features)
 
 F = {name: i for i, name in enumerate(PAIR_FEATURES)}
 
@@ -45,6 +46,16 @@ def test_vocabulary_bitsets_round_trip_beyond_64_tokens():
     assert vocab.decode(bits[3]) == sorted(t.lower() for t in tokens)
     assert np.bitwise_count(bits).sum(axis=1).tolist() == [4, 0, 2, 150]
     assert "not a skill" not in vocab.index  # unknown tokens are never added
+
+
+def test_bit_locations_read_the_bitsets_beyond_64_tokens():
+    vocab = Vocabulary([f"t{i:03d}" for i in range(150)])
+    bits = vocab.bitsets([["t000", "t063", "t064", "t149"], ["t100"]])
+    codes = np.array([0, 63, 64, 149, 100, 5, -1])  # -1: not in the vocabulary
+    where = BitLocations.of(codes)
+    every = np.arange(len(codes))
+    assert where.is_set(bits, np.zeros(1, dtype=np.int64), every).tolist() == [1, 1, 1, 1, 0, 0, 0]
+    assert where.is_set(bits, np.ones(len(codes), dtype=np.int64), every).tolist() == [0, 0, 0, 0, 1, 0, 0]
 
 
 def test_vocabulary_empty_and_duplicates():

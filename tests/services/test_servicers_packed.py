@@ -6,12 +6,24 @@ import numpy as np
 import pytest
 
 from pmis.v1 import common_pb2, ranker_pb2, success_pb2
+from services.common.packed import extend_floats
 from services.common.profiles import EVENT_TYPES
 from tests.support.servicers import (admin_token, bad_fields, catalog_rows, known_student, loaded,  # noqa: F401
                                      profile)
 
 
 # --------------------------------------------------------------------------- packed answers
+
+
+def test_extend_floats_gives_the_message_extend_gives():
+    for n in (0, 1, 40, 5000):  # 5000 floats: a three-byte length
+        values = np.random.default_rng(n).normal(size=n) * 1e3
+        slow, fast = ranker_pb2.RankResponse(ranking="ranker"), ranker_pb2.RankResponse(ranking="ranker")
+        slow.scores.append(0.5)
+        fast.scores.append(0.5)  # appended after what the field holds
+        slow.scores.extend(values.tolist())
+        extend_floats(fast, "scores", values)
+        assert fast == slow and fast.SerializeToString() == slow.SerializeToString()
 
 
 def test_ranker_packed_request_equals_candidate_messages(loaded, catalog_rows):

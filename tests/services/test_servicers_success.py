@@ -40,7 +40,7 @@ def test_success_predict(loaded, catalog_rows):
     assert not flat.predictions and list(flat.probabilities) == list(resp.probabilities)
     assert len(flat.factor_counts) == len(ids) and sum(flat.factor_counts) == len(flat.factor_names)
     by_id = explain.factor_rows(flat, ids)
-    assert [[(f.name, f.value, f.contribution) for f in by_id[pr.internship_id]] for pr in resp.predictions] == \
+    assert [by_id[pr.internship_id] for pr in resp.predictions] == \
         [[(f.name, f.value, f.contribution) for f in pr.top_factors] for pr in resp.predictions]
     more = h.ok("Predict", success_pb2.PredictRequest(profile=p, internship_ids=ids, top_factors=10))
     assert all(2 <= len(pr.top_factors) <= 10 for pr in more.predictions)
