@@ -100,7 +100,8 @@ class Fanout:
             return None, e.code().name
 
     async def _send_batch(self, component: str, method: str, requests: list, deadline: float) -> list:
-        """One batch RPC for `requests`: one (answer, None) or (None, reason) each, in order."""
+        """One batch RPC for `requests` (a lone request: its plain RPC): one (answer, None) or
+        (None, reason) each, in order."""
         self.batch_sizes[component, method].observe(len(requests))
         if len(requests) == 1:  # alone (the usual case under light load): no batch envelope to copy into
             return [await self.unary(component, method, requests[0], deadline)]
