@@ -27,6 +27,7 @@ from models.pipeline import (COLLABORATIVE, CONTENT, POPULARITY, SCORE_COLUMNS, 
 from models.components.scores import COMPONENT_SCORES, blend_terms
 from pmis.v1 import common_pb2, gateway_pb2, ranker_pb2, success_pb2
 from services.common.errors import unavailable
+from services.common.items import look_up
 
 MODE_NAMES = {gateway_pb2.MODE_HYBRID: "hybrid", gateway_pb2.MODE_CONTENT: "content",
               gateway_pb2.MODE_COLLABORATIVE: "collaborative"}
@@ -75,8 +76,7 @@ class InFlight:
 
     def rows(self, ids) -> np.ndarray:
         """The candidate row of each of `ids` (-1 for an id that is not a candidate)."""
-        row_of = self.row_of
-        return np.array([row_of.get(i, -1) for i in ids], dtype=np.int64)
+        return look_up(self.row_of, ids)
 
     def rows_at(self, positions: np.ndarray) -> np.ndarray:
         """The candidate row of each catalogue position (-1 for one that is not a candidate);
@@ -100,8 +100,7 @@ class InFlight:
 
 def table_positions(table, ids) -> np.ndarray:
     """Catalogue positions of `ids` (-1 for ids the catalog does not hold)."""
-    position = table.position
-    return np.array([position.get(i, -1) for i in ids], dtype=np.int64)
+    return look_up(table.position, ids)
 
 
 async def retrieve(gw, r: InFlight, request) -> None:

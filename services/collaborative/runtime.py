@@ -4,7 +4,7 @@ scores; closed and excluded internships."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
@@ -35,11 +35,6 @@ class CollaborativeRuntime:
     model: CollaborativeModel
     index: ItemIndex
     content_hash: str = ""
-    # The internship ids as Python strings: a response lists them without converting each one.
-    id_names: np.ndarray = field(init=False, repr=False)
-
-    def __post_init__(self):
-        self.id_names = self.index.ids.astype(object)
 
     @classmethod
     def from_bundle(cls, bundle) -> "CollaborativeRuntime":

@@ -62,7 +62,7 @@ class CollaborativeServicer(ModelAdmin, RetrieveScoreBatches, collaborative_pb2_
         student = rt.student(request.student_id, request.interactions, common_pb2.StudentVector())
         scores = rt.scores(student)
         best = top_n(scores, request.n or 100, rt.excluded(request.exclude_internship_ids, request.open_at))
-        return common_pb2.ScoredItems(internship_ids=rt.id_names[best].tolist(), scores=scores[best].tolist(),
+        return common_pb2.ScoredItems(internship_ids=rt.index.names[best].tolist(), scores=scores[best].tolist(),
                                       popularity=rt.model.popularity[best].tolist(),
                                       student_vector=rt.vector_message(student), model=loaded.version_message(),
                                       basis=student.basis)
@@ -73,7 +73,7 @@ class CollaborativeServicer(ModelAdmin, RetrieveScoreBatches, collaborative_pb2_
         _validate(request, "internship_ids", rt)
         student = rt.student(request.student_id, request.interactions, request.student_vector)
         positions, _ = rt.index.positions(request.internship_ids)
-        return common_pb2.ScoredItems(internship_ids=rt.id_names[positions].tolist(),
+        return common_pb2.ScoredItems(internship_ids=rt.index.names[positions].tolist(),
                                       scores=rt.scores(student, positions).tolist(),
                                       popularity=rt.model.popularity[positions].tolist(),
                                       model=loaded.version_message(), basis=student.basis)

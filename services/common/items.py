@@ -9,16 +9,23 @@ import numpy as np
 from models.pipeline import open_items
 
 
+def look_up(position: dict, ids) -> np.ndarray:
+    """`position[id]` for each of `ids`, in order, as int64; -1 for an id `position` lacks."""
+    return np.fromiter(map(position.get, ids, repeat(-1)), dtype=np.int64, count=len(ids))
+
+
 class ItemIndex:
     """internship id <-> position in a bundle's arrays."""
 
     def __init__(self, ids: np.ndarray):
         self.ids = np.asarray(ids)
+        # The ids as Python strings: an answer lists them without converting each one.
+        self.names = self.ids.astype(object)
         self.position = {str(i): p for p, i in enumerate(self.ids.tolist())}
 
     def lookup(self, ids) -> np.ndarray:
         """Position of each id in request order, -1 for an id this bundle does not know."""
-        return np.fromiter(map(self.position.get, ids, repeat(-1)), dtype=np.int64, count=len(ids))
+        return look_up(self.position, ids)
 
     def positions(self, ids) -> tuple[np.ndarray, list[str]]:
         """Positions of the known ids (in request order) and the ids this bundle does not know."""

@@ -4,7 +4,7 @@ internships."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -23,11 +23,6 @@ class ContentRuntime:
     index: ItemIndex
     skills: SkillExplainer
     content_hash: str = ""
-    # The internship ids as Python strings: a response lists them without converting each one.
-    id_names: np.ndarray = field(init=False, repr=False)
-
-    def __post_init__(self):
-        self.id_names = self.index.ids.astype(object)
 
     @classmethod
     def from_bundle(cls, bundle) -> "ContentRuntime":

@@ -36,7 +36,7 @@ class ContentServicer(ModelAdmin, RetrieveScoreBatches, content_pb2_grpc.Content
         vector = rt.model.embed_rows([text_of(request.profile)])
         scores = rt.model.similarity(vector)[0]
         best = top_n(scores, n, rt.excluded(request.exclude_internship_ids, request.open_at))
-        return common_pb2.ScoredItems(internship_ids=rt.id_names[best].tolist(), scores=scores[best].tolist(),
+        return common_pb2.ScoredItems(internship_ids=rt.index.names[best].tolist(), scores=scores[best].tolist(),
                                       student_vector=rt.vector_message(vector), model=loaded.version_message(),
                                       basis="profile")
 
@@ -51,7 +51,7 @@ class ContentServicer(ModelAdmin, RetrieveScoreBatches, content_pb2_grpc.Content
         positions, _ = rt.index.positions(request.internship_ids)
         vector = rt.vector(request.profile, request.student_vector, v)
         scores = rt.model.similarity(vector, positions)[0] if len(positions) else np.zeros(0, dtype=np.float32)
-        response = common_pb2.ScoredItems(internship_ids=rt.id_names[positions].tolist(), scores=scores.tolist(),
+        response = common_pb2.ScoredItems(internship_ids=rt.index.names[positions].tolist(), scores=scores.tolist(),
                                           model=loaded.version_message(), basis="profile")
         if request.details:
             t = rt.skills.table(vector, request.profile.skills, positions)

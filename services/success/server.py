@@ -45,7 +45,7 @@ class SuccessServicer(ModelAdmin, success_pb2_grpc.SuccessServiceServicer):
         student = rt.space.students(profile_columns(request.profile))
         x = pair_features(student, np.zeros(len(positions), dtype=np.int64), rt.space.items, positions)
         probabilities = rt.model.predict(x)
-        ids = rt.index.ids[positions].tolist()
+        ids = rt.index.names[positions].tolist()
         response.internship_ids.extend(ids)
         extend_floats(response, "probabilities", probabilities)
         if request.top_factors:
