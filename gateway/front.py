@@ -15,6 +15,7 @@ Health and reflection are the sync server's, exempt from admission like the comp
 from __future__ import annotations
 
 import asyncio
+import time
 from concurrent import futures
 
 import grpc
@@ -34,8 +35,11 @@ STREAM_WORKERS = 8
 class LoopBridge(gateway_pb2_grpc.RecommendationGatewayServicer):
     """Each RPC of the asyncio `Gateway`, called from a worker thread and run on `loop`."""
 
-    def __init__(self, gateway, loop: asyncio.AbstractEventLoop):
-        self.gateway, self.loop = gateway, loop
+    def __init__(self, gateway, loop: asyncio.AbstractEventLoop, on_answer=lambda seconds: None):
+        """`on_answer(seconds)`: told how long each undegraded Recommend took (the latency target's
+        evidence; a degraded answer waited on a component, which fewer requests in flight would
+        not have made faster)."""
+        self.gateway, self.loop, self.on_answer = gateway, loop, on_answer
 
     def _run(self, coro, context):
         future = asyncio.run_coroutine_threadsafe(coro, self.loop)
@@ -52,7 +56,11 @@ class LoopBridge(gateway_pb2_grpc.RecommendationGatewayServicer):
                           "the deadline passed before the answer" if expired else "the client cancelled the call")
 
     def Recommend(self, request, context):
-        return self._run(self.gateway.Recommend(request, context), context)
+        started = time.perf_counter()
+        response = self._run(self.gateway.Recommend(request, context), context)
+        if not response.degraded:
+            self.on_answer(time.perf_counter() - started)
+        return response
 
     def PredictSuccess(self, request, context):
         return self._run(self.gateway.PredictSuccess(request, context), context)
@@ -77,7 +85,7 @@ class Front:
     def __init__(self, gateway, loop: asyncio.AbstractEventLoop, cfg):
         workers = (cfg.max_in_flight or UNLIMITED_WORKERS) + STREAM_WORKERS
         self.pool = futures.ThreadPoolExecutor(workers, thread_name_prefix="gateway")
-        self.limiter = admission.Limiter("gateway", cfg.max_in_flight, cfg.min_deadline_ms)
+        self.limiter = admission.Limiter("gateway", cfg.max_in_flight, cfg.min_deadline_ms, cfg.target_latency_ms)
         self.admission = admission.AdmissionInterceptor(self.limiter, self.pool)
         # A client's long-lived channel would otherwise stay on one gateway pod forever: a maximum
         # connection age makes it reconnect, and land on any pod, at least this often.
@@ -87,7 +95,8 @@ class Front:
                                            ("grpc.max_connection_age_ms", cfg.max_connection_age_ms),
                                            ("grpc.max_connection_age_grace_ms", int(cfg.grace * 1000) + 1000),
                                            *guard.server_options()])
-        gateway_pb2_grpc.add_RecommendationGatewayServicer_to_server(LoopBridge(gateway, loop), self.server)
+        bridge = LoopBridge(gateway, loop, on_answer=self.limiter.observe_latency)
+        gateway_pb2_grpc.add_RecommendationGatewayServicer_to_server(bridge, self.server)
         self.health = health.HealthServicer(experimental_non_blocking=True)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)

@@ -75,6 +75,9 @@ class GatewayConfig:
     # most requests per batch.
     batch_outstanding: int = 1
     max_batch: int = 32
+    # Undegraded Recommends keep their p90 under this: the in-flight limit moves below
+    # max_in_flight while they do not (admission.LatencyTarget). 0 = a fixed limit.
+    target_latency_ms: int = admission.GATEWAY_TARGET_LATENCY_MS
 
 
 
@@ -330,11 +333,16 @@ def parse_config(argv=None) -> GatewayConfig:
                                           '{"msme": 0.12}, "exposure_strength": 0.55, "temperature": 2.5, "half_life": 500}')
     add_shutdown_flags(p, grace=d.grace, max_connection_age_ms=d.max_connection_age_ms, drain=False)
     add_admission_flags(p, max_in_flight=d.max_in_flight, min_deadline_ms=d.min_deadline_ms)
+    flag(p, "--target-latency-ms", "TARGET_LATENCY_MS", d.target_latency_ms, type=int,
+         help="keep the p90 latency of answers under this by lowering the in-flight limit (never above "
+              "--max-in-flight) while calls are being refused; 0 = a fixed limit")
     flag(p, "--batch-outstanding", "BATCH_OUTSTANDING", d.batch_outstanding, type=int,
          help="batch RPCs in flight per component method; calls made meanwhile wait and go in the next batch; "
               "0 = no batching")
     flag(p, "--max-batch", "MAX_BATCH", d.max_batch, type=int, help=f"most calls per batch RPC, 1..{MAX_BATCH}")
     a = p.parse_args(argv)
+    if a.target_latency_ms < 0:
+        p.error("--target-latency-ms must be >= 0 (0 = a fixed limit)")
     if a.batch_outstanding < 0 or not 1 <= a.max_batch <= MAX_BATCH:
         p.error(f"--batch-outstanding must be >= 0 and --max-batch in 1..{MAX_BATCH}")
     if a.database_url and not is_database_url(a.database_url):
@@ -345,7 +353,8 @@ def parse_config(argv=None) -> GatewayConfig:
                          a.blend_weights, a.as_of, a.grace, fairness.FairnessConfig.from_json(a.fairness),
                          a.shortlist_groups, a.catalog_refresh_seconds, a.max_connection_age_ms,
                          a.fairness_strength, a.max_in_flight, a.min_deadline_ms, a.ports_file,
-                         tls.server_tls(a, p), tls.client_tls(a, p), a.batch_outstanding, a.max_batch)
+                         tls.server_tls(a, p), tls.client_tls(a, p), a.batch_outstanding, a.max_batch,
+                         a.target_latency_ms)
 
 
 async def serve(cfg: GatewayConfig, ready: asyncio.Event | None = None) -> None:

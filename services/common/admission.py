@@ -42,6 +42,7 @@ no minimum deadline, and no way to exempt a method.
 
 from __future__ import annotations
 
+import math
 import threading
 from concurrent import futures
 from dataclasses import dataclass
@@ -74,6 +75,59 @@ GATEWAY_MAX_IN_FLIGHT = 32
 # A Recommend needs its whole fan-out; with less time than this left it would come back with
 # every component degraded.
 GATEWAY_MIN_DEADLINE_MS = 20
+# The gateway's answers keep their p90 under this (`LatencyTarget`): the scheme's maximum response
+# time, 300 ms, less room for the tail beyond the p90 and for the network. A replica slower than the
+# one the limit above was sized on (a slower node, a pod throttled by its CPU limit) then holds
+# fewer requests instead of answering all of them late. 0 = the limit stays fixed.
+GATEWAY_TARGET_LATENCY_MS = 200
+
+
+class LatencyTarget:
+    """An in-flight limit that adapts, between a floor and the configured ceiling, so that answers
+    keep a latency target. Pure logic: the `Limiter` calls it under its lock.
+
+    Answers' latencies are taken in windows of one limit's worth (at least `MIN_WINDOW`). At the
+    end of a window, with p90 its 90th percentile:
+    - p90 above the target while the limit was binding (calls were refused in the window): by
+      Little's law, at saturation latency grows with the requests in flight, so the limit that
+      would have met the target is limit x target / p90. The limit goes there, at most halving in
+      one window and never below the floor.
+    - p90 above the target while nothing was refused: the time was not spent queueing here (a slow
+      component or network); fewer requests in flight would not make it shorter, so the limit stays.
+    - p90 below `GROW_BELOW` x target: the limit grows by one, back up to the ceiling.
+    """
+
+    GROW_BELOW = 0.8
+    MIN_WINDOW = 16
+
+    def __init__(self, target_s: float, ceiling: int, floor: int | None = None):
+        if target_s <= 0 or ceiling < 1:
+            raise ValueError("a latency target needs a positive target and a ceiling of at least 1")
+        self.target, self.ceiling = target_s, ceiling
+        self.floor = min(ceiling, floor if floor is not None else max(1, ceiling // 8))
+        self.limit = ceiling
+        self._window: list[float] = []
+        self._binding = False
+
+    def refused(self) -> None:
+        """A call was refused for overload: the limit is binding in this window."""
+        self._binding = True
+
+    def observe(self, seconds: float) -> bool:
+        """One answer's latency; True when it closed a window that moved the limit."""
+        self._window.append(seconds)
+        if len(self._window) < max(self.limit, self.MIN_WINDOW):
+            return False
+        window, binding = sorted(self._window), self._binding
+        self._window, self._binding = [], False
+        p90 = window[math.ceil(0.9 * len(window)) - 1]
+        before = self.limit
+        if p90 > self.target and binding:
+            scaled = int(self.limit * max(0.5, self.target / p90))
+            self.limit = max(self.floor, min(self.limit - 1, scaled))
+        elif p90 < self.GROW_BELOW * self.target:
+            self.limit = min(self.ceiling, self.limit + 1)
+        return self.limit != before
 
 
 @dataclass(frozen=True)
@@ -100,17 +154,21 @@ def _short(method: str) -> str:
 
 
 class Limiter:
-    """A counter of admitted calls with a ceiling; thread-safe, never blocks a caller."""
+    """A counter of admitted calls with a ceiling; thread-safe, never blocks a caller. With a
+    latency target (`target_latency_ms`), the limit in force moves below the ceiling as
+    `LatencyTarget` decides, from the latencies reported to `observe_latency`."""
 
-    def __init__(self, component: str, max_in_flight: int, min_deadline_ms: int = 0):
-        if max_in_flight < 0 or min_deadline_ms < 0:
-            raise ValueError("max_in_flight and min_deadline_ms must be >= 0")
-        self.component, self.max_in_flight, self.min_deadline_ms = component, max_in_flight, min_deadline_ms
+    def __init__(self, component: str, max_in_flight: int, min_deadline_ms: int = 0, target_latency_ms: int = 0):
+        if max_in_flight < 0 or min_deadline_ms < 0 or target_latency_ms < 0:
+            raise ValueError("max_in_flight, min_deadline_ms and target_latency_ms must be >= 0")
+        self.component, self.ceiling, self.min_deadline_ms = component, max_in_flight, min_deadline_ms
+        self.target = LatencyTarget(target_latency_ms / 1000.0, max_in_flight) if target_latency_ms and max_in_flight else None
         self._in_flight = 0
         self._changed = threading.Condition(threading.Lock())
         self._gauge = telemetry.IN_FLIGHT.labels(component)
         self._gauge.set(0)
-        telemetry.MAX_IN_FLIGHT.labels(component).set(max_in_flight)
+        self._limit_gauge = telemetry.MAX_IN_FLIGHT.labels(component)
+        self._limit_gauge.set(max_in_flight)
 
     @classmethod
     def from_config(cls, component: str, cfg: AdmissionConfig) -> "Limiter":
@@ -120,9 +178,16 @@ class Limiter:
     def in_flight(self) -> int:
         return self._in_flight
 
+    @property
+    def max_in_flight(self) -> int:
+        """The limit in force (0 = unlimited): the ceiling, or below it while the latency target holds it down."""
+        return self.target.limit if self.target is not None else self.ceiling
+
     def try_acquire(self) -> bool:
         with self._changed:
-            if self.max_in_flight and self._in_flight >= self.max_in_flight:
+            if self.ceiling and self._in_flight >= self.max_in_flight:
+                if self.target is not None:
+                    self.target.refused()
                 return False
             self._in_flight += 1
             self._gauge.set(self._in_flight)
@@ -136,14 +201,25 @@ class Limiter:
             self._gauge.set(self._in_flight)
             self._changed.notify_all()
 
+    def observe_latency(self, seconds: float) -> None:
+        """An answer's latency, for the latency target (nothing without one)."""
+        if self.target is None:
+            return
+        with self._changed:
+            if self.target.observe(seconds):
+                self._limit_gauge.set(self.target.limit)
+
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Block until nothing is in flight (tests, drains); False on timeout."""
         with self._changed:
             return self._changed.wait_for(lambda: self._in_flight == 0, timeout)
 
     def overload_message(self) -> str:
-        return (f"{self.component} overloaded: {self._in_flight} requests in flight "
-                f"(limit {self.max_in_flight}); retry with backoff")
+        limit = self.max_in_flight
+        why = (f"limit {limit}" if limit == self.ceiling else
+               f"limit {limit}, lowered from {self.ceiling} to keep the p90 latency under "
+               f"{self.target.target * 1000:.0f} ms")
+        return f"{self.component} overloaded: {self._in_flight} requests in flight ({why}); retry with backoff"
 
     def deadline_refusal(self, remaining: float | None) -> str | None:
         """The refusal message if `remaining` seconds (None = no deadline) cannot cover the work."""

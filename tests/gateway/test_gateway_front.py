@@ -6,16 +6,21 @@ the test lets go -- so admitted Recommends stay in flight as long as the test wa
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from concurrent import futures
+from pathlib import Path
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from gateway.front import Front
+from gateway.server import GatewayConfig
 from models.components import COMPONENTS
 from pmis.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
+from services.common import admission
 from tests.support.loopback import GatewayRunner
 from tests.support.waiting import wait_until
 
@@ -108,3 +113,72 @@ def test_a_call_the_client_gave_up_on_is_counted_as_such_not_as_a_server_error(h
     assert count("INTERNAL") == internal
     assert not [r for r in caplog.records if r.levelname == "ERROR"], [r.getMessage() for r in caplog.records]
     wait_until(lambda: runner.front.limiter.in_flight == 0, 10, "slot released")
+
+
+class TimedGateway:
+    """Answers every Recommend after `delay` seconds, `degraded` as set: the front's latency target
+    sees only how long answers take."""
+
+    def __init__(self):
+        self.delay, self.degraded = 0.0, []
+
+    async def Recommend(self, request, context):
+        await asyncio.sleep(self.delay)
+        return gateway_pb2.RecommendResponse(degraded=self.degraded)
+
+
+@pytest.fixture()
+def timed_front():
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True, name="timed-gateway-loop")
+    thread.start()
+    gateway = TimedGateway()
+    cfg = GatewayConfig(host="127.0.0.1", port=0, metrics_port=0, catalog=Path("unused"), targets={},
+                        max_in_flight=8, target_latency_ms=50)
+    front = Front(gateway, loop, cfg)
+    front.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{front.port}")
+    try:
+        yield gateway, front, gateway_pb2_grpc.RecommendationGatewayStub(channel)
+    finally:
+        channel.close()
+        asyncio.run_coroutine_threadsafe(front.stop(0.2), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+
+
+def burst(stub, n: int) -> tuple[int, int]:
+    """`n` Recommends at once; (answered, refused with RESOURCE_EXHAUSTED)."""
+    calls = [stub.Recommend.future(gateway_pb2.RecommendRequest(student_id="S0000001"), timeout=10) for _ in range(n)]
+    codes = [c.exception(10).code() if c.exception(10) else grpc.StatusCode.OK for c in calls]
+    assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}, codes
+    return codes.count(grpc.StatusCode.OK), codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED)
+
+
+def test_answers_slower_than_the_target_under_overload_lower_the_limit_and_fast_ones_raise_it(timed_front):
+    gateway, front, stub = timed_front
+    gateway.delay = 0.2                      # 4 x the 50 ms target
+    gateway.degraded = ["ranker"]            # degraded answers: waiting on a component, not queueing here
+    for _ in range(3):
+        burst(stub, 12)
+    assert front.limiter.max_in_flight == 8  # no evidence: held at the ceiling
+
+    gateway.degraded = []
+    answered = 0
+    while answered < admission.LatencyTarget.MIN_WINDOW:  # one window of slow answers, with refusals
+        ok, refused = burst(stub, 12)
+        assert refused > 0
+        answered += ok
+    assert front.limiter.max_in_flight == 4  # 8 x 50 / 200, at most halved
+    ok, refused = burst(stub, 8)
+    assert (ok, refused) == (4, 4)
+
+    gateway.delay = 0.0
+    limits = [front.limiter.max_in_flight]
+    for _ in range(10 * admission.LatencyTarget.MIN_WINDOW):  # fast answers: back up, one step per window
+        stub.Recommend(gateway_pb2.RecommendRequest(student_id="S0000001"), timeout=10)
+        if front.limiter.max_in_flight != limits[-1]:
+            limits.append(front.limiter.max_in_flight)
+    assert limits[-1] == 8
+    rising = limits[limits.index(min(limits)):]  # (the window the slow answers began may close lower first)
+    assert rising == list(range(min(limits), 9)), limits

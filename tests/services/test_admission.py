@@ -109,6 +109,76 @@ def test_wait_idle_times_out_while_busy():
     assert lim.wait_idle(WAIT)
 
 
+# --------------------------------------------------------------------------- the latency target
+
+
+def window(target: admission.LatencyTarget, seconds: float, *, refused: bool) -> bool:
+    """One window's worth of answers, all taking `seconds`; True when the window moved the limit."""
+    if refused:
+        target.refused()
+    moved = [target.observe(seconds) for _ in range(max(target.limit, admission.LatencyTarget.MIN_WINDOW))]
+    assert not any(moved[:-1])  # only the window's last answer decides
+    return moved[-1]
+
+
+def test_latency_target_shrinks_by_littles_law_only_while_calls_are_refused():
+    target = admission.LatencyTarget(0.2, 32)
+    assert (target.limit, target.floor) == (32, 4)
+    assert not window(target, 0.3, refused=False)  # slow, but nothing queued here: held
+    assert target.limit == 32
+    assert window(target, 0.25, refused=True)      # 32 x 0.2 / 0.25
+    assert target.limit == 25
+    assert window(target, 2.0, refused=True)       # at most halved in one window
+    assert target.limit == 12
+    for _ in range(5):
+        window(target, 2.0, refused=True)
+    assert target.limit == target.floor == 4       # never below the floor
+
+
+def test_latency_target_grows_back_one_per_fast_window_up_to_the_ceiling():
+    target = admission.LatencyTarget(0.2, 20)
+    window(target, 0.4, refused=True)
+    assert target.limit == 10
+    assert not window(target, 0.19, refused=False)  # within the target but above 80 % of it: held
+    assert target.limit == 10
+    for expected in range(11, 21):
+        assert window(target, 0.1, refused=False) and target.limit == expected
+    assert not window(target, 0.1, refused=True) and target.limit == 20  # the ceiling
+
+
+def test_latency_target_reads_the_p90_of_each_window():
+    target = admission.LatencyTarget(0.2, 10)
+    target.refused()
+    for seconds in [0.05] * 15 + [1.0]:  # 1 of 16 slow: beyond the p90, which stays fast
+        target.observe(seconds)
+    assert target.limit == 10
+    target.refused()
+    for seconds in [0.05] * 14 + [0.4] * 2:  # 2 of 16 slow: the p90 (15th of 16) is 0.4
+        target.observe(seconds)
+    assert target.limit == 5
+
+
+def test_limiter_with_a_latency_target_refuses_at_the_lowered_limit_and_says_why():
+    name = component_name("unit")
+    lim = admission.Limiter(name, 8, target_latency_ms=100)
+    for _ in range(8):
+        assert lim.try_acquire()
+    assert not lim.try_acquire()  # binding
+    for _ in range(admission.LatencyTarget.MIN_WINDOW):
+        lim.observe_latency(0.4)
+    assert lim.max_in_flight == 4 and lim.ceiling == 8
+    assert metric("pmis_grpc_max_in_flight", component=name) == 4
+    for _ in range(8):
+        lim.release()
+    assert all(lim.try_acquire() for _ in range(4)) and not lim.try_acquire()
+    assert lim.overload_message() == (f"{name} overloaded: 4 requests in flight (limit 4, lowered from 8 to keep "
+                                      "the p90 latency under 100 ms); retry with backoff")
+    assert admission.Limiter(name, 8).target is None                        # no target: a fixed limit
+    assert admission.Limiter(name, 0, target_latency_ms=100).target is None  # unlimited stays unlimited
+    with pytest.raises(ValueError):
+        admission.Limiter("x", 8, target_latency_ms=-1)
+
+
 def test_exempt_methods_and_defaults():
     assert admission.is_exempt("/grpc.health.v1.Health/Check")
     assert admission.is_exempt("/grpc.health.v1.Health/Watch")
