@@ -4,11 +4,12 @@ Under overload a server that queues everything answers nothing in time: every re
 until its deadline and goodput collapses. Here a unary call is refused AT ONCE when the server
 already holds `max_in_flight` admitted calls (RESOURCE_EXHAUSTED, "retry with backoff"), and a
 call whose remaining deadline cannot cover the work (`min_deadline_ms`) is refused before the
-work starts (DEADLINE_EXCEEDED). Health (`grpc.health.v1.Health`) and reflection are never
-limited or refused, so probes keep answering under load. Streaming methods pass through
-untouched and uncounted (health Watch, reflection, the trainer's WatchJob, the gateway's
-StreamRecommend): they are long-lived, and counting them would let a few watchers starve the
-unary capacity.
+work starts (DEADLINE_EXCEEDED). The gateway's limit in force may sit below `max_in_flight`
+while its answers are slower than a latency target (`LatencyTarget`). Health
+(`grpc.health.v1.Health`) and reflection are never limited or refused, so probes keep answering
+under load. Streaming methods pass through untouched and uncounted (health Watch, reflection, the
+trainer's WatchJob, the gateway's StreamRecommend): they are long-lived, and counting them would
+let a few watchers starve the unary capacity.
 
 A `Limiter` (count, limit, messages, metrics) and its `AdmissionInterceptor`, for the sync
 `grpc.server` of every server: the component servers and the gateway's front (gateway/front.py).
@@ -162,7 +163,8 @@ class Limiter:
         if max_in_flight < 0 or min_deadline_ms < 0 or target_latency_ms < 0:
             raise ValueError("max_in_flight, min_deadline_ms and target_latency_ms must be >= 0")
         self.component, self.ceiling, self.min_deadline_ms = component, max_in_flight, min_deadline_ms
-        self.target = LatencyTarget(target_latency_ms / 1000.0, max_in_flight) if target_latency_ms and max_in_flight else None
+        self.target = (LatencyTarget(target_latency_ms / 1000.0, max_in_flight)
+                       if target_latency_ms and max_in_flight else None)
         self._in_flight = 0
         self._changed = threading.Condition(threading.Lock())
         self._gauge = telemetry.IN_FLIGHT.labels(component)
