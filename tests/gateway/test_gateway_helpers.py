@@ -171,3 +171,16 @@ def test_gateway_config_from_environment_and_flags(monkeypatch):
     assert cfg.fairness.exposure_targets == {"msme": 0.15} and cfg.fairness.min_shares == {"msme": 0.1, "local": 0.3}
     with pytest.raises(ValueError, match="unknown groups"):
         parse_config(["--fairness", '{"min_shares": {"big_firms": 0.2}}'])
+
+
+def test_gateway_latency_target_from_environment_and_flags(monkeypatch):
+    from gateway.server import parse_config
+    from services.common import admission
+
+    monkeypatch.delenv("PMIS_TARGET_LATENCY_MS", raising=False)
+    assert parse_config([]).target_latency_ms == admission.GATEWAY_TARGET_LATENCY_MS
+    monkeypatch.setenv("PMIS_TARGET_LATENCY_MS", "0")
+    assert parse_config([]).target_latency_ms == 0  # a fixed limit
+    assert parse_config(["--target-latency-ms", "150"]).target_latency_ms == 150
+    with pytest.raises(SystemExit):
+        parse_config(["--target-latency-ms", "-1"])
