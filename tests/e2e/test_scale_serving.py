@@ -30,8 +30,8 @@ from models.data.generate import generate
 
 SMALL = dict(students=400, internships=120, companies=15, progress=False)
 
-# Acceptance bounds of the scale issue (PMIS_SCALE_P50_MS overrides the latency bound: the 50 ms
-# target has not been verified at scale yet, see the report of the change that added this test).
+# Acceptance bounds of the request-path issue at this size (PMIS_SCALE_P50_MS overrides the latency
+# bound, e.g. on a machine slower than the one the README's scale figures come from).
 STARTUP_S = 10.0
 P50_MS = float(os.environ.get("PMIS_SCALE_P50_MS", 50.0))
 
