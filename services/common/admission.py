@@ -172,10 +172,6 @@ class Limiter:
         self._limit_gauge = telemetry.MAX_IN_FLIGHT.labels(component)
         self._limit_gauge.set(max_in_flight)
 
-    @classmethod
-    def from_config(cls, component: str, cfg: AdmissionConfig) -> "Limiter":
-        return cls(component, cfg.max_in_flight, cfg.min_deadline_ms)
-
     @property
     def in_flight(self) -> int:
         return self._in_flight
