@@ -81,11 +81,6 @@ class ProcCpu:
         return {name: CpuSample(proc_cpu_seconds(pid)) for name, pid in self.pids.items()}
 
 
-def cpu_ms_per_request(before: dict[str, CpuSample], after: dict[str, CpuSample], requests: int) -> dict:
-    """Per-process CPU ms per request (None: unknown), their sum over the known ones, and which are missing."""
-    return per_request(spent_seconds(before, after), requests)
-
-
 def spent_seconds(before: dict[str, CpuSample], after: dict[str, CpuSample]) -> dict[str, float | None]:
     """CPU seconds each process spent between two samples (None: unknown, or it restarted)."""
     spent: dict[str, float | None] = {}
@@ -97,6 +92,7 @@ def spent_seconds(before: dict[str, CpuSample], after: dict[str, CpuSample]) -> 
 
 
 def per_request(spent: dict[str, float | None], requests: int) -> dict:
+    """Per-process CPU ms per request (None: unknown), their sum over the known ones, and which are missing."""
     per = {name: s * 1000 / requests if s is not None and requests > 0 else None for name, s in spent.items()}
     known = [v for v in per.values() if v is not None]
     return {"per_server": per, "sum": sum(known) if known else None,

@@ -48,11 +48,6 @@ class BenchConfig:
     probe_timeout: float = 1.0
 
 
-async def closed_level(target: str, requests: list, c: int, cfg: BenchConfig, meter: Meter) -> dict:
-    """One system's closed loop at concurrency `c` for `cfg.duration` seconds."""
-    return (await closed_levels({"system": (target, meter)}, requests, c, cfg))["system"]
-
-
 async def closed_levels(systems: dict[str, tuple[str, Meter]], requests: list, c: int, cfg: BenchConfig) -> dict:
     """name -> its closed-loop row at concurrency `c`. The systems take turns, `cfg.slices` slices
     each of `cfg.duration / cfg.slices` seconds, so that a machine whose speed drifts (shared,

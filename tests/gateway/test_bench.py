@@ -17,11 +17,11 @@ import grpc
 import pytest
 
 from gateway.bench.cli import metrics_ports
-from gateway.bench.cpu import CpuSample, Meter, cpu_ms_per_request, parse_metric, proc_cpu_seconds
+from gateway.bench.cpu import CpuSample, Meter, parse_metric, per_request, proc_cpu_seconds, spent_seconds
 from gateway.bench.load import open_loop
 from gateway.bench.outcomes import Outcome, count_codes, percentiles_ms, summarize_closed, summarize_open
 from gateway.bench.report import json_safe, report
-from gateway.bench.run import BenchConfig, closed_level, closed_levels, open_level, run_bench
+from gateway.bench.run import BenchConfig, closed_levels, open_level, run_bench
 from gateway.bench.workload import build_requests, shortlist_internships
 from pmis.v1 import gateway_pb2, gateway_pb2_grpc
 
@@ -78,11 +78,11 @@ def test_cpu_per_request_handles_missing_and_restarted_servers():
               "success": CpuSample(3.0, 1.0)}
     after = {"gateway": CpuSample(10.5, 1.0), "content": CpuSample(2.0, 1.0), "ranker": CpuSample(1.0, 2.0),
              "success": CpuSample(3.25, 1.0)}
-    cpu = cpu_ms_per_request(before, after, requests=100)
+    cpu = per_request(spent_seconds(before, after), requests=100)
     assert cpu["per_server"] == {"gateway": pytest.approx(5.0), "content": None, "ranker": None,
                                  "success": pytest.approx(2.5)}
     assert cpu["sum"] == pytest.approx(7.5) and cpu["missing"] == ["content", "ranker"]
-    assert cpu_ms_per_request(before, after, requests=0)["sum"] is None
+    assert per_request(spent_seconds(before, after), requests=0)["sum"] is None
 
 
 def test_proc_cpu_seconds_reads_this_process():
@@ -201,7 +201,7 @@ def test_open_and_closed_loop_count_codes_against_a_fake_gateway():
             assert cpu["per_server"]["content"] is None and cpu["missing"] == ["content"]
 
             fake.tally.clear()
-            c = await closed_level(target, pool, 4, cfg, Meter(StepProbe()))
+            c = (await closed_levels({"gateway": (target, Meter(StepProbe()))}, pool, 4, cfg))["gateway"]
             codes = c["codes"]
             check_counts(fake, c["requests"] - c["degraded"], c["degraded"], codes.get("RESOURCE_EXHAUSTED", 0),
                          codes.get("DEADLINE_EXCEEDED", 0), codes.get("INVALID_ARGUMENT", 0))
